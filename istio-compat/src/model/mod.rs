@@ -1,0 +1,31 @@
+//! The mesh model: what node-proxy runs, whatever the source (a local file of Envoy
+//! resources, or xDS from istiod). Serde, so `/config_dump` can print it and a test
+//! can write it by hand.
+
+pub mod cluster;
+pub mod common;
+pub mod fault;
+pub mod listener;
+pub mod retry;
+pub mod route;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use cluster::Cluster;
+pub use common::Name;
+pub use listener::Listener;
+pub use route::RouteTable;
+
+/// Everything the proxy serves, keyed by resource name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    #[serde(default)]
+    pub listeners: BTreeMap<Name, Listener>,
+    /// Route configurations referenced by name (RDS) from listeners.
+    #[serde(default)]
+    pub routes: BTreeMap<Name, RouteTable>,
+    #[serde(default)]
+    pub clusters: BTreeMap<Name, Cluster>,
+}
