@@ -14,17 +14,8 @@ use prost::Message;
 const ENVOY_TYPES_VERSION: &str = "0.7.7";
 /// Files of the Envoy API that do not link on their own (their relative type names
 /// resolve into a sibling package); nothing node-proxy reads lives in them.
-const KNOWN_UNLINKABLE: &[&str] =
-    &["envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto"];
-const INCLUDE_DIRS: &[&str] = &[
-    "data-plane-api",
-    "xds",
-    "googleapis",
-    "protoc-gen-validate",
-    "cel-spec/proto",
-    "opentelemetry-proto",
-    "client_model",
-];
+const KNOWN_UNLINKABLE: &[&str] = &["envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto"];
+const INCLUDE_DIRS: &[&str] = &["data-plane-api", "xds", "googleapis", "protoc-gen-validate", "cel-spec/proto", "opentelemetry-proto", "client_model"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=ENVOY_TYPES_PROTO_DIR");
@@ -33,23 +24,14 @@ fn main() {
         Ok(dir) => dir,
         Err(e) => panic!("{e}"),
     };
-    let local =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("proto");
+    let local = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join("proto");
 
     let mut includes: Vec<PathBuf> = INCLUDE_DIRS.iter().map(|d| envoy_protos.join(d)).collect();
     includes.push(local.clone());
 
     let mut files = Vec::new();
-    collect_protos(
-        &envoy_protos.join("data-plane-api"),
-        &envoy_protos.join("data-plane-api/envoy"),
-        &mut files,
-    );
-    collect_protos(
-        &envoy_protos.join("xds"),
-        &envoy_protos.join("xds/xds/type"),
-        &mut files,
-    );
+    collect_protos(&envoy_protos.join("data-plane-api"), &envoy_protos.join("data-plane-api/envoy"), &mut files);
+    collect_protos(&envoy_protos.join("xds"), &envoy_protos.join("xds/xds/type"), &mut files);
     collect_protos(&local, &local, &mut files);
     files.sort();
 
@@ -74,17 +56,13 @@ fn main() {
     for f in &failed {
         println!("cargo:warning=skipped proto {f}");
     }
-    let set = prost_types::FileDescriptorSet {
-        file: merged.into_values().collect(),
-    };
+    let set = prost_types::FileDescriptorSet { file: merged.into_values().collect() };
     // Fail the build here, not at start-up, if the set is not self-consistent.
     if let Err(e) = prost_reflect::DescriptorPool::from_file_descriptor_set(set.clone()) {
         panic!("descriptor set does not link: {e}");
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"))
-        .join("envoy_descriptor_set.bin");
-    std::fs::write(&out, set.encode_to_vec())
-        .unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("envoy_descriptor_set.bin");
+    std::fs::write(&out, set.encode_to_vec()).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
 }
 
 /// Files under `dir`, as paths relative to the include root `root`.
@@ -116,10 +94,7 @@ fn locate_envoy_protos() -> Result<PathBuf, String> {
         .map_err(|_| "neither CARGO_HOME nor HOME is set: set ENVOY_TYPES_PROTO_DIR to envoy-types' proto/ folder".to_owned())?;
     let registry = cargo_home.join("registry/src");
     let wanted = format!("envoy-types-{ENVOY_TYPES_VERSION}");
-    for index in std::fs::read_dir(&registry)
-        .map_err(|e| format!("{}: {e}", registry.display()))?
-        .flatten()
-    {
+    for index in std::fs::read_dir(&registry).map_err(|e| format!("{}: {e}", registry.display()))?.flatten() {
         let candidate = index.path().join(&wanted).join("proto");
         if candidate.is_dir() {
             return Ok(candidate);

@@ -21,12 +21,7 @@ fn main() {
             for r in &t.rejected {
                 println!("rejected: {r}");
             }
-            println!(
-                "{} listeners, {} routes, {} clusters",
-                t.model.listeners.len(),
-                t.model.routes.len(),
-                t.model.clusters.len()
-            );
+            println!("{} listeners, {} routes, {} clusters", t.model.listeners.len(), t.model.routes.len(), t.model.clusters.len());
         }
         Err(e) => {
             eprintln!("{path}: {e}");

@@ -17,15 +17,9 @@ fn corpus_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "corpus not found at {}: set NODE_PROXY_CORPUS to the shared corpus folder",
-            dir.display()
-        );
+        panic!("corpus not found at {}: set NODE_PROXY_CORPUS to the shared corpus folder", dir.display());
     }
-    eprintln!(
-        "SKIPPED: corpus not found at {} (set NODE_PROXY_CORPUS)",
-        dir.display()
-    );
+    eprintln!("SKIPPED: corpus not found at {} (set NODE_PROXY_CORPUS)", dir.display());
     None
 }
 
@@ -39,23 +33,11 @@ fn count_resources(doc: &serde_json::Value) -> (usize, usize, usize) {
             listeners += len("static_listeners") + len("dynamic_listeners");
         } else if t.ends_with("RoutesConfigDump") {
             // Unnamed route configurations cannot be referenced by RDS: they are reported, not kept.
-            let named = |k: &str| {
-                config[k]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| {
-                        r["route_config"]["name"]
-                            .as_str()
-                            .is_some_and(|n| !n.is_empty())
-                    })
-                    .count()
-            };
+            let named =
+                |k: &str| config[k].as_array().into_iter().flatten().filter(|r| r["route_config"]["name"].as_str().is_some_and(|n| !n.is_empty())).count();
             routes += named("static_route_configs") + named("dynamic_route_configs");
         } else if t.ends_with("ClustersConfigDump") {
-            clusters += len("static_clusters")
-                + len("dynamic_active_clusters")
-                + len("dynamic_warming_clusters");
+            clusters += len("static_clusters") + len("dynamic_active_clusters") + len("dynamic_warming_clusters");
         } else if t.ends_with("BootstrapConfigDump") {
             let sr = &config["bootstrap"]["static_resources"];
             listeners += sr["listeners"].as_array().map_or(0, |a| a.len());
@@ -69,28 +51,15 @@ fn count_resources(doc: &serde_json::Value) -> (usize, usize, usize) {
 fn every_envoy_config_dump_translates() {
     let Some(corpus) = corpus_dir() else { return };
     let dir = corpus.join("istio-envoy-configdump");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
     files.sort();
-    assert!(
-        files.len() >= 6,
-        "expected the six istiod dumps in {}",
-        dir.display()
-    );
+    assert!(files.len() >= 6, "expected the six istiod dumps in {}", dir.display());
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         let (listeners, routes, clusters) = count_resources(&doc);
-        let t =
-            translate::from_document(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let rejected = |kind: &str| {
-            t.rejected
-                .iter()
-                .filter(|r| r.resource.starts_with(kind))
-                .count()
-        };
+        let t = translate::from_document(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let rejected = |kind: &str| t.rejected.iter().filter(|r| r.resource.starts_with(kind)).count();
         let name = path.file_name().unwrap().to_string_lossy();
         eprintln!(
             "{name}: {}/{listeners} listeners, {}/{routes} routes, {}/{clusters} clusters translated; {} rejected, {} unsupported",
@@ -104,26 +73,11 @@ fn every_envoy_config_dump_translates() {
             eprintln!("  {r}");
         }
         // Nothing is lost silently: translated + rejected = present in the dump.
-        assert_eq!(
-            t.model.listeners.len() + rejected("listener"),
-            listeners,
-            "{name}: listeners"
-        );
-        assert_eq!(
-            t.model.routes.len() + rejected("route"),
-            routes,
-            "{name}: routes"
-        );
-        assert_eq!(
-            t.model.clusters.len() + rejected("cluster"),
-            clusters,
-            "{name}: clusters"
-        );
+        assert_eq!(t.model.listeners.len() + rejected("listener"), listeners, "{name}: listeners");
+        assert_eq!(t.model.routes.len() + rejected("route"), routes, "{name}: routes");
+        assert_eq!(t.model.clusters.len() + rejected("cluster"), clusters, "{name}: clusters");
         for u in &t.unsupported {
-            assert!(
-                !u.resource.is_empty() && !u.type_url.is_empty() && !u.field.is_empty(),
-                "{name}: vague report {u:?}"
-            );
+            assert!(!u.resource.is_empty() && !u.type_url.is_empty() && !u.field.is_empty(), "{name}: vague report {u:?}");
         }
         for r in &t.rejected {
             assert!(!r.reason.is_empty(), "{name}: rejection without reason");
@@ -134,35 +88,16 @@ fn every_envoy_config_dump_translates() {
 #[test]
 fn sidecar_dump_reports_what_it_skips() {
     let Some(corpus) = corpus_dir() else { return };
-    let text = std::fs::read_to_string(
-        corpus.join("istio-envoy-configdump/sidecar_config_dump_with_rbac.json"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(corpus.join("istio-envoy-configdump/sidecar_config_dump_with_rbac.json")).unwrap();
     let t = translate::from_document(&text).unwrap();
     // Istio's telemetry filters are reported as ignored, by their type.
-    assert!(t
-        .unsupported
-        .iter()
-        .any(|u| u.type_url == "type.googleapis.com/stats.PluginConfig"
-            && u.effect == Effect::Ignored));
+    assert!(t.unsupported.iter().any(|u| u.type_url == "type.googleapis.com/stats.PluginConfig" && u.effect == Effect::Ignored));
     // RBAC is not enforced yet, so chains that carry it refuse connections rather than allow them.
-    let rbac: Vec<_> = t
-        .unsupported
-        .iter()
-        .filter(|u| u.type_url.ends_with("rbac.v3.RBAC"))
-        .collect();
+    let rbac: Vec<_> = t.unsupported.iter().filter(|u| u.type_url.ends_with("rbac.v3.RBAC")).collect();
     assert!(!rbac.is_empty());
-    assert!(
-        rbac.iter().all(|u| u.effect == Effect::ChainRefused),
-        "{rbac:?}"
-    );
+    assert!(rbac.iter().all(|u| u.effect == Effect::ChainRefused), "{rbac:?}");
     // The virtual outbound listener is there, handing connections on by original destination.
-    let outbound = t
-        .model
-        .listeners
-        .values()
-        .find(|l| l.address.port() == 15001)
-        .expect("virtualOutbound");
+    let outbound = t.model.listeners.values().find(|l| l.address.port() == 15001).expect("virtualOutbound");
     assert!(outbound.use_original_dst);
 }
 
@@ -171,25 +106,15 @@ fn gateway_retry_policy_is_translated() {
     use istio_compat::model::retry::RetryOn;
     use istio_compat::model::route::Action;
     let Some(corpus) = corpus_dir() else { return };
-    let text = std::fs::read_to_string(
-        corpus.join("istio-envoy-configdump/gateway_routes_retry_policy.json"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(corpus.join("istio-envoy-configdump/gateway_routes_retry_policy.json")).unwrap();
     let t = translate::from_document(&text).unwrap();
     let table = t.model.routes.get("http.8080").expect("route http.8080");
-    let vh = table
-        .virtual_host("httpbin.example.com")
-        .expect("virtual host");
+    let vh = table.virtual_host("httpbin.example.com").expect("virtual host");
     let route = vh.routes.first().expect("a route");
-    let Action::Forward(fwd) = &route.action else {
-        panic!("forward action")
-    };
+    let Action::Forward(fwd) = &route.action else { panic!("forward action") };
     let retry = fwd.retry_policy.as_ref().expect("retry policy");
     assert_eq!(retry.num_retries, 2);
-    assert!(
-        retry.retry_on.contains(RetryOn::CONNECT_FAILURE)
-            && retry.retry_on.contains(RetryOn::GRPC_UNAVAILABLE)
-    );
+    assert!(retry.retry_on.contains(RetryOn::CONNECT_FAILURE) && retry.retry_on.contains(RetryOn::GRPC_UNAVAILABLE));
     assert_eq!(retry.retriable_status_codes, [503]);
     assert!(retry.avoid_previous_hosts);
     assert_eq!(retry.host_selection_max_attempts, 5);

@@ -1,1 +1,22 @@
-//! placeholder
+//! node-proxy: one L7 proxy per Kubernetes node for Istio.
+//!
+//! The runtime: listeners and sniffing ([`listener`]), the HTTP/gRPC data path
+//! ([`http`]), the TCP proxy ([`tcp`]), upstream clusters, load balancing and pools
+//! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
+//! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
+//! telemetry ([`telemetry`]) and graceful shutdown ([`drain`]). [`app`] wires them.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod drain;
+pub mod http;
+pub mod io;
+pub mod listener;
+pub mod logging;
+pub mod runtime;
+pub mod snapshot;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;

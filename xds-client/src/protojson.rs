@@ -13,14 +13,10 @@
 use std::collections::BTreeSet;
 use std::sync::{OnceLock, RwLock};
 
-use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage,
-    SerializeOptions,
-};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
-static DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"));
+static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"));
 
 /// The descriptor pool. Placeholder messages for opaque `Any` types are added to it
 /// as they are met, so it sits behind a lock; readers clone the (cheap, shared) pool.
@@ -28,8 +24,7 @@ fn pool_cell() -> &'static RwLock<DescriptorPool> {
     static POOL: OnceLock<RwLock<DescriptorPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         // The set was linked once already in build.rs; failing here means the binary is corrupt.
-        let pool = DescriptorPool::decode(DESCRIPTOR_SET)
-            .unwrap_or_else(|e| panic!("embedded Envoy descriptor set is corrupt: {e}"));
+        let pool = DescriptorPool::decode(DESCRIPTOR_SET).unwrap_or_else(|e| panic!("embedded Envoy descriptor set is corrupt: {e}"));
         RwLock::new(pool)
     })
 }
@@ -60,11 +55,7 @@ pub struct Decoded<T> {
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
     #[error("{path}: unknown field `{field}` in {message}")]
-    UnknownField {
-        path: String,
-        field: String,
-        message: String,
-    },
+    UnknownField { path: String, field: String, message: String },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
     #[error("message type `{0}` is not part of the Envoy API this build knows")]
@@ -77,10 +68,7 @@ pub enum JsonError {
 
 impl JsonError {
     fn invalid(path: &str, reason: impl Into<String>) -> Self {
-        JsonError::Invalid {
-            path: display_path(path),
-            reason: reason.into(),
-        }
+        JsonError::Invalid { path: display_path(path), reason: reason.into() }
     }
 }
 
@@ -105,33 +93,19 @@ where
     T: prost::Message + prost::Name + Default,
 {
     let (dynamic, opaque) = decode_dynamic(&T::full_name(), value)?;
-    let message = dynamic
-        .transcode_to::<T>()
-        .map_err(|e| JsonError::invalid("", format!("re-encoding as {}: {e}", T::full_name())))?;
+    let message = dynamic.transcode_to::<T>().map_err(|e| JsonError::invalid("", format!("re-encoding as {}: {e}", T::full_name())))?;
     Ok(Decoded { message, opaque })
 }
 
 /// Decodes a proto3 JSON value of the message type `full_name` into a dynamic message.
-pub fn decode_dynamic(
-    full_name: &str,
-    mut value: Value,
-) -> Result<(DynamicMessage, Vec<OpaqueAny>), JsonError> {
-    let desc = pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
+pub fn decode_dynamic(full_name: &str, mut value: Value) -> Result<(DynamicMessage, Vec<OpaqueAny>), JsonError> {
+    let desc = pool().get_message_by_name(full_name).ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
     let mut walk = Normalizer::default();
     walk.message(&desc, &mut value, String::new())?;
-    let pool = if walk.placeholders.is_empty() {
-        desc.parent_pool().clone()
-    } else {
-        register_placeholders(&walk.placeholders)?
-    };
-    let desc = pool
-        .get_message_by_name(full_name)
-        .ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
+    let pool = if walk.placeholders.is_empty() { desc.parent_pool().clone() } else { register_placeholders(&walk.placeholders)? };
+    let desc = pool.get_message_by_name(full_name).ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
     let options = DeserializeOptions::new().deny_unknown_fields(true);
-    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &options)
-        .map_err(|e| JsonError::invalid("", e.to_string()))?;
+    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &options).map_err(|e| JsonError::invalid("", e.to_string()))?;
     Ok((dynamic, walk.opaque))
 }
 
@@ -147,37 +121,23 @@ where
 /// Encodes the protobuf bytes of message type `full_name` as proto3 JSON. `Any`
 /// payloads of types outside the pool print as `{"@type": …}` alone.
 pub fn encode_json(full_name: &str, bytes: &[u8]) -> Result<Value, JsonError> {
-    let desc = pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
-    let dynamic = DynamicMessage::decode(desc.clone(), bytes)
-        .map_err(|e| JsonError::invalid("", format!("decoding {full_name}: {e}")))?;
+    let desc = pool().get_message_by_name(full_name).ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
+    let dynamic = DynamicMessage::decode(desc.clone(), bytes).map_err(|e| JsonError::invalid("", format!("decoding {full_name}: {e}")))?;
     let mut unknown = BTreeSet::new();
     collect_unknown_any(&dynamic, &desc.parent_pool().clone(), &mut unknown);
     let dynamic = if unknown.is_empty() {
         dynamic
     } else {
         let pool = register_placeholders(&unknown)?;
-        let desc = pool
-            .get_message_by_name(full_name)
-            .ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
-        DynamicMessage::decode(desc, bytes)
-            .map_err(|e| JsonError::invalid("", format!("decoding {full_name}: {e}")))?
+        let desc = pool.get_message_by_name(full_name).ok_or_else(|| JsonError::UnknownMessage(full_name.to_owned()))?;
+        DynamicMessage::decode(desc, bytes).map_err(|e| JsonError::invalid("", format!("decoding {full_name}: {e}")))?
     };
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(true);
-    dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| JsonError::invalid("", e.to_string()))
+    let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
+    dynamic.serialize_with_options(serde_json::value::Serializer, &options).map_err(|e| JsonError::invalid("", e.to_string()))
 }
 
 /// Type names of `Any` payloads, anywhere inside `message`, that the pool lacks.
-fn collect_unknown_any(
-    message: &DynamicMessage,
-    pool: &DescriptorPool,
-    out: &mut BTreeSet<String>,
-) {
+fn collect_unknown_any(message: &DynamicMessage, pool: &DescriptorPool, out: &mut BTreeSet<String>) {
     use prost_reflect::Value as V;
     fn visit(value: &V, pool: &DescriptorPool, out: &mut BTreeSet<String>) {
         match value {
@@ -189,29 +149,17 @@ fn collect_unknown_any(
     }
     if message.descriptor().full_name() == "google.protobuf.Any" {
         let type_url = message.get_field_by_name("type_url");
-        let name = type_url
-            .as_ref()
-            .and_then(|v| v.as_str())
-            .map(type_name)
-            .unwrap_or_default()
-            .to_owned();
+        let name = type_url.as_ref().and_then(|v| v.as_str()).map(type_name).unwrap_or_default().to_owned();
         if name.is_empty() {
             return;
         }
-        match pool
-            .get_message_by_name(&name)
-            .filter(|d| !is_placeholder(d))
-        {
+        match pool.get_message_by_name(&name).filter(|d| !is_placeholder(d)) {
             None => {
                 out.insert(name);
             }
             Some(desc) => {
                 let bytes = message.get_field_by_name("value");
-                if let Some(inner) = bytes
-                    .as_ref()
-                    .and_then(|v| v.as_bytes())
-                    .and_then(|b| DynamicMessage::decode(desc, b.clone()).ok())
-                {
+                if let Some(inner) = bytes.as_ref().and_then(|v| v.as_bytes()).and_then(|b| DynamicMessage::decode(desc, b.clone()).ok()) {
                     collect_unknown_any(&inner, pool, out);
                 }
             }
@@ -227,9 +175,7 @@ const PLACEHOLDER_FILE_PREFIX: &str = "node-proxy/opaque/";
 
 /// Whether `desc` is an empty stand-in registered for an opaque type.
 fn is_placeholder(desc: &MessageDescriptor) -> bool {
-    desc.parent_file()
-        .name()
-        .starts_with(PLACEHOLDER_FILE_PREFIX)
+    desc.parent_file().name().starts_with(PLACEHOLDER_FILE_PREFIX)
 }
 
 /// Adds an empty message for each name to the shared pool; returns the updated pool.
@@ -249,16 +195,11 @@ fn register_placeholders(names: &BTreeSet<String>) -> Result<DescriptorPool, Jso
         let file = prost_types::FileDescriptorProto {
             name: Some(format!("{PLACEHOLDER_FILE_PREFIX}{name}.proto")),
             package,
-            message_type: vec![prost_types::DescriptorProto {
-                name: Some(message),
-                ..Default::default()
-            }],
+            message_type: vec![prost_types::DescriptorProto { name: Some(message), ..Default::default() }],
             syntax: Some("proto3".to_owned()),
             ..Default::default()
         };
-        guard.add_file_descriptor_proto(file).map_err(|e| {
-            JsonError::invalid("", format!("cannot register opaque type {name}: {e}"))
-        })?;
+        guard.add_file_descriptor_proto(file).map_err(|e| JsonError::invalid("", format!("cannot register opaque type {name}: {e}")))?;
     }
     Ok(guard.clone())
 }
@@ -277,12 +218,7 @@ struct Normalizer {
 }
 
 impl Normalizer {
-    fn message(
-        &mut self,
-        desc: &MessageDescriptor,
-        value: &mut Value,
-        path: String,
-    ) -> Result<(), JsonError> {
+    fn message(&mut self, desc: &MessageDescriptor, value: &mut Value, path: String) -> Result<(), JsonError> {
         match desc.full_name() {
             "google.protobuf.Any" => return self.any(value, path),
             // JSON-native or scalar well-known types: nothing inside to check.
@@ -293,32 +229,21 @@ impl Normalizer {
             if value.is_null() {
                 return Ok(());
             }
-            return Err(JsonError::invalid(
-                &path,
-                format!("expected an object for {}", desc.full_name()),
-            ));
+            return Err(JsonError::invalid(&path, format!("expected an object for {}", desc.full_name())));
         };
         for (key, field_value) in fields.iter_mut() {
-            let field = desc
-                .get_field_by_json_name(key)
-                .or_else(|| desc.get_field_by_name(key))
-                .ok_or_else(|| JsonError::UnknownField {
-                    path: display_path(&path),
-                    field: key.clone(),
-                    message: desc.full_name().to_owned(),
-                })?;
+            let field = desc.get_field_by_json_name(key).or_else(|| desc.get_field_by_name(key)).ok_or_else(|| JsonError::UnknownField {
+                path: display_path(&path),
+                field: key.clone(),
+                message: desc.full_name().to_owned(),
+            })?;
             let Kind::Message(inner) = field.kind() else {
                 continue;
             };
-            let field_path = if path.is_empty() {
-                field.name().to_owned()
-            } else {
-                format!("{path}.{}", field.name())
-            };
+            let field_path = if path.is_empty() { field.name().to_owned() } else { format!("{path}.{}", field.name()) };
             if field.is_map() {
                 let value_kind = inner.map_entry_value_field().kind();
-                let (Kind::Message(value_desc), Value::Object(entries)) = (value_kind, field_value)
-                else {
+                let (Kind::Message(value_desc), Value::Object(entries)) = (value_kind, field_value) else {
                     continue;
                 };
                 for (k, v) in entries.iter_mut() {
@@ -342,10 +267,7 @@ impl Normalizer {
 
     fn any(&mut self, value: &mut Value, path: String) -> Result<(), JsonError> {
         let Value::Object(fields) = value else {
-            return Err(JsonError::invalid(
-                &path,
-                "expected an object for google.protobuf.Any",
-            ));
+            return Err(JsonError::invalid(&path, "expected an object for google.protobuf.Any"));
         };
         if fields.is_empty() {
             return Ok(());
@@ -355,14 +277,8 @@ impl Normalizer {
         };
         let type_url = type_url.clone();
         let name = type_name(&type_url).to_owned();
-        let Some(desc) = pool()
-            .get_message_by_name(&name)
-            .filter(|d| !is_placeholder(d))
-        else {
-            self.opaque.push(OpaqueAny {
-                path: display_path(&path),
-                type_url: type_url.clone(),
-            });
+        let Some(desc) = pool().get_message_by_name(&name).filter(|d| !is_placeholder(d)) else {
+            self.opaque.push(OpaqueAny { path: display_path(&path), type_url: type_url.clone() });
             self.placeholders.insert(name);
             fields.retain(|k, _| k == "@type");
             return Ok(());
@@ -408,9 +324,7 @@ mod tests {
 
     #[test]
     fn decodes_snake_and_camel_case() {
-        let c: Decoded<Cluster> =
-            from_json(json!({"name": "a", "connectTimeout": "1.5s", "lb_policy": "ROUND_ROBIN"}))
-                .unwrap();
+        let c: Decoded<Cluster> = from_json(json!({"name": "a", "connectTimeout": "1.5s", "lb_policy": "ROUND_ROBIN"})).unwrap();
         assert_eq!(c.message.name, "a");
         assert_eq!(c.message.connect_timeout.unwrap().nanos, 500_000_000);
         assert!(c.opaque.is_empty());
@@ -418,10 +332,7 @@ mod tests {
 
     #[test]
     fn unknown_field_names_its_path() {
-        let err = from_json::<Listener>(
-            json!({"name": "l", "filter_chains": [{"filters": [{"name": "x", "bogus": 1}]}]}),
-        )
-        .unwrap_err();
+        let err = from_json::<Listener>(json!({"name": "l", "filter_chains": [{"filters": [{"name": "x", "bogus": 1}]}]})).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("filter_chains[0].filters[0]"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
@@ -436,25 +347,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             l.opaque,
-            vec![OpaqueAny {
-                path: "filter_chains[0].filters[0].typed_config".into(),
-                type_url: "type.googleapis.com/stats.PluginConfig".into()
-            }]
+            vec![OpaqueAny { path: "filter_chains[0].filters[0].typed_config".into(), type_url: "type.googleapis.com/stats.PluginConfig".into() }]
         );
         let filter = &l.message.filter_chains[0].filters[0];
-        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
-            any,
-        )) = &filter.config_type
-        else {
-            panic!("typed_config lost")
-        };
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) = &filter.config_type else { panic!("typed_config lost") };
         assert_eq!(any.type_url, "type.googleapis.com/stats.PluginConfig");
         // And it prints back without failing.
         let back = to_json(&l.message).unwrap();
-        assert_eq!(
-            back["filter_chains"][0]["filters"][0]["typed_config"]["@type"],
-            "type.googleapis.com/stats.PluginConfig"
-        );
+        assert_eq!(back["filter_chains"][0]["filters"][0]["typed_config"]["@type"], "type.googleapis.com/stats.PluginConfig");
         // A second document with the same type is made opaque again (the placeholder is not a schema).
         let again: Decoded<Listener> = from_json(json!({
             "name": "l2",

@@ -28,11 +28,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
     /// Close upstream connections idle this long (Envoy: 1 h).
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     pub circuit_breakers: CircuitBreakers,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,10 +69,7 @@ impl Cluster {
 
     /// All endpoints, every priority and locality.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.priorities
-            .iter()
-            .flatten()
-            .flat_map(|l| l.endpoints.iter())
+        self.priorities.iter().flatten().flat_map(|l| l.endpoints.iter())
     }
 }
 
@@ -146,10 +139,7 @@ impl UpstreamTls {
         match self {
             UpstreamTls::Plaintext => false,
             UpstreamTls::Always => true,
-            UpstreamTls::WhenTlsMode(modes) => endpoint
-                .tls_mode
-                .as_ref()
-                .is_some_and(|m| modes.contains(m)),
+            UpstreamTls::WhenTlsMode(modes) => endpoint.tls_mode.as_ref().is_some_and(|m| modes.contains(m)),
         }
     }
 }
@@ -235,10 +225,7 @@ pub enum HealthStatus {
 impl HealthStatus {
     /// Envoy routes to UNKNOWN, HEALTHY and DEGRADED endpoints.
     pub fn is_routable(self) -> bool {
-        matches!(
-            self,
-            HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded
-        )
+        matches!(self, HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded)
     }
 }
 
@@ -257,13 +244,7 @@ pub struct CircuitBreakers {
 
 impl Default for CircuitBreakers {
     fn default() -> Self {
-        CircuitBreakers {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-            retry_budget: None,
-        }
+        CircuitBreakers { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3, retry_budget: None }
     }
 }
 

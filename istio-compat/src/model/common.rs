@@ -26,11 +26,7 @@ impl Pattern {
     pub fn new(source: &str) -> Result<Self, regex::Error> {
         let full = regex::Regex::new(&format!("^(?:{source})$"))?;
         let any = regex::Regex::new(source)?;
-        Ok(Pattern {
-            source: source.into(),
-            full,
-            any,
-        })
+        Ok(Pattern { source: source.into(), full, any })
     }
 
     pub fn source(&self) -> &str {
@@ -45,9 +41,7 @@ impl Pattern {
     /// Replaces every match of the pattern in `input`; `\1`-style references in
     /// `substitution` (Envoy's RE2 syntax) name capture groups.
     pub fn replace_all(&self, input: &str, substitution: &RegexSubstitution) -> String {
-        self.any
-            .replace_all(input, substitution.expansion.as_ref())
-            .into_owned()
+        self.any.replace_all(input, substitution.expansion.as_ref()).into_owned()
     }
 }
 
@@ -105,10 +99,7 @@ impl RegexSubstitution {
                 c => expansion.push(c),
             }
         }
-        RegexSubstitution {
-            source: source.into(),
-            expansion: expansion.into(),
-        }
+        RegexSubstitution { source: source.into(), expansion: expansion.into() }
     }
 }
 
@@ -158,10 +149,7 @@ pub enum StringMatch {
 
 impl StringMatcher {
     pub fn exact(s: &str) -> Self {
-        StringMatcher {
-            kind: StringMatch::Exact(s.to_owned()),
-            ignore_case: false,
-        }
+        StringMatcher { kind: StringMatch::Exact(s.to_owned()), ignore_case: false }
     }
 
     pub fn matches(&self, input: &str) -> bool {
@@ -181,19 +169,9 @@ impl StringMatcher {
         let input = input.as_bytes();
         match &self.kind {
             StringMatch::Exact(s) => input.eq_ignore_ascii_case(s.as_bytes()),
-            StringMatch::Prefix(s) => {
-                input.len() >= s.len() && input[..s.len()].eq_ignore_ascii_case(s.as_bytes())
-            }
-            StringMatch::Suffix(s) => {
-                input.len() >= s.len()
-                    && input[input.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
-            }
-            StringMatch::Contains(s) => {
-                s.is_empty()
-                    || input
-                        .windows(s.len())
-                        .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
-            }
+            StringMatch::Prefix(s) => input.len() >= s.len() && input[..s.len()].eq_ignore_ascii_case(s.as_bytes()),
+            StringMatch::Suffix(s) => input.len() >= s.len() && input[input.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()),
+            StringMatch::Contains(s) => s.is_empty() || input.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s.as_bytes())),
             StringMatch::Regex(p) => std::str::from_utf8(input).is_ok_and(|i| p.is_full_match(i)),
         }
     }
@@ -206,17 +184,13 @@ pub struct Percent {
 }
 
 impl Percent {
-    pub const ALWAYS: Percent = Percent {
-        per_million: 1_000_000,
-    };
+    pub const ALWAYS: Percent = Percent { per_million: 1_000_000 };
     pub const NEVER: Percent = Percent { per_million: 0 };
 
     /// `numerator / denominator`, with `denominator` one of 100, 10 000 or 1 000 000.
     pub fn from_fraction(numerator: u32, denominator: u32) -> Self {
         let scale = 1_000_000 / denominator.max(1);
-        Percent {
-            per_million: numerator.saturating_mul(scale).min(1_000_000),
-        }
+        Percent { per_million: numerator.saturating_mul(scale).min(1_000_000) }
     }
 
     pub fn from_percentage(value: f64) -> Self {
@@ -263,11 +237,7 @@ pub struct HeaderToAdd {
 /// configuration, weighted cluster) of Envoy's header manipulation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeaderMutation {
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        with = "serde_header_names"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_header_names")]
     pub remove: Vec<HeaderName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add: Vec<HeaderToAdd>,
@@ -318,9 +288,7 @@ pub mod serde_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("bad duration {s:?}: want e.g. \"1.5s\""))
-        })
+        parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("bad duration {s:?}: want e.g. \"1.5s\"")))
     }
 
     pub fn format_duration(d: Duration) -> String {
@@ -351,11 +319,7 @@ pub mod serde_opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            serde_duration::parse_duration(&s)
-                .ok_or_else(|| serde::de::Error::custom(format!("bad duration {s:?}")))
-        })
-        .transpose()
+        s.map(|s| serde_duration::parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("bad duration {s:?}")))).transpose()
     }
 }
 
@@ -381,9 +345,7 @@ pub mod serde_header_names {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
         let v: Vec<String> = Vec::deserialize(d)?;
-        v.iter()
-            .map(|s| HeaderName::from_bytes(s.as_bytes()).map_err(serde::de::Error::custom))
-            .collect()
+        v.iter().map(|s| HeaderName::from_bytes(s.as_bytes()).map_err(serde::de::Error::custom)).collect()
     }
 }
 
@@ -422,15 +384,9 @@ mod tests {
 
     #[test]
     fn regex_rewrite_uses_envoy_group_syntax() {
-        let rw = RegexRewrite {
-            pattern: Pattern::new("^/service/([^/]+)(/.*)$").unwrap(),
-            substitution: RegexSubstitution::new("\\2/instance/\\1"),
-        };
+        let rw = RegexRewrite { pattern: Pattern::new("^/service/([^/]+)(/.*)$").unwrap(), substitution: RegexSubstitution::new("\\2/instance/\\1") };
         assert_eq!(rw.apply("/service/foo/v1/api"), "/v1/api/instance/foo");
-        let literal_dollar = RegexRewrite {
-            pattern: Pattern::new("x").unwrap(),
-            substitution: RegexSubstitution::new("$1"),
-        };
+        let literal_dollar = RegexRewrite { pattern: Pattern::new("x").unwrap(), substitution: RegexSubstitution::new("$1") };
         assert_eq!(literal_dollar.apply("axb"), "a$1b");
     }
 
@@ -469,10 +425,7 @@ mod tests {
         assert_eq!(h.get_all("a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(h.get("b").unwrap(), "1");
         assert!(!h.contains_key("c"));
-        assert!(
-            !h.contains_key("d"),
-            "empty values are dropped unless keep_empty_value"
-        );
+        assert!(!h.contains_key("d"), "empty values are dropped unless keep_empty_value");
         assert!(!h.contains_key("gone"));
     }
 

@@ -81,29 +81,21 @@ impl FaultConfig {
             return FaultDecision::default();
         }
         let delay = self.delay.as_ref().and_then(|d| {
-            let percent =
-                header_percent(headers, "x-envoy-fault-delay-request-percentage", d.percent);
+            let percent = header_percent(headers, "x-envoy-fault-delay-request-percentage", d.percent);
             let duration = match &d.kind {
                 DelayKind::Fixed(t) => Some(*t),
-                DelayKind::Header => {
-                    header_u64(headers, "x-envoy-fault-delay-request").map(Duration::from_millis)
-                }
+                DelayKind::Header => header_u64(headers, "x-envoy-fault-delay-request").map(Duration::from_millis),
             }?;
             percent.sample().then_some(duration)
         });
         let abort = self.abort.as_ref().and_then(|a| {
-            let percent =
-                header_percent(headers, "x-envoy-fault-abort-request-percentage", a.percent);
+            let percent = header_percent(headers, "x-envoy-fault-abort-request-percentage", a.percent);
             let abort = match a.kind {
                 AbortKind::Http(code) => Some(Abort::Http(code)),
                 AbortKind::Grpc(code) => Some(Abort::Grpc(code)),
                 AbortKind::Header => header_u64(headers, "x-envoy-fault-abort-grpc-request")
                     .map(|c| Abort::Grpc(c as u32))
-                    .or_else(|| {
-                        header_u64(headers, "x-envoy-fault-abort-request")
-                            .filter(|c| (200..600).contains(c))
-                            .map(|c| Abort::Http(c as u16))
-                    }),
+                    .or_else(|| header_u64(headers, "x-envoy-fault-abort-request").filter(|c| (200..600).contains(c)).map(|c| Abort::Http(c as u16))),
             }?;
             percent.sample().then_some(abort)
         });
@@ -111,24 +103,16 @@ impl FaultConfig {
     }
 
     fn applies(&self, headers: &HeaderMap, cluster: &str) -> bool {
-        if self
-            .upstream_cluster
-            .as_deref()
-            .is_some_and(|c| c != cluster)
-        {
+        if self.upstream_cluster.as_deref().is_some_and(|c| c != cluster) {
             return false;
         }
         if !self.downstream_nodes.is_empty() {
-            let node = headers
-                .get("x-envoy-downstream-service-node")
-                .and_then(|v| v.to_str().ok());
+            let node = headers.get("x-envoy-downstream-service-node").and_then(|v| v.to_str().ok());
             if !node.is_some_and(|n| self.downstream_nodes.iter().any(|d| d == n)) {
                 return false;
             }
         }
-        self.headers
-            .iter()
-            .all(|m| m.matches_value(headers.get(m.name.as_str()).and_then(|v| v.to_str().ok())))
+        self.headers.iter().all(|m| m.matches_value(headers.get(m.name.as_str()).and_then(|v| v.to_str().ok())))
     }
 }
 
@@ -158,14 +142,8 @@ mod tests {
     #[test]
     fn always_and_never() {
         let f = FaultConfig {
-            delay: Some(FaultDelay {
-                kind: DelayKind::Fixed(Duration::from_millis(5)),
-                percent: Percent::ALWAYS,
-            }),
-            abort: Some(FaultAbort {
-                kind: AbortKind::Http(503),
-                percent: Percent::NEVER,
-            }),
+            delay: Some(FaultDelay { kind: DelayKind::Fixed(Duration::from_millis(5)), percent: Percent::ALWAYS }),
+            abort: Some(FaultAbort { kind: AbortKind::Http(503), percent: Percent::NEVER }),
             ..Default::default()
         };
         let d = f.decide(&HeaderMap::new(), "c");
@@ -176,37 +154,22 @@ mod tests {
     #[test]
     fn upstream_cluster_and_headers_restrict() {
         let f = FaultConfig {
-            abort: Some(FaultAbort {
-                kind: AbortKind::Grpc(14),
-                percent: Percent::ALWAYS,
-            }),
+            abort: Some(FaultAbort { kind: AbortKind::Grpc(14), percent: Percent::ALWAYS }),
             upstream_cluster: Some("a".into()),
             ..Default::default()
         };
-        assert_eq!(
-            f.decide(&HeaderMap::new(), "a").abort,
-            Some(Abort::Grpc(14))
-        );
+        assert_eq!(f.decide(&HeaderMap::new(), "a").abort, Some(Abort::Grpc(14)));
         assert_eq!(f.decide(&HeaderMap::new(), "b").abort, None);
     }
 
     #[test]
     fn header_controlled_abort() {
-        let f = FaultConfig {
-            abort: Some(FaultAbort {
-                kind: AbortKind::Header,
-                percent: Percent::ALWAYS,
-            }),
-            ..Default::default()
-        };
+        let f = FaultConfig { abort: Some(FaultAbort { kind: AbortKind::Header, percent: Percent::ALWAYS }), ..Default::default() };
         let mut h = HeaderMap::new();
         assert_eq!(f.decide(&h, "c").abort, None);
         h.insert("x-envoy-fault-abort-request", "429".parse().unwrap());
         assert_eq!(f.decide(&h, "c").abort, Some(Abort::Http(429)));
-        h.insert(
-            "x-envoy-fault-abort-request-percentage",
-            "0".parse().unwrap(),
-        );
+        h.insert("x-envoy-fault-abort-request-percentage", "0".parse().unwrap());
         assert_eq!(f.decide(&h, "c").abort, None);
     }
 }

@@ -35,11 +35,7 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_filter_chain: Option<FilterChain>,
     /// How long to wait for the first bytes when sniffing (`listener_filters_timeout`, Envoy: 15 s).
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub sniff_timeout: Option<Duration>,
     /// On sniff timeout, carry on with what is known (`continue_on_listener_filters_timeout`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -95,6 +91,13 @@ impl SourceType {
     }
 }
 
+/// A filter chain of a listener, by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainId {
+    Index(usize),
+    Default,
+}
+
 /// What the runtime knows of a connection when it picks a filter chain.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo<'a> {
@@ -113,38 +116,28 @@ impl Listener {
     /// direct source IP, source type, source IP, source port) keep the chains with the
     /// most specific match, else those that do not constrain it. No backtracking.
     pub fn select_chain(&self, conn: &ConnectionInfo<'_>) -> Option<&FilterChain> {
-        let mut candidates: Vec<&FilterChain> = self.filter_chains.iter().collect();
-        let steps: [&dyn Fn(&mut Vec<&FilterChain>); 9] = [
-            &|c| {
-                narrow_by(c, |m| {
-                    m.destination_port
-                        .map(|p| if p == conn.destination.port() { 1 } else { -1 })
-                })
-            },
-            &|c| {
-                narrow_by(c, |m| {
-                    longest_prefix(&m.prefix_ranges, conn.destination.ip())
-                })
-            },
+        self.select_chain_id(conn).and_then(|id| self.chain(id))
+    }
+
+    pub fn chain(&self, id: ChainId) -> Option<&FilterChain> {
+        match id {
+            ChainId::Index(i) => self.filter_chains.get(i),
+            ChainId::Default => self.default_filter_chain.as_ref(),
+        }
+    }
+
+    /// [`Listener::select_chain`], naming the chain by position.
+    pub fn select_chain_id(&self, conn: &ConnectionInfo<'_>) -> Option<ChainId> {
+        let mut candidates: Vec<(usize, &FilterChain)> = self.filter_chains.iter().enumerate().collect();
+        let steps: [&dyn Fn(&mut Candidates<'_>); 9] = [
+            &|c| narrow_by(c, |m| m.destination_port.map(|p| if p == conn.destination.port() { 1 } else { -1 })),
+            &|c| narrow_by(c, |m| longest_prefix(&m.prefix_ranges, conn.destination.ip())),
             &|c| narrow_by(c, |m| server_name_rank(&m.server_names, conn.server_name)),
-            &|c| {
-                narrow_by(c, |m| {
-                    m.transport_protocol.as_ref().map(|t| {
-                        if t == conn.transport_protocol {
-                            1
-                        } else {
-                            -1
-                        }
-                    })
-                })
-            },
+            &|c| narrow_by(c, |m| m.transport_protocol.as_ref().map(|t| if t == conn.transport_protocol { 1 } else { -1 })),
             &|c| {
                 narrow_by(c, |m| {
                     (!m.application_protocols.is_empty()).then(|| {
-                        if m.application_protocols
-                            .iter()
-                            .any(|p| conn.application_protocols.contains(&p.as_str()))
-                        {
+                        if m.application_protocols.iter().any(|p| conn.application_protocols.contains(&p.as_str())) {
                             1
                         } else {
                             -1
@@ -152,36 +145,18 @@ impl Listener {
                     })
                 })
             },
-            &|c| {
-                narrow_by(c, |m| {
-                    longest_prefix(&m.direct_source_prefix_ranges, conn.source.ip())
-                })
-            },
+            &|c| narrow_by(c, |m| longest_prefix(&m.direct_source_prefix_ranges, conn.source.ip())),
             &|c| narrow_by(c, |m| source_type_rank(m.source_type, conn)),
-            &|c| {
-                narrow_by(c, |m| {
-                    longest_prefix(&m.source_prefix_ranges, conn.source.ip())
-                })
-            },
-            &|c| {
-                narrow_by(c, |m| {
-                    (!m.source_ports.is_empty()).then(|| {
-                        if m.source_ports.contains(&conn.source.port()) {
-                            1
-                        } else {
-                            -1
-                        }
-                    })
-                })
-            },
+            &|c| narrow_by(c, |m| longest_prefix(&m.source_prefix_ranges, conn.source.ip())),
+            &|c| narrow_by(c, |m| (!m.source_ports.is_empty()).then(|| if m.source_ports.contains(&conn.source.port()) { 1 } else { -1 })),
         ];
         for step in steps {
             step(&mut candidates);
             if candidates.is_empty() {
-                return self.default_filter_chain.as_ref();
+                return self.default_filter_chain.as_ref().map(|_| ChainId::Default);
             }
         }
-        candidates.first().copied()
+        candidates.first().map(|(i, _)| ChainId::Index(*i))
     }
 }
 
@@ -248,17 +223,16 @@ impl PortPredicate {
     }
 }
 
+/// Filter chains still in the running, with their positions.
+type Candidates<'a> = Vec<(usize, &'a FilterChain)>;
+
 /// Keeps the candidates with the best positive rank; if none has one, those that do
 /// not constrain the criterion (`None`); a negative rank is a mismatch.
-fn narrow_by(candidates: &mut Vec<&FilterChain>, rank: impl Fn(&FilterChainMatch) -> Option<i32>) {
-    let best = candidates
-        .iter()
-        .filter_map(|c| rank(&c.matcher))
-        .filter(|r| *r > 0)
-        .max();
+fn narrow_by(candidates: &mut Candidates<'_>, rank: impl Fn(&FilterChainMatch) -> Option<i32>) {
+    let best = candidates.iter().filter_map(|(_, c)| rank(&c.matcher)).filter(|r| *r > 0).max();
     match best {
-        Some(best) => candidates.retain(|c| rank(&c.matcher) == Some(best)),
-        None => candidates.retain(|c| rank(&c.matcher).is_none()),
+        Some(best) => candidates.retain(|(_, c)| rank(&c.matcher) == Some(best)),
+        None => candidates.retain(|(_, c)| rank(&c.matcher).is_none()),
     }
 }
 
@@ -269,14 +243,7 @@ fn longest_prefix(ranges: &[IpNet], ip: IpAddr) -> Option<i32> {
         return None;
     }
     let ip = canonical(ip);
-    Some(
-        ranges
-            .iter()
-            .filter(|r| r.contains(&ip))
-            .map(|r| i32::from(r.prefix_len()) + 1)
-            .max()
-            .unwrap_or(-1),
-    )
+    Some(ranges.iter().filter(|r| r.contains(&ip)).map(|r| i32::from(r.prefix_len()) + 1).max().unwrap_or(-1))
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4.
@@ -310,8 +277,7 @@ fn server_name_rank(names: &[String], sni: Option<&str>) -> Option<i32> {
 }
 
 fn source_type_rank(t: SourceType, conn: &ConnectionInfo<'_>) -> Option<i32> {
-    let local = conn.source.ip().is_loopback()
-        || canonical(conn.source.ip()) == canonical(conn.destination.ip());
+    let local = conn.source.ip().is_loopback() || canonical(conn.source.ip()) == canonical(conn.destination.ip());
     match t {
         SourceType::Any => None,
         SourceType::SameIpOrLoopback => Some(if local { 1 } else { -1 }),
@@ -342,30 +308,14 @@ pub struct HttpConnectionManager {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub has_fault_filter: bool,
     /// Envoy: 5 min. `None`: disabled.
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub request_headers_timeout: Option<Duration>,
     /// Downstream connection idle timeout (Envoy: 1 h).
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     /// Envoy: 60 KiB.
     pub max_request_headers_kb: u32,
@@ -406,11 +356,7 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     pub cluster: TcpCluster,
     /// Envoy: 1 h. `None`: disabled.
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     /// Connection attempts before giving up (Envoy: 1).
     pub max_connect_attempts: u32,
@@ -449,13 +395,7 @@ mod tests {
     use super::*;
 
     fn chain(name: &str, matcher: FilterChainMatch) -> FilterChain {
-        FilterChain {
-            name: name.into(),
-            matcher,
-            kind: ChainKind::Refuse {
-                reason: String::new(),
-            },
-        }
+        FilterChain { name: name.into(), matcher, kind: ChainKind::Refuse { reason: String::new() } }
     }
 
     fn listener(chains: Vec<FilterChain>) -> Listener {
@@ -474,12 +414,7 @@ mod tests {
         }
     }
 
-    fn conn<'a>(
-        dst: &str,
-        transport: &'a str,
-        alpn: &'a [&'a str],
-        sni: Option<&'a str>,
-    ) -> ConnectionInfo<'a> {
+    fn conn<'a>(dst: &str, transport: &'a str, alpn: &'a [&'a str], sni: Option<&'a str>) -> ConnectionInfo<'a> {
         ConnectionInfo {
             destination: dst.parse().unwrap(),
             source: "198.18.0.9:40000".parse().unwrap(),
@@ -499,24 +434,11 @@ mod tests {
             ..Default::default()
         };
         listener(vec![
-            chain(
-                "9080-tls-http",
-                m(
-                    Some(9080),
-                    Some("tls"),
-                    &["istio-http/1.0", "istio-http/1.1", "istio-h2"],
-                ),
-            ),
+            chain("9080-tls-http", m(Some(9080), Some("tls"), &["istio-http/1.0", "istio-http/1.1", "istio-h2"])),
             chain("9080-tls-tcp", m(Some(9080), Some("tls"), &[])),
-            chain(
-                "9080-http",
-                m(Some(9080), Some("raw_buffer"), &["http/1.1", "h2c"]),
-            ),
+            chain("9080-http", m(Some(9080), Some("raw_buffer"), &["http/1.1", "h2c"])),
             chain("9080-tcp", m(Some(9080), Some("raw_buffer"), &[])),
-            chain(
-                "any-http",
-                m(None, Some("raw_buffer"), &["http/1.1", "h2c"]),
-            ),
+            chain("any-http", m(None, Some("raw_buffer"), &["http/1.1", "h2c"])),
             chain("any-tcp", m(None, None, &[])),
         ])
     }
@@ -525,105 +447,43 @@ mod tests {
     fn istio_inbound_chain_selection() {
         let l = inbound();
         let pick = |c: ConnectionInfo<'_>| l.select_chain(&c).map(|c| c.name.to_string());
-        assert_eq!(
-            pick(conn("198.18.0.1:9080", "raw_buffer", &["http/1.1"], None)).unwrap(),
-            "9080-http"
-        );
-        assert_eq!(
-            pick(conn("198.18.0.1:9080", "raw_buffer", &[], None)).unwrap(),
-            "9080-tcp"
-        );
-        assert_eq!(
-            pick(conn("198.18.0.1:9080", "tls", &["istio-h2"], None)).unwrap(),
-            "9080-tls-http"
-        );
-        assert_eq!(
-            pick(conn("198.18.0.1:9080", "tls", &["h2"], None)).unwrap(),
-            "9080-tls-tcp"
-        );
-        assert_eq!(
-            pick(conn("198.18.0.1:7000", "raw_buffer", &["h2c"], None)).unwrap(),
-            "any-http"
-        );
+        assert_eq!(pick(conn("198.18.0.1:9080", "raw_buffer", &["http/1.1"], None)).unwrap(), "9080-http");
+        assert_eq!(pick(conn("198.18.0.1:9080", "raw_buffer", &[], None)).unwrap(), "9080-tcp");
+        assert_eq!(pick(conn("198.18.0.1:9080", "tls", &["istio-h2"], None)).unwrap(), "9080-tls-http");
+        assert_eq!(pick(conn("198.18.0.1:9080", "tls", &["h2"], None)).unwrap(), "9080-tls-tcp");
+        assert_eq!(pick(conn("198.18.0.1:7000", "raw_buffer", &["h2c"], None)).unwrap(), "any-http");
         // TLS on a port without chains of its own falls to the catch-all.
-        assert_eq!(
-            pick(conn("198.18.0.1:7000", "tls", &[], None)).unwrap(),
-            "any-tcp"
-        );
+        assert_eq!(pick(conn("198.18.0.1:7000", "tls", &[], None)).unwrap(), "any-tcp");
     }
 
     #[test]
     fn most_specific_prefix_and_server_name_win() {
         let l = listener(vec![
-            chain(
-                "wide",
-                FilterChainMatch {
-                    prefix_ranges: vec!["198.18.0.0/15".parse().unwrap()],
-                    ..Default::default()
-                },
-            ),
-            chain(
-                "narrow",
-                FilterChainMatch {
-                    prefix_ranges: vec!["198.18.1.0/24".parse().unwrap()],
-                    ..Default::default()
-                },
-            ),
+            chain("wide", FilterChainMatch { prefix_ranges: vec!["198.18.0.0/15".parse().unwrap()], ..Default::default() }),
+            chain("narrow", FilterChainMatch { prefix_ranges: vec!["198.18.1.0/24".parse().unwrap()], ..Default::default() }),
             chain(
                 "sni-exact",
-                FilterChainMatch {
-                    prefix_ranges: vec!["198.19.0.0/16".parse().unwrap()],
-                    server_names: vec!["a.example.com".into()],
-                    ..Default::default()
-                },
+                FilterChainMatch { prefix_ranges: vec!["198.19.0.0/16".parse().unwrap()], server_names: vec!["a.example.com".into()], ..Default::default() },
             ),
             chain(
                 "sni-wild",
-                FilterChainMatch {
-                    prefix_ranges: vec!["198.19.0.0/16".parse().unwrap()],
-                    server_names: vec!["*.example.com".into()],
-                    ..Default::default()
-                },
+                FilterChainMatch { prefix_ranges: vec!["198.19.0.0/16".parse().unwrap()], server_names: vec!["*.example.com".into()], ..Default::default() },
             ),
         ]);
         let pick = |c: ConnectionInfo<'_>| l.select_chain(&c).map(|c| c.name.to_string());
-        assert_eq!(
-            pick(conn("198.18.1.5:80", "", &[], None)).unwrap(),
-            "narrow"
-        );
+        assert_eq!(pick(conn("198.18.1.5:80", "", &[], None)).unwrap(), "narrow");
         assert_eq!(pick(conn("198.18.2.5:80", "", &[], None)).unwrap(), "wide");
-        assert_eq!(
-            pick(conn("198.19.0.1:443", "tls", &[], Some("a.example.com"))).unwrap(),
-            "sni-exact"
-        );
-        assert_eq!(
-            pick(conn("198.19.0.1:443", "tls", &[], Some("b.example.com"))).unwrap(),
-            "sni-wild"
-        );
-        assert_eq!(
-            pick(conn("198.19.0.1:443", "tls", &[], Some("other.org"))).unwrap(),
-            "default"
-        );
-        assert_eq!(
-            pick(conn("203.0.113.1:80", "", &[], None)).unwrap(),
-            "default"
-        );
+        assert_eq!(pick(conn("198.19.0.1:443", "tls", &[], Some("a.example.com"))).unwrap(), "sni-exact");
+        assert_eq!(pick(conn("198.19.0.1:443", "tls", &[], Some("b.example.com"))).unwrap(), "sni-wild");
+        assert_eq!(pick(conn("198.19.0.1:443", "tls", &[], Some("other.org"))).unwrap(), "default");
+        assert_eq!(pick(conn("203.0.113.1:80", "", &[], None)).unwrap(), "default");
     }
 
     #[test]
     fn inspector_disabled_ports() {
         // Istio's virtualInbound: http_inspector off for 80 and 15006.
-        let http = Inspect::Unless(PortPredicate::Or(vec![
-            PortPredicate::Range { start: 80, end: 81 },
-            PortPredicate::Range {
-                start: 15006,
-                end: 15007,
-            },
-        ]));
-        let i = Inspection {
-            tls: Inspect::Always,
-            http,
-        };
+        let http = Inspect::Unless(PortPredicate::Or(vec![PortPredicate::Range { start: 80, end: 81 }, PortPredicate::Range { start: 15006, end: 15007 }]));
+        let i = Inspection { tls: Inspect::Always, http };
         assert_eq!(i.for_port(80), (true, false));
         assert_eq!(i.for_port(9080), (true, true));
         assert_eq!(Inspection::default().for_port(9080), (false, false));

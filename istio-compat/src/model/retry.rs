@@ -87,11 +87,7 @@ impl std::ops::BitOr for RetryOn {
 
 impl std::fmt::Display for RetryOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = Self::TOKENS
-            .iter()
-            .filter(|(_, flag)| self.contains(*flag))
-            .map(|(t, _)| *t)
-            .collect();
+        let names: Vec<&str> = Self::TOKENS.iter().filter(|(_, flag)| self.contains(*flag)).map(|(t, _)| *t).collect();
         f.write_str(&names.join(","))
     }
 }
@@ -107,10 +103,7 @@ impl<'de> Deserialize<'de> for RetryOn {
         let s = String::deserialize(d)?;
         match RetryOn::parse(&s) {
             (on, unknown) if unknown.is_empty() => Ok(on),
-            (_, unknown) => Err(serde::de::Error::custom(format!(
-                "unknown retry_on conditions: {}",
-                unknown.join(",")
-            ))),
+            (_, unknown) => Err(serde::de::Error::custom(format!("unknown retry_on conditions: {}", unknown.join(",")))),
         }
     }
 }
@@ -133,17 +126,9 @@ pub struct RetryPolicy {
     pub retry_on: RetryOn,
     /// Retries after the first attempt (Envoy's default: 1).
     pub num_retries: u32,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub per_try_idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retriable_status_codes: Vec<u16>,
@@ -185,12 +170,7 @@ impl RetryPolicy {
     /// Whether a response with these headers is retried (Envoy's
     /// `RetryStateImpl::wouldRetryFromHeaders`). gRPC conditions read `grpc-status`
     /// from the headers, i.e. trailers-only responses.
-    pub fn retriable_response(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        request_headers: &HeaderMap,
-    ) -> bool {
+    pub fn retriable_response(&self, status: StatusCode, headers: &HeaderMap, request_headers: &HeaderMap) -> bool {
         let on = self.retry_on;
         // An overloaded upstream asked not to be retried.
         if status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key("x-envoy-overloaded") {
@@ -210,23 +190,14 @@ impl RetryPolicy {
             return true;
         }
         if on.contains(RetryOn::RETRIABLE_STATUS_CODES)
-            && (self.retriable_status_codes.contains(&code)
-                || request_status_codes(request_headers).any(|c| c == code))
+            && (self.retriable_status_codes.contains(&code) || request_status_codes(request_headers).any(|c| c == code))
         {
             return true;
         }
-        if on.contains(RetryOn::RETRIABLE_HEADERS)
-            && self
-                .retriable_headers
-                .iter()
-                .any(|m| m.matches_value(header_str(headers, &m.name)))
-        {
+        if on.contains(RetryOn::RETRIABLE_HEADERS) && self.retriable_headers.iter().any(|m| m.matches_value(header_str(headers, &m.name))) {
             return true;
         }
-        if let Some(grpc) = headers
-            .get("grpc-status")
-            .and_then(|v| protocols::grpc::Code::from_header_value(v.as_bytes()).ok())
-        {
+        if let Some(grpc) = headers.get("grpc-status").and_then(|v| protocols::grpc::Code::from_header_value(v.as_bytes()).ok()) {
             use protocols::grpc::Code;
             let flag = match grpc {
                 Code::Cancelled => RetryOn::GRPC_CANCELLED,
@@ -252,24 +223,16 @@ impl RetryPolicy {
             return true;
         }
         match failure {
-            AttemptFailure::ConnectFailure => {
-                on.any(RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST)
-            }
+            AttemptFailure::ConnectFailure => on.any(RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST),
             AttemptFailure::RefusedStream => on.contains(RetryOn::REFUSED_STREAM),
-            AttemptFailure::Reset { request_sent } => {
-                !request_sent && on.contains(RetryOn::RESET_BEFORE_REQUEST)
-            }
+            AttemptFailure::Reset { request_sent } => !request_sent && on.contains(RetryOn::RESET_BEFORE_REQUEST),
             AttemptFailure::PerTryTimeout => false,
         }
     }
 
     /// Whether the request may be retried at all (`retriable_request_headers`).
     pub fn request_is_retriable(&self, request_headers: &HeaderMap) -> bool {
-        self.retriable_request_headers.is_empty()
-            || self
-                .retriable_request_headers
-                .iter()
-                .any(|m| m.matches_value(header_str(request_headers, &m.name)))
+        self.retriable_request_headers.is_empty() || self.retriable_request_headers.iter().any(|m| m.matches_value(header_str(request_headers, &m.name)))
     }
 
     /// Envoy's jittered exponential back-off before retry number `retry` (1-based):
@@ -277,9 +240,7 @@ impl RetryPolicy {
     pub fn backoff(&self, retry: u32) -> Duration {
         let multiplier = (1u64 << retry.min(30)) - 1;
         let base = self.backoff_base.as_millis().max(1) as u64;
-        let ceiling = base
-            .saturating_mul(multiplier)
-            .min(self.backoff_max.as_millis().max(1) as u64);
+        let ceiling = base.saturating_mul(multiplier).min(self.backoff_max.as_millis().max(1) as u64);
         Duration::from_millis(rand::random_range(0..ceiling.max(1)))
     }
 }
@@ -290,11 +251,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// `x-envoy-retriable-status-codes` on the request adds codes to the policy's.
 fn request_status_codes(headers: &HeaderMap) -> impl Iterator<Item = u16> + '_ {
-    headers
-        .get("x-envoy-retriable-status-codes")
-        .and_then(|v| v.to_str().ok())
-        .into_iter()
-        .flat_map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()))
+    headers.get("x-envoy-retriable-status-codes").and_then(|v| v.to_str().ok()).into_iter().flat_map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()))
 }
 
 #[cfg(test)]
@@ -305,21 +262,13 @@ mod tests {
     fn policy(retry_on: &str) -> RetryPolicy {
         let (on, unknown) = RetryOn::parse(retry_on);
         assert!(unknown.is_empty(), "{unknown:?}");
-        RetryPolicy {
-            retry_on: on,
-            retriable_status_codes: vec![418],
-            ..Default::default()
-        }
+        RetryPolicy { retry_on: on, retriable_status_codes: vec![418], ..Default::default() }
     }
 
     #[test]
     fn parse_reports_unknown_tokens() {
         let (on, unknown) = RetryOn::parse("5xx, connect-failure,bogus,unavailable");
-        assert!(
-            on.contains(RetryOn::FIVE_XX)
-                && on.contains(RetryOn::CONNECT_FAILURE)
-                && on.contains(RetryOn::GRPC_UNAVAILABLE)
-        );
+        assert!(on.contains(RetryOn::FIVE_XX) && on.contains(RetryOn::CONNECT_FAILURE) && on.contains(RetryOn::GRPC_UNAVAILABLE));
         assert_eq!(unknown, ["bogus"]);
         assert_eq!(on.to_string(), "5xx,connect-failure,unavailable");
     }
@@ -338,38 +287,19 @@ mod tests {
     #[test_case("deadline-exceeded", 200, &[("grpc-status", "4")], true)]
     #[test_case("resource-exhausted", 200, &[("grpc-status", "8")], true)]
     #[test_case("connect-failure", 503, &[], false)]
-    fn retriable_responses(
-        retry_on: &str,
-        status: u16,
-        headers: &[(&'static str, &'static str)],
-        expected: bool,
-    ) {
+    fn retriable_responses(retry_on: &str, status: u16, headers: &[(&'static str, &'static str)], expected: bool) {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
             h.insert(*k, v.parse().unwrap());
         }
-        assert_eq!(
-            policy(retry_on).retriable_response(
-                StatusCode::from_u16(status).unwrap(),
-                &h,
-                &HeaderMap::new()
-            ),
-            expected
-        );
+        assert_eq!(policy(retry_on).retriable_response(StatusCode::from_u16(status).unwrap(), &h, &HeaderMap::new()), expected);
     }
 
     #[test]
     fn request_header_adds_retriable_status_codes() {
         let mut req = HeaderMap::new();
-        req.insert(
-            "x-envoy-retriable-status-codes",
-            "429, 420".parse().unwrap(),
-        );
-        assert!(policy("retriable-status-codes").retriable_response(
-            StatusCode::from_u16(420).unwrap(),
-            &HeaderMap::new(),
-            &req
-        ));
+        req.insert("x-envoy-retriable-status-codes", "429, 420".parse().unwrap());
+        assert!(policy("retriable-status-codes").retriable_response(StatusCode::from_u16(420).unwrap(), &HeaderMap::new(), &req));
     }
 
     #[test_case("connect-failure", AttemptFailure::ConnectFailure, true)]

@@ -11,9 +11,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    serde_opt_duration, HeaderMutation, Name, Pattern, Percent, RegexRewrite, StringMatcher,
-};
+use super::common::{serde_opt_duration, HeaderMutation, Name, Pattern, Percent, RegexRewrite, StringMatcher};
 use super::fault::FaultConfig;
 use super::retry::RetryPolicy;
 
@@ -50,12 +48,7 @@ struct DomainIndex {
 impl RouteTable {
     /// A table of these virtual hosts, indexed.
     pub fn new(name: &str, virtual_hosts: Vec<VirtualHost>) -> Self {
-        RouteTable {
-            name: name.into(),
-            virtual_hosts,
-            ..Default::default()
-        }
-        .index()
+        RouteTable { name: name.into(), virtual_hosts, ..Default::default() }.index()
     }
 
     /// Builds the domain index; call after constructing or deserialising a table.
@@ -76,8 +69,8 @@ impl RouteTable {
             }
         }
         // Longest first; a stable sort keeps configuration order among equals.
-        index.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        index.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        index.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         self.index = index;
         self
     }
@@ -101,18 +94,8 @@ impl RouteTable {
             .exact
             .get(host)
             .copied()
-            .or_else(|| {
-                idx.suffixes
-                    .iter()
-                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
-                    .map(|(_, i)| *i)
-            })
-            .or_else(|| {
-                idx.prefixes
-                    .iter()
-                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
-                    .map(|(_, i)| *i)
-            })
+            .or_else(|| idx.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|(_, i)| *i))
+            .or_else(|| idx.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|(_, i)| *i))
             .or(idx.default);
         found.and_then(|i| self.virtual_hosts.get(i))
     }
@@ -124,9 +107,7 @@ pub fn strip_port(authority: &str) -> &str {
         return &authority[..end + 2];
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            host
-        }
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     }
 }
@@ -188,9 +169,7 @@ impl RequestHead<'_> {
         use std::borrow::Cow;
         match name {
             ":authority" => return Some(Cow::Borrowed(self.authority)),
-            "host" if !self.headers.contains_key(http::header::HOST) => {
-                return Some(Cow::Borrowed(self.authority))
-            }
+            "host" if !self.headers.contains_key(http::header::HOST) => return Some(Cow::Borrowed(self.authority)),
             ":path" => return Some(Cow::Borrowed(self.path)),
             ":method" => return Some(Cow::Borrowed(self.method.as_str())),
             ":scheme" => return Some(Cow::Borrowed(self.scheme)),
@@ -229,9 +208,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -311,12 +288,7 @@ impl RouteMatch {
         if !self.path_matches(req) {
             return false;
         }
-        if self.grpc
-            && !req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| protocols::grpc::is_grpc_content_type(v.as_bytes()))
-        {
+        if self.grpc && !req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| protocols::grpc::is_grpc_content_type(v.as_bytes())) {
             return false;
         }
         if !self.headers.iter().all(|h| h.matches(req)) {
@@ -346,9 +318,7 @@ impl RouteMatch {
             }
         };
         match &self.path {
-            PathMatch::Prefix(p) => {
-                path.len() >= p.len() && path.is_char_boundary(p.len()) && eq(&path[..p.len()], p)
-            }
+            PathMatch::Prefix(p) => path.len() >= p.len() && path.is_char_boundary(p.len()) && eq(&path[..p.len()], p),
             PathMatch::Exact(p) => eq(path, p),
             PathMatch::Regex(r) => r.is_full_match(path),
             PathMatch::SeparatedPrefix(p) => {
@@ -406,9 +376,7 @@ impl HeaderMatcher {
         };
         let matched = match &self.rule {
             HeaderMatchRule::String(m) => m.matches(value),
-            HeaderMatchRule::Range { start, end } => {
-                value.parse::<i64>().is_ok_and(|v| *start <= v && v < *end)
-            }
+            HeaderMatchRule::Range { start, end } => value.parse::<i64>().is_ok_and(|v| *start <= v && v < *end),
             HeaderMatchRule::Present(present) => *present,
         };
         matched != self.invert
@@ -455,17 +423,9 @@ pub struct ForwardAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<String>,
     /// The whole-request timeout; `None` disables it. Unset in config means 15 s.
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
@@ -489,17 +449,9 @@ fn default_cluster_not_found() -> u16 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrpcTimeout {
     /// Cap on the header's value; `None` (config `0s`) means no cap.
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub max: Option<Duration>,
-    #[serde(
-        default,
-        with = "serde_opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub offset: Option<Duration>,
 }
 
@@ -510,10 +462,7 @@ impl ForwardAction {
         let Some(grpc) = &self.grpc_timeout else {
             return self.timeout;
         };
-        let Some(header) = headers
-            .get("grpc-timeout")
-            .and_then(|v| protocols::grpc::parse_timeout(v.as_bytes()))
-        else {
+        let Some(header) = headers.get("grpc-timeout").and_then(|v| protocols::grpc::parse_timeout(v.as_bytes())) else {
             return self.timeout;
         };
         let mut t = match grpc.max {
@@ -533,9 +482,7 @@ impl ForwardAction {
     pub fn rewrite_path(&self, path: &str, matcher: &RouteMatch) -> Option<String> {
         if let Some(new_prefix) = &self.prefix_rewrite {
             let old = match &matcher.path {
-                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => {
-                    p.as_str()
-                }
+                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.as_str(),
                 _ => return None,
             };
             let rest = path.get(old.len()..).unwrap_or("");
@@ -617,11 +564,7 @@ pub enum HashSource {
     Cookie {
         name: String,
         /// When set and the cookie is absent, the proxy generates one with this TTL.
-        #[serde(
-            default,
-            with = "serde_opt_duration",
-            skip_serializing_if = "Option::is_none"
-        )]
+        #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
         ttl: Option<Duration>,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         path: String,
@@ -672,13 +615,10 @@ impl RedirectAction {
         let port = match self.port {
             Some(p) => Some(p.to_string()),
             // A scheme change drops a default port of the old scheme.
-            None if self.scheme.is_some() => req_port
-                .filter(|p| !(*p == "80" || *p == "443"))
-                .map(str::to_owned),
+            None if self.scheme.is_some() => req_port.filter(|p| !(*p == "80" || *p == "443")).map(str::to_owned),
             None => req_port.map(str::to_owned),
         };
-        let port = port
-            .filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
+        let port = port.filter(|p| !((scheme == "http" && p == "80") || (scheme == "https" && p == "443")));
         let (path_only, query) = match req.path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.path, None),
@@ -688,9 +628,7 @@ impl RedirectAction {
             RedirectPath::Path(p) => p.clone(),
             RedirectPath::Prefix(new_prefix) => {
                 let old = match &matcher.path {
-                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => {
-                        p.len()
-                    }
+                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => p.len(),
                     _ => 0,
                 };
                 format!("{new_prefix}{}", path_only.get(old..).unwrap_or(""))
@@ -732,41 +670,19 @@ mod tests {
     use crate::model::common::StringMatch;
     use test_case::test_case;
 
-    fn head<'a>(
-        method: &'a Method,
-        authority: &'a str,
-        path: &'a str,
-        headers: &'a HeaderMap,
-    ) -> RequestHead<'a> {
-        RequestHead {
-            method,
-            authority,
-            path,
-            scheme: "http",
-            headers,
-        }
+    fn head<'a>(method: &'a Method, authority: &'a str, path: &'a str, headers: &'a HeaderMap) -> RequestHead<'a> {
+        RequestHead { method, authority, path, scheme: "http", headers }
     }
 
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {
-        VirtualHost {
-            name: name.into(),
-            domains: domains.iter().map(|d| d.to_string()).collect(),
-            ..Default::default()
-        }
+        VirtualHost { name: name.into(), domains: domains.iter().map(|d| d.to_string()).collect(), ..Default::default() }
     }
 
     fn table() -> RouteTable {
         RouteTable {
             name: "t".into(),
             virtual_hosts: vec![
-                vh(
-                    "exact",
-                    &[
-                        "reviews.default.svc.cluster.local",
-                        "reviews.default.svc.cluster.local:9080",
-                        "reviews",
-                    ],
-                ),
+                vh("exact", &["reviews.default.svc.cluster.local", "reviews.default.svc.cluster.local:9080", "reviews"]),
                 vh("suffix-short", &["*.com"]),
                 vh("suffix-long", &["*.example.com"]),
                 vh("prefix", &["api.*"]),
@@ -795,23 +711,13 @@ mod tests {
     fn ignore_port_in_host_matching() {
         let mut t = table();
         t.ignore_port_in_host_matching = true;
-        assert_eq!(
-            &*t.index().virtual_host("reviews:8080").unwrap().name,
-            "exact"
-        );
+        assert_eq!(&*t.index().virtual_host("reviews:8080").unwrap().name, "exact");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("::1"), "::1");
     }
 
     fn m(path: PathMatch) -> RouteMatch {
-        RouteMatch {
-            path,
-            case_sensitive: true,
-            headers: vec![],
-            query_parameters: vec![],
-            grpc: false,
-            fraction: None,
-        }
+        RouteMatch { path, case_sensitive: true, headers: vec![], query_parameters: vec![], grpc: false, fraction: None }
     }
 
     #[test_case(PathMatch::Prefix("/api".into()), true, "/api/v1?x=1", true)]
@@ -830,10 +736,7 @@ mod tests {
         let mut rm = m(path);
         rm.case_sensitive = case_sensitive;
         let headers = HeaderMap::new();
-        assert_eq!(
-            rm.matches(&head(&Method::GET, "h", request_path, &headers)),
-            expected
-        );
+        assert_eq!(rm.matches(&head(&Method::GET, "h", request_path, &headers)), expected);
     }
 
     #[test]
@@ -846,29 +749,12 @@ mod tests {
     }
 
     fn hm(rule: HeaderMatchRule, invert: bool) -> HeaderMatcher {
-        HeaderMatcher {
-            name: "x-user".into(),
-            rule,
-            invert,
-            treat_missing_as_empty: false,
-        }
+        HeaderMatcher { name: "x-user".into(), rule, invert, treat_missing_as_empty: false }
     }
 
-    #[test_case(
-        hm(HeaderMatchRule::String(StringMatcher::exact("jason")), false),
-        Some("jason"),
-        true
-    )]
-    #[test_case(
-        hm(HeaderMatchRule::String(StringMatcher::exact("jason")), true),
-        Some("jason"),
-        false
-    )]
-    #[test_case(
-        hm(HeaderMatchRule::String(StringMatcher::exact("jason")), true),
-        Some("bob"),
-        true
-    )]
+    #[test_case(hm(HeaderMatchRule::String(StringMatcher::exact("jason")), false), Some("jason"), true)]
+    #[test_case(hm(HeaderMatchRule::String(StringMatcher::exact("jason")), true), Some("jason"), false)]
+    #[test_case(hm(HeaderMatchRule::String(StringMatcher::exact("jason")), true), Some("bob"), true)]
     #[test_case(hm(HeaderMatchRule::String(StringMatcher::exact("jason")), true), None, false; "inverted matcher never matches an absent header")]
     #[test_case(hm(HeaderMatchRule::Present(true), false), None, false)]
     #[test_case(hm(HeaderMatchRule::Present(true), true), None, true)]
@@ -897,10 +783,7 @@ mod tests {
         assert!(hm(HeaderMatchRule::String(StringMatcher::exact("a,b")), false).matches(&req));
         let authority = HeaderMatcher {
             name: ":authority".into(),
-            rule: HeaderMatchRule::String(StringMatcher {
-                kind: StringMatch::Prefix("h".into()),
-                ignore_case: false,
-            }),
+            rule: HeaderMatchRule::String(StringMatcher { kind: StringMatch::Prefix("h".into()), ignore_case: false }),
             invert: false,
             treat_missing_as_empty: false,
         };
@@ -912,47 +795,21 @@ mod tests {
         let headers = HeaderMap::new();
         let req = head(&Method::GET, "h", "/p?a=1&b=hello%20world&c", &headers);
         assert_eq!(req.query_param("b").as_deref(), Some("hello world"));
-        assert!(QueryParameterMatcher {
-            name: "c".into(),
-            value: None
-        }
-        .matches(&req));
-        assert!(!QueryParameterMatcher {
-            name: "d".into(),
-            value: None
-        }
-        .matches(&req));
-        assert!(QueryParameterMatcher {
-            name: "a".into(),
-            value: Some(StringMatcher::exact("1"))
-        }
-        .matches(&req));
+        assert!(QueryParameterMatcher { name: "c".into(), value: None }.matches(&req));
+        assert!(!QueryParameterMatcher { name: "d".into(), value: None }.matches(&req));
+        assert!(QueryParameterMatcher { name: "a".into(), value: Some(StringMatcher::exact("1")) }.matches(&req));
     }
 
     #[test]
     fn weighted_pick_covers_every_cluster_in_proportion() {
         let w = WeightedClusters {
             clusters: vec![
-                WeightedCluster {
-                    name: "a".into(),
-                    weight: 20,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                    host_rewrite: None,
-                },
-                WeightedCluster {
-                    name: "b".into(),
-                    weight: 80,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                    host_rewrite: None,
-                },
+                WeightedCluster { name: "a".into(), weight: 20, request_headers: Default::default(), response_headers: Default::default(), host_rewrite: None },
+                WeightedCluster { name: "b".into(), weight: 80, request_headers: Default::default(), response_headers: Default::default(), host_rewrite: None },
             ],
             total: 100,
         };
-        let picks: Vec<_> = (0..100)
-            .map(|d| w.pick(d).unwrap().name.to_string())
-            .collect();
+        let picks: Vec<_> = (0..100).map(|d| w.pick(d).unwrap().name.to_string()).collect();
         assert_eq!(picks.iter().filter(|n| *n == "a").count(), 20);
         assert_eq!(picks.iter().filter(|n| *n == "b").count(), 80);
     }
@@ -974,22 +831,9 @@ mod tests {
             mirrors: vec![],
             upgrades: vec![],
         };
-        assert_eq!(
-            fwd(Some("/new"), None)
-                .rewrite_path("/old/x?q=1", &matcher)
-                .unwrap(),
-            "/new/x?q=1"
-        );
-        let rx = RegexRewrite {
-            pattern: Pattern::new("^/old/(.*)$").unwrap(),
-            substitution: crate::model::common::RegexSubstitution::new("/v2/\\1"),
-        };
-        assert_eq!(
-            fwd(None, Some(rx))
-                .rewrite_path("/old/x?q=1", &matcher)
-                .unwrap(),
-            "/v2/x?q=1"
-        );
+        assert_eq!(fwd(Some("/new"), None).rewrite_path("/old/x?q=1", &matcher).unwrap(), "/new/x?q=1");
+        let rx = RegexRewrite { pattern: Pattern::new("^/old/(.*)$").unwrap(), substitution: crate::model::common::RegexSubstitution::new("/v2/\\1") };
+        assert_eq!(fwd(None, Some(rx)).rewrite_path("/old/x?q=1", &matcher).unwrap(), "/v2/x?q=1");
         assert_eq!(fwd(None, None).rewrite_path("/old", &matcher), None);
     }
 
@@ -1011,35 +855,13 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", "200m".parse().unwrap());
-        assert_eq!(
-            fwd.effective_timeout(&headers),
-            Some(Duration::from_secs(15)),
-            "ignored without max_grpc_timeout"
-        );
-        fwd.grpc_timeout = Some(GrpcTimeout {
-            max: None,
-            offset: None,
-        });
-        assert_eq!(
-            fwd.effective_timeout(&headers),
-            Some(Duration::from_millis(200))
-        );
-        fwd.grpc_timeout = Some(GrpcTimeout {
-            max: Some(Duration::from_millis(100)),
-            offset: None,
-        });
-        assert_eq!(
-            fwd.effective_timeout(&headers),
-            Some(Duration::from_millis(100))
-        );
-        fwd.grpc_timeout = Some(GrpcTimeout {
-            max: None,
-            offset: Some(Duration::from_millis(50)),
-        });
-        assert_eq!(
-            fwd.effective_timeout(&headers),
-            Some(Duration::from_millis(150))
-        );
+        assert_eq!(fwd.effective_timeout(&headers), Some(Duration::from_secs(15)), "ignored without max_grpc_timeout");
+        fwd.grpc_timeout = Some(GrpcTimeout { max: None, offset: None });
+        assert_eq!(fwd.effective_timeout(&headers), Some(Duration::from_millis(200)));
+        fwd.grpc_timeout = Some(GrpcTimeout { max: Some(Duration::from_millis(100)), offset: None });
+        assert_eq!(fwd.effective_timeout(&headers), Some(Duration::from_millis(100)));
+        fwd.grpc_timeout = Some(GrpcTimeout { max: None, offset: Some(Duration::from_millis(50)) });
+        assert_eq!(fwd.effective_timeout(&headers), Some(Duration::from_millis(150)));
     }
 
     #[test]
@@ -1047,26 +869,11 @@ mod tests {
         let headers = HeaderMap::new();
         let req = head(&Method::GET, "example.com:8080", "/old/a?x=1", &headers);
         let matcher = m(PathMatch::Prefix("/old".into()));
-        let r = RedirectAction {
-            scheme: Some("https".into()),
-            host: None,
-            port: None,
-            path: RedirectPath::Prefix("/new".into()),
-            status: 301,
-            strip_query: false,
-        };
-        assert_eq!(
-            r.location(&req, &matcher),
-            "https://example.com:8080/new/a?x=1"
-        );
-        let r = RedirectAction {
-            scheme: None,
-            host: Some("other".into()),
-            port: Some(80),
-            path: RedirectPath::Path("/p".into()),
-            status: 302,
-            strip_query: true,
-        };
+        let r =
+            RedirectAction { scheme: Some("https".into()), host: None, port: None, path: RedirectPath::Prefix("/new".into()), status: 301, strip_query: false };
+        assert_eq!(r.location(&req, &matcher), "https://example.com:8080/new/a?x=1");
+        let r =
+            RedirectAction { scheme: None, host: Some("other".into()), port: Some(80), path: RedirectPath::Path("/p".into()), status: 302, strip_query: true };
         assert_eq!(r.location(&req, &matcher), "http://other/p");
     }
 }

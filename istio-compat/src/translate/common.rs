@@ -12,10 +12,7 @@ use xds_client::pb::envoy::r#type::v3 as types;
 use xds_client::pb::google::protobuf;
 
 use super::Invalid;
-use crate::model::common::{
-    AppendAction, HeaderMutation, HeaderToAdd, Pattern, Percent, RegexRewrite, RegexSubstitution,
-    StringMatch, StringMatcher,
-};
+use crate::model::common::{AppendAction, HeaderMutation, HeaderToAdd, Pattern, Percent, RegexRewrite, RegexSubstitution, StringMatch, StringMatcher};
 use crate::model::route::{HeaderMatchRule, HeaderMatcher};
 
 /// `base.field`, or `field` at the root.
@@ -66,28 +63,16 @@ pub fn fractional_percent(p: &types::FractionalPercent) -> Percent {
 
 /// `RuntimeFractionalPercent`: we have no runtime, so its default value.
 pub fn runtime_percent(p: &Option<core::RuntimeFractionalPercent>, default: Percent) -> Percent {
-    p.as_ref()
-        .and_then(|p| p.default_value.as_ref())
-        .map_or(default, fractional_percent)
+    p.as_ref().and_then(|p| p.default_value.as_ref()).map_or(default, fractional_percent)
 }
 
 pub fn regex(r: &matcher::RegexMatcher, path: &str) -> Result<Pattern, Invalid> {
-    Pattern::new(&r.regex)
-        .map_err(|e| Invalid::new(path, format!("invalid regex {:?}: {e}", r.regex)))
+    Pattern::new(&r.regex).map_err(|e| Invalid::new(path, format!("invalid regex {:?}: {e}", r.regex)))
 }
 
-pub fn regex_rewrite(
-    r: &matcher::RegexMatchAndSubstitute,
-    path: &str,
-) -> Result<RegexRewrite, Invalid> {
-    let pattern = r
-        .pattern
-        .as_ref()
-        .ok_or_else(|| Invalid::new(path, "regex_rewrite needs a pattern"))?;
-    Ok(RegexRewrite {
-        pattern: regex(pattern, &format!("{path}.pattern"))?,
-        substitution: RegexSubstitution::new(&r.substitution),
-    })
+pub fn regex_rewrite(r: &matcher::RegexMatchAndSubstitute, path: &str) -> Result<RegexRewrite, Invalid> {
+    let pattern = r.pattern.as_ref().ok_or_else(|| Invalid::new(path, "regex_rewrite needs a pattern"))?;
+    Ok(RegexRewrite { pattern: regex(pattern, &format!("{path}.pattern"))?, substitution: RegexSubstitution::new(&r.substitution) })
 }
 
 pub fn string_matcher(m: &matcher::StringMatcher, path: &str) -> Result<StringMatcher, Invalid> {
@@ -97,67 +82,33 @@ pub fn string_matcher(m: &matcher::StringMatcher, path: &str) -> Result<StringMa
         Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(s.clone()),
         Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(s.clone()),
         Some(MatchPattern::Contains(s)) => StringMatch::Contains(s.clone()),
-        Some(MatchPattern::SafeRegex(r)) => {
-            StringMatch::Regex(regex(r, &format!("{path}.safe_regex"))?)
-        }
-        Some(MatchPattern::Custom(_)) => {
-            return Err(Invalid::new(
-                path,
-                "custom string matchers are not supported",
-            ))
-        }
+        Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(regex(r, &format!("{path}.safe_regex"))?),
+        Some(MatchPattern::Custom(_)) => return Err(Invalid::new(path, "custom string matchers are not supported")),
         None => return Err(Invalid::new(path, "a string matcher needs a pattern")),
     };
-    Ok(StringMatcher {
-        kind,
-        ignore_case: m.ignore_case,
-    })
+    Ok(StringMatcher { kind, ignore_case: m.ignore_case })
 }
 
 pub fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<HeaderMatcher, Invalid> {
     use route::header_matcher::HeaderMatchSpecifier as S;
-    let plain = |kind| {
-        HeaderMatchRule::String(StringMatcher {
-            kind,
-            ignore_case: false,
-        })
-    };
+    let plain = |kind| HeaderMatchRule::String(StringMatcher { kind, ignore_case: false });
     let rule = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => plain(StringMatch::Exact(s.clone())),
         Some(S::PrefixMatch(s)) => plain(StringMatch::Prefix(s.clone())),
         Some(S::SuffixMatch(s)) => plain(StringMatch::Suffix(s.clone())),
         Some(S::ContainsMatch(s)) => plain(StringMatch::Contains(s.clone())),
-        Some(S::SafeRegexMatch(r)) => plain(StringMatch::Regex(regex(
-            r,
-            &format!("{path}.safe_regex_match"),
-        )?)),
-        Some(S::RangeMatch(r)) => HeaderMatchRule::Range {
-            start: r.start,
-            end: r.end,
-        },
+        Some(S::SafeRegexMatch(r)) => plain(StringMatch::Regex(regex(r, &format!("{path}.safe_regex_match"))?)),
+        Some(S::RangeMatch(r)) => HeaderMatchRule::Range { start: r.start, end: r.end },
         Some(S::PresentMatch(p)) => HeaderMatchRule::Present(*p),
-        Some(S::StringMatch(m)) => {
-            HeaderMatchRule::String(string_matcher(m, &format!("{path}.string_match"))?)
-        }
+        Some(S::StringMatch(m)) => HeaderMatchRule::String(string_matcher(m, &format!("{path}.string_match"))?),
         // No specifier: Envoy treats the matcher as "present".
         None => HeaderMatchRule::Present(true),
     };
-    Ok(HeaderMatcher {
-        name: h.name.to_ascii_lowercase(),
-        rule,
-        invert: h.invert_match,
-        treat_missing_as_empty: h.treat_missing_header_as_empty,
-    })
+    Ok(HeaderMatcher { name: h.name.to_ascii_lowercase(), rule, invert: h.invert_match, treat_missing_as_empty: h.treat_missing_header_as_empty })
 }
 
-pub fn header_matchers(
-    list: &[route::HeaderMatcher],
-    path: &str,
-) -> Result<Vec<HeaderMatcher>, Invalid> {
-    list.iter()
-        .enumerate()
-        .map(|(i, h)| header_matcher(h, &format!("{path}[{i}]")))
-        .collect()
+pub fn header_matchers(list: &[route::HeaderMatcher], path: &str) -> Result<Vec<HeaderMatcher>, Invalid> {
+    list.iter().enumerate().map(|(i, h)| header_matcher(h, &format!("{path}[{i}]"))).collect()
 }
 
 /// Headers that Envoy does not let configuration add or remove.
@@ -165,71 +116,43 @@ fn is_protected(name: &str) -> bool {
     name.starts_with(':') || name == "host"
 }
 
-pub fn header_mutation(
-    add: &[core::HeaderValueOption],
-    remove: &[String],
-    path: &str,
-) -> Result<HeaderMutation, Invalid> {
+pub fn header_mutation(add: &[core::HeaderValueOption], remove: &[String], path: &str) -> Result<HeaderMutation, Invalid> {
     use core::header_value_option::HeaderAppendAction;
     let mut out = HeaderMutation::default();
     for name in remove {
         if is_protected(name) {
             continue;
         }
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| Invalid::new(path, format!("bad header name {name:?} to remove: {e}")))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| Invalid::new(path, format!("bad header name {name:?} to remove: {e}")))?;
         out.remove.push(name);
     }
     for (i, option) in add.iter().enumerate() {
         let here = format!("{path}[{i}]");
-        let header = option
-            .header
-            .as_ref()
-            .ok_or_else(|| Invalid::new(&here, "header_value_option without header"))?;
+        let header = option.header.as_ref().ok_or_else(|| Invalid::new(&here, "header_value_option without header"))?;
         if is_protected(&header.key.to_ascii_lowercase()) {
-            return Err(Invalid::new(
-                &here,
-                format!("header {:?} cannot be set by configuration", header.key),
-            ));
+            return Err(Invalid::new(&here, format!("header {:?} cannot be set by configuration", header.key)));
         }
-        let name = HeaderName::from_bytes(header.key.as_bytes())
-            .map_err(|e| Invalid::new(&here, format!("bad header name {:?}: {e}", header.key)))?;
-        let raw: &[u8] = if header.raw_value.is_empty() {
-            header.value.as_bytes()
-        } else {
-            &header.raw_value
-        };
+        let name = HeaderName::from_bytes(header.key.as_bytes()).map_err(|e| Invalid::new(&here, format!("bad header name {:?}: {e}", header.key)))?;
+        let raw: &[u8] = if header.raw_value.is_empty() { header.value.as_bytes() } else { &header.raw_value };
         if raw.contains(&b'%') && contains_command_operator(raw) {
             return Err(Invalid::new(
                 &here,
-                format!(
-                    "header value {:?} uses Envoy command operators (%…%), which are not supported",
-                    String::from_utf8_lossy(raw)
-                ),
+                format!("header value {:?} uses Envoy command operators (%…%), which are not supported", String::from_utf8_lossy(raw)),
             ));
         }
-        let value = HeaderValue::from_bytes(raw).map_err(|e| {
-            Invalid::new(&here, format!("bad header value for {:?}: {e}", header.key))
-        })?;
+        let value = HeaderValue::from_bytes(raw).map_err(|e| Invalid::new(&here, format!("bad header value for {:?}: {e}", header.key)))?;
         // `append` (deprecated) wins when set; the default action appends.
         let action = match option.append.as_ref().map(|a| a.value) {
             Some(true) => AppendAction::AppendIfExistsOrAdd,
             Some(false) => AppendAction::OverwriteIfExistsOrAdd,
             None => match HeaderAppendAction::try_from(option.append_action) {
                 Ok(HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
-                Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => {
-                    AppendAction::OverwriteIfExistsOrAdd
-                }
+                Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::OverwriteIfExistsOrAdd,
                 Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
                 _ => AppendAction::AppendIfExistsOrAdd,
             },
         };
-        out.add.push(HeaderToAdd {
-            name,
-            value,
-            action,
-            keep_empty_value: option.keep_empty_value,
-        });
+        out.add.push(HeaderToAdd { name, value, action, keep_empty_value: option.keep_empty_value });
     }
     Ok(out)
 }
@@ -241,10 +164,7 @@ fn contains_command_operator(raw: &[u8]) -> bool {
     parts.len() >= 3
         && parts[1..parts.len() - 1].iter().any(|p| {
             let head = p.split('(').next().unwrap_or("");
-            !head.is_empty()
-                && head
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            !head.is_empty() && head.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
         })
 }
 
@@ -254,24 +174,15 @@ pub fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr, Inval
     use core::socket_address::PortSpecifier;
     match &a.address {
         Some(A::SocketAddress(sa)) => {
-            let ip: IpAddr = sa.address.parse().map_err(|_| {
-                Invalid::new(path, format!("{:?} is not an IP address", sa.address))
-            })?;
+            let ip: IpAddr = sa.address.parse().map_err(|_| Invalid::new(path, format!("{:?} is not an IP address", sa.address)))?;
             let port = match sa.port_specifier {
-                Some(PortSpecifier::PortValue(p)) => u16::try_from(p)
-                    .map_err(|_| Invalid::new(path, format!("port {p} out of range")))?,
+                Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| Invalid::new(path, format!("port {p} out of range")))?,
                 _ => return Err(Invalid::new(path, "named ports are not supported")),
             };
             Ok(SocketAddr::new(ip, port))
         }
-        Some(A::Pipe(p)) => Err(Invalid::new(
-            path,
-            format!("unix socket {:?} is not supported", p.path),
-        )),
-        Some(A::EnvoyInternalAddress(_)) => Err(Invalid::new(
-            path,
-            "Envoy internal addresses are not supported",
-        )),
+        Some(A::Pipe(p)) => Err(Invalid::new(path, format!("unix socket {:?} is not supported", p.path))),
+        Some(A::EnvoyInternalAddress(_)) => Err(Invalid::new(path, "Envoy internal addresses are not supported")),
         None => Err(Invalid::new(path, "address missing")),
     }
 }

@@ -249,10 +249,7 @@ static SUPPORTED: &[(&str, FieldList)] = &[
             ("priority", Opaque),
         ],
     ),
-    (
-        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
-        &[("grpc_timeout_header_max", Opaque), ("grpc_timeout_header_offset", Opaque)],
-    ),
+    ("envoy.config.route.v3.RouteAction.MaxStreamDuration", &[("grpc_timeout_header_max", Opaque), ("grpc_timeout_header_offset", Opaque)]),
     ("envoy.config.route.v3.RouteAction.UpgradeConfig", &[("upgrade_type", Opaque), ("enabled", Opaque)]),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
@@ -315,7 +312,10 @@ static SUPPORTED: &[(&str, FieldList)] = &[
         &[("delay", Walk), ("abort", Walk), ("upstream_cluster", Opaque), ("headers", Walk), ("downstream_nodes", Opaque), ("max_active_faults", Opaque)],
     ),
     ("envoy.extensions.filters.common.fault.v3.FaultDelay", &[("fixed_delay", Opaque), ("header_delay", Opaque), ("percentage", Opaque)]),
-    ("envoy.extensions.filters.http.fault.v3.FaultAbort", &[("http_status", Opaque), ("grpc_status", Opaque), ("header_abort", Opaque), ("percentage", Opaque)]),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort",
+        &[("http_status", Opaque), ("grpc_status", Opaque), ("header_abort", Opaque), ("percentage", Opaque)],
+    ),
     // Clusters and endpoints.
     (
         "envoy.config.cluster.v3.Cluster",
@@ -394,24 +394,15 @@ static SUPPORTED: &[(&str, FieldList)] = &[
             ("failure_percentage_request_volume", Opaque),
         ],
     ),
-    (
-        "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &[("cluster_name", Opaque), ("endpoints", Walk), ("policy", Walk)],
-    ),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &[("cluster_name", Opaque), ("endpoints", Walk), ("policy", Walk)]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &[("overprovisioning_factor", Opaque)]),
-    (
-        "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &[("locality", Opaque), ("lb_endpoints", Walk), ("load_balancing_weight", Opaque), ("priority", Opaque)],
-    ),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &[("locality", Opaque), ("lb_endpoints", Walk), ("load_balancing_weight", Opaque), ("priority", Opaque)]),
     ("envoy.config.endpoint.v3.LbEndpoint", &[("endpoint", Walk), ("health_status", Opaque), ("metadata", Opaque), ("load_balancing_weight", Opaque)]),
     ("envoy.config.endpoint.v3.Endpoint", &[("address", Walk), ("hostname", Opaque), ("health_check_config", Opaque)]),
 ];
 
 fn supported_fields(message: &str) -> Option<FieldList> {
-    SUPPORTED
-        .iter()
-        .find(|(name, _)| *name == message)
-        .map(|(_, fields)| *fields)
+    SUPPORTED.iter().find(|(name, _)| *name == message).map(|(_, fields)| *fields)
 }
 
 /// Reports every set field of `message` (recursively) that the table does not cover.
@@ -421,22 +412,14 @@ pub fn check(message: &DynamicMessage, resource: &str, path: &str, out: &mut Vec
         out.push(Unsupported {
             resource: resource.to_owned(),
             type_url: format!("type.googleapis.com/{}", desc.full_name()),
-            field: if path.is_empty() {
-                "*".to_owned()
-            } else {
-                path.to_owned()
-            },
+            field: if path.is_empty() { "*".to_owned() } else { path.to_owned() },
             effect: Effect::Ignored,
         });
         return;
     };
     for (field, value) in message.fields() {
         let name = field.name();
-        let field_path = if path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{path}.{name}")
-        };
+        let field_path = if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
         match fields.iter().find(|(n, _)| *n == name) {
             None => out.push(Unsupported {
                 resource: resource.to_owned(),
@@ -473,12 +456,7 @@ pub fn check(message: &DynamicMessage, resource: &str, path: &str, out: &mut Vec
 }
 
 /// Encodes a prost struct and checks it.
-pub fn check_message<T: prost::Message + prost::Name>(
-    message: &T,
-    resource: &str,
-    path: &str,
-    out: &mut Vec<Unsupported>,
-) {
+pub fn check_message<T: prost::Message + prost::Name>(message: &T, resource: &str, path: &str, out: &mut Vec<Unsupported>) {
     let Some(desc) = xds_client::protojson::pool().get_message_by_name(&T::full_name()) else {
         return;
     };

@@ -16,16 +16,14 @@ use xds_client::pb::google::protobuf::Any;
 use super::common::{bool_or, socket_address, timeout, u32_or};
 use super::{coverage, extension_type, route, Context, Effect, Invalid};
 use crate::model::listener::{
-    AccessLog, AccessLogFormat, ChainKind, Codec, FilterChain, FilterChainMatch,
-    HttpConnectionManager, Inspect, Inspection, Listener, PortPredicate, RouteSource, SourceType,
-    TcpCluster, TcpProxy,
+    AccessLog, AccessLogFormat, ChainKind, Codec, FilterChain, FilterChainMatch, HttpConnectionManager, Inspect, Inspection, Listener, PortPredicate,
+    RouteSource, SourceType, TcpCluster, TcpProxy,
 };
 
 /// Istio's default access log format (meshConfig.accessLogFormat unset).
 pub const ISTIO_DEFAULT_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
 
-const HCM: &str =
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// Filters that only feed Istio's telemetry or peer metadata plumbing: skipping them
@@ -74,42 +72,28 @@ pub(super) fn name_of(l: &listener::Listener) -> String {
 
 pub(super) fn translate(l: &listener::Listener, cx: &mut Context) -> Result<Listener, Invalid> {
     coverage::check_message(l, &cx.resource, "", &mut cx.unsupported);
-    if let Some(listener::listener::ListenerSpecifier::InternalListener(_)) = &l.listener_specifier
-    {
-        return Err(Invalid::new(
-            "internal_listener",
-            "Envoy internal listeners are not supported",
-        ));
+    if let Some(listener::listener::ListenerSpecifier::InternalListener(_)) = &l.listener_specifier {
+        return Err(Invalid::new("internal_listener", "Envoy internal listeners are not supported"));
     }
-    let address = l
-        .address
-        .as_ref()
-        .ok_or_else(|| Invalid::new("address", "a listener needs an address"))?;
+    let address = l.address.as_ref().ok_or_else(|| Invalid::new("address", "a listener needs an address"))?;
     let address = socket_address(address, "address")?;
     let mut detect_original_dst = false;
     let mut inspection = Inspection::default();
     for (i, f) in l.listener_filters.iter().enumerate() {
         let type_name = f.config_type.as_ref().map(|c| match c {
             listener::listener_filter::ConfigType::TypedConfig(any) => extension_type(any),
-            listener::listener_filter::ConfigType::ConfigDiscovery(_) => {
-                "config_discovery".to_owned()
-            }
+            listener::listener_filter::ConfigType::ConfigDiscovery(_) => "config_discovery".to_owned(),
         });
         match (f.name.as_str(), type_name.as_deref().unwrap_or("")) {
-            (_, "envoy.extensions.filters.listener.original_dst.v3.OriginalDst")
-            | ("envoy.filters.listener.original_dst", _) => detect_original_dst = true,
+            (_, "envoy.extensions.filters.listener.original_dst.v3.OriginalDst") | ("envoy.filters.listener.original_dst", _) => detect_original_dst = true,
             // Sniffing is built in: the runtime inspects TLS and HTTP whenever a chain needs it.
             (
                 _,
-                t @ ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
-                | "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+                t @ ("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" | "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
             ) => {
                 let inspect = match &f.filter_disabled {
                     None => Inspect::Always,
-                    Some(p) => Inspect::Unless(port_predicate(
-                        p,
-                        &format!("listener_filters[{i}].filter_disabled"),
-                    )?),
+                    Some(p) => Inspect::Unless(port_predicate(p, &format!("listener_filters[{i}].filter_disabled"))?),
                 };
                 if t.ends_with("TlsInspector") {
                     inspection.tls = inspect;
@@ -117,27 +101,16 @@ pub(super) fn translate(l: &listener::Listener, cx: &mut Context) -> Result<List
                     inspection.http = inspect;
                 }
             }
-            (name, t) => cx.report(
-                &format!("listener_filters[{i}] ({name})"),
-                t,
-                Effect::Ignored,
-            ),
+            (name, t) => cx.report(&format!("listener_filters[{i}] ({name})"), t, Effect::Ignored),
         }
     }
     let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
     for (i, chain) in l.filter_chains.iter().enumerate() {
         filter_chains.push(filter_chain(chain, &format!("filter_chains[{i}]"), cx)?);
     }
-    let default_filter_chain = l
-        .default_filter_chain
-        .as_ref()
-        .map(|c| filter_chain(c, "default_filter_chain", cx))
-        .transpose()?;
+    let default_filter_chain = l.default_filter_chain.as_ref().map(|c| filter_chain(c, "default_filter_chain", cx)).transpose()?;
     if l.filter_chain_matcher.is_some() {
-        return Err(Invalid::new(
-            "filter_chain_matcher",
-            "the xDS matcher API for filter chains is not supported; use filter_chain_match",
-        ));
+        return Err(Invalid::new("filter_chain_matcher", "the xDS matcher API for filter chains is not supported; use filter_chain_match"));
     }
     let access_log = access_logs(&l.access_log, "access_log", cx);
     Ok(Listener {
@@ -155,213 +128,111 @@ pub(super) fn translate(l: &listener::Listener, cx: &mut Context) -> Result<List
     })
 }
 
-fn port_predicate(
-    p: &listener::ListenerFilterChainMatchPredicate,
-    path: &str,
-) -> Result<PortPredicate, Invalid> {
+fn port_predicate(p: &listener::ListenerFilterChainMatchPredicate, path: &str) -> Result<PortPredicate, Invalid> {
     use listener::listener_filter_chain_match_predicate::Rule;
     let set = |rules: &[listener::ListenerFilterChainMatchPredicate]| {
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| port_predicate(r, &format!("{path}.rules[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
+        rules.iter().enumerate().map(|(i, r)| port_predicate(r, &format!("{path}.rules[{i}]"))).collect::<Result<Vec<_>, _>>()
     };
     Ok(match &p.rule {
         Some(Rule::AnyMatch(true)) => PortPredicate::Any,
-        Some(Rule::AnyMatch(false)) | None => {
-            return Err(Invalid::new(path, "a filter_disabled rule needs a match"))
-        }
-        Some(Rule::DestinationPortRange(r)) => PortPredicate::Range {
-            start: r.start.clamp(0, 65536) as u32,
-            end: r.end.clamp(0, 65536) as u32,
-        },
+        Some(Rule::AnyMatch(false)) | None => return Err(Invalid::new(path, "a filter_disabled rule needs a match")),
+        Some(Rule::DestinationPortRange(r)) => PortPredicate::Range { start: r.start.clamp(0, 65536) as u32, end: r.end.clamp(0, 65536) as u32 },
         Some(Rule::OrMatch(m)) => PortPredicate::Or(set(&m.rules)?),
         Some(Rule::AndMatch(m)) => PortPredicate::And(set(&m.rules)?),
-        Some(Rule::NotMatch(inner)) => PortPredicate::Not(Box::new(port_predicate(
-            inner,
-            &format!("{path}.not_match"),
-        )?)),
+        Some(Rule::NotMatch(inner)) => PortPredicate::Not(Box::new(port_predicate(inner, &format!("{path}.not_match"))?)),
     })
 }
 
-fn filter_chain(
-    chain: &listener::FilterChain,
-    path: &str,
-    cx: &mut Context,
-) -> Result<FilterChain, Invalid> {
+fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> Result<FilterChain, Invalid> {
     let matcher = match &chain.filter_chain_match {
         Some(m) => chain_match(m, &format!("{path}.filter_chain_match"))?,
         None => FilterChainMatch::default(),
     };
     if chain.transport_socket.is_some() {
         let reason = "downstream TLS (transport_socket) is not supported yet".to_owned();
-        cx.report(
-            &format!("{path}.transport_socket"),
-            "envoy.config.core.v3.TransportSocket",
-            Effect::ChainRefused,
-        );
-        return Ok(FilterChain {
-            name: chain.name.as_str().into(),
-            matcher,
-            kind: ChainKind::Refuse { reason },
-        });
+        cx.report(&format!("{path}.transport_socket"), "envoy.config.core.v3.TransportSocket", Effect::ChainRefused);
+        return Ok(FilterChain { name: chain.name.as_str().into(), matcher, kind: ChainKind::Refuse { reason } });
     }
     let mut kind = None;
     for (i, f) in chain.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
         let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            cx.report(
-                &format!("{fpath} ({})", f.name),
-                "config_discovery",
-                Effect::ChainRefused,
-            );
-            kind = Some(ChainKind::Refuse {
-                reason: format!("filter {} has no inline config", f.name),
-            });
+            cx.report(&format!("{fpath} ({})", f.name), "config_discovery", Effect::ChainRefused);
+            kind = Some(ChainKind::Refuse { reason: format!("filter {} has no inline config", f.name) });
             break;
         };
         let type_name = extension_type(any);
         match type_name.as_str() {
             HCM => {
                 let config = decode::<hcm::HttpConnectionManager>(any, &fpath)?;
-                kind = Some(http_connection_manager(
-                    &config,
-                    &format!("{fpath}.typed_config"),
-                    cx,
-                )?);
+                kind = Some(http_connection_manager(&config, &format!("{fpath}.typed_config"), cx)?);
             }
             TCP_PROXY => {
                 let config = decode::<tcp::TcpProxy>(any, &fpath)?;
-                kind = Some(ChainKind::Tcp(tcp_proxy(
-                    &config,
-                    &format!("{fpath}.typed_config"),
-                    cx,
-                )?));
+                kind = Some(ChainKind::Tcp(tcp_proxy(&config, &format!("{fpath}.typed_config"), cx)?));
             }
-            t if is_plumbing(&f.name, t) => {
-                cx.report(&format!("{fpath} ({})", f.name), t, Effect::Ignored)
-            }
+            t if is_plumbing(&f.name, t) => cx.report(&format!("{fpath} ({})", f.name), t, Effect::Ignored),
             t => {
                 // RBAC and anything unknown: refuse the chain rather than serve it without the filter.
                 cx.report(&format!("{fpath} ({})", f.name), t, Effect::ChainRefused);
-                kind = Some(ChainKind::Refuse {
-                    reason: format!("network filter {} ({t}) is not supported", f.name),
-                });
+                kind = Some(ChainKind::Refuse { reason: format!("network filter {} ({t}) is not supported", f.name) });
                 break;
             }
         }
     }
-    let kind = kind.ok_or_else(|| {
-        Invalid::new(
-            path,
-            "the chain has no http_connection_manager or tcp_proxy filter",
-        )
-    })?;
-    Ok(FilterChain {
-        name: chain.name.as_str().into(),
-        matcher,
-        kind,
-    })
+    let kind = kind.ok_or_else(|| Invalid::new(path, "the chain has no http_connection_manager or tcp_proxy filter"))?;
+    Ok(FilterChain { name: chain.name.as_str().into(), matcher, kind })
 }
 
 fn chain_match(m: &listener::FilterChainMatch, path: &str) -> Result<FilterChainMatch, Invalid> {
-    let cidrs = |ranges: &[xds_client::pb::envoy::config::core::v3::CidrRange],
-                 field: &str|
-     -> Result<Vec<ipnet::IpNet>, Invalid> {
+    let cidrs = |ranges: &[xds_client::pb::envoy::config::core::v3::CidrRange], field: &str| -> Result<Vec<ipnet::IpNet>, Invalid> {
         ranges
             .iter()
             .map(|r| {
-                let ip: std::net::IpAddr = r.address_prefix.parse().map_err(|_| {
-                    Invalid::new(
-                        &format!("{path}.{field}"),
-                        format!("{:?} is not an IP address", r.address_prefix),
-                    )
-                })?;
+                let ip: std::net::IpAddr =
+                    r.address_prefix.parse().map_err(|_| Invalid::new(&format!("{path}.{field}"), format!("{:?} is not an IP address", r.address_prefix)))?;
                 let len = u32_or(&r.prefix_len, if ip.is_ipv4() { 32 } else { 128 });
-                ipnet::IpNet::new(ip, len as u8)
-                    .map(|n| n.trunc())
-                    .map_err(|e| Invalid::new(&format!("{path}.{field}"), e.to_string()))
+                ipnet::IpNet::new(ip, len as u8).map(|n| n.trunc()).map_err(|e| Invalid::new(&format!("{path}.{field}"), e.to_string()))
             })
             .collect()
     };
-    let destination_port = m
-        .destination_port
-        .as_ref()
-        .map(|p| u16::try_from(p.value))
-        .transpose()
-        .map_err(|_| Invalid::new(path, "destination_port out of range"))?;
+    let destination_port =
+        m.destination_port.as_ref().map(|p| u16::try_from(p.value)).transpose().map_err(|_| Invalid::new(path, "destination_port out of range"))?;
     Ok(FilterChainMatch {
         destination_port,
         prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
-        server_names: m
-            .server_names
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect(),
-        transport_protocol: (!m.transport_protocol.is_empty())
-            .then(|| m.transport_protocol.clone()),
+        server_names: m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        transport_protocol: (!m.transport_protocol.is_empty()).then(|| m.transport_protocol.clone()),
         application_protocols: m.application_protocols.clone(),
-        direct_source_prefix_ranges: cidrs(
-            &m.direct_source_prefix_ranges,
-            "direct_source_prefix_ranges",
-        )?,
+        direct_source_prefix_ranges: cidrs(&m.direct_source_prefix_ranges, "direct_source_prefix_ranges")?,
         source_type: match m.source_type {
             1 => SourceType::SameIpOrLoopback,
             2 => SourceType::External,
             _ => SourceType::Any,
         },
         source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
-        source_ports: m
-            .source_ports
-            .iter()
-            .filter_map(|p| u16::try_from(*p).ok())
-            .collect(),
+        source_ports: m.source_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
     })
 }
 
 fn decode<T: Message + Default>(any: &Any, path: &str) -> Result<T, Invalid> {
-    T::decode(any.value.as_slice())
-        .map_err(|e| Invalid::new(path, format!("cannot decode {}: {e}", any.type_url)))
+    T::decode(any.value.as_slice()).map_err(|e| Invalid::new(path, format!("cannot decode {}: {e}", any.type_url)))
 }
 
-fn http_connection_manager(
-    h: &hcm::HttpConnectionManager,
-    path: &str,
-    cx: &mut Context,
-) -> Result<ChainKind, Invalid> {
+fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut Context) -> Result<ChainKind, Invalid> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     coverage::check_message(h, &cx.resource, path, &mut cx.unsupported);
     let codec = match CodecType::try_from(h.codec_type) {
         Ok(CodecType::Http1) => Codec::Http1,
         Ok(CodecType::Http2) => Codec::Http2,
-        Ok(CodecType::Http3) => {
-            return Err(Invalid::new(
-                &format!("{path}.codec_type"),
-                "HTTP/3 is not supported",
-            ))
-        }
+        Ok(CodecType::Http3) => return Err(Invalid::new(&format!("{path}.codec_type"), "HTTP/3 is not supported")),
         _ => Codec::Auto,
     };
     let routes = match &h.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.as_str().into()),
-        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Box::new(route::translate(
-            rc,
-            &format!("{path}.route_config"),
-            cx,
-        )?)),
-        Some(RouteSpecifier::ScopedRoutes(_)) => {
-            return Err(Invalid::new(
-                &format!("{path}.scoped_routes"),
-                "scoped routes are not supported",
-            ))
-        }
-        None => {
-            return Err(Invalid::new(
-                path,
-                "the http_connection_manager has no route_config or rds",
-            ))
-        }
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Box::new(route::translate(rc, &format!("{path}.route_config"), cx)?)),
+        Some(RouteSpecifier::ScopedRoutes(_)) => return Err(Invalid::new(&format!("{path}.scoped_routes"), "scoped routes are not supported")),
+        None => return Err(Invalid::new(path, "the http_connection_manager has no route_config or rds")),
     };
     let mut fault = None;
     let mut has_fault_filter = false;
@@ -375,11 +246,7 @@ fn http_connection_manager(
                 cx.report(
                     &format!("{fpath} ({})", f.name),
                     "config_discovery (ECDS)",
-                    if f.is_optional {
-                        Effect::FilterSkipped
-                    } else {
-                        Effect::ChainRefused
-                    },
+                    if f.is_optional { Effect::FilterSkipped } else { Effect::ChainRefused },
                 );
                 if !f.is_optional {
                     refuse.get_or_insert_with(|| format!("HTTP filter {} uses extension config discovery, which is not supported", f.name));
@@ -390,34 +257,24 @@ fn http_connection_manager(
         };
         let type_name = any.map(extension_type).unwrap_or_default();
         match (f.name.as_str(), type_name.as_str()) {
-            (_, "envoy.extensions.filters.http.router.v3.Router")
-            | ("envoy.filters.http.router", "") => {
+            (_, "envoy.extensions.filters.http.router.v3.Router") | ("envoy.filters.http.router", "") => {
                 has_router = true;
                 if let Some(any) = any {
                     let router: xds_client::pb::envoy::extensions::filters::http::router::v3::Router = decode(any, &fpath)?;
                     if router != Default::default() {
-                        cx.report(
-                            &format!("{fpath}.typed_config"),
-                            &type_name,
-                            Effect::Ignored,
-                        );
+                        cx.report(&format!("{fpath}.typed_config"), &type_name, Effect::Ignored);
                     }
                 }
             }
-            (_, "envoy.extensions.filters.http.fault.v3.HTTPFault")
-            | ("envoy.filters.http.fault", "") => {
+            (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") | ("envoy.filters.http.fault", "") => {
                 has_fault_filter = true;
                 if let Some(any) = any {
                     let config: fault_pb::HttpFault = decode(any, &fpath)?;
                     fault = route::fault(&config, &format!("{fpath}.typed_config"), cx)?;
                 }
             }
-            (name, t) if is_plumbing(name, t) => {
-                cx.report(&format!("{fpath} ({name})"), t, Effect::Ignored)
-            }
-            (name, t) if f.is_optional || f.disabled && !is_security_filter(t) => {
-                cx.report(&format!("{fpath} ({name})"), t, Effect::FilterSkipped)
-            }
+            (name, t) if is_plumbing(name, t) => cx.report(&format!("{fpath} ({name})"), t, Effect::Ignored),
+            (name, t) if f.is_optional || f.disabled && !is_security_filter(t) => cx.report(&format!("{fpath} ({name})"), t, Effect::FilterSkipped),
             (name, t) => {
                 cx.report(&format!("{fpath} ({name})"), t, Effect::ChainRefused);
                 refuse.get_or_insert_with(|| format!("HTTP filter {name} ({t}) is not supported"));
@@ -428,10 +285,7 @@ fn http_connection_manager(
         return Ok(ChainKind::Refuse { reason });
     }
     if !has_router {
-        return Err(Invalid::new(
-            &format!("{path}.http_filters"),
-            "the last HTTP filter must be envoy.filters.http.router",
-        ));
+        return Err(Invalid::new(&format!("{path}.http_filters"), "the last HTTP filter must be envoy.filters.http.router"));
     }
     let protocol_options = h.common_http_protocol_options.as_ref();
     Ok(ChainKind::Http(Box::new(HttpConnectionManager {
@@ -443,17 +297,9 @@ fn http_connection_manager(
         stream_idle_timeout: timeout(&h.stream_idle_timeout, Some(Duration::from_secs(300))),
         request_timeout: timeout(&h.request_timeout, None),
         request_headers_timeout: timeout(&h.request_headers_timeout, None),
-        idle_timeout: timeout(
-            &protocol_options.and_then(|o| o.idle_timeout),
-            Some(Duration::from_secs(3600)),
-        ),
+        idle_timeout: timeout(&protocol_options.and_then(|o| o.idle_timeout), Some(Duration::from_secs(3600))),
         max_request_headers_kb: u32_or(&h.max_request_headers_kb, 60),
-        upgrades: h
-            .upgrade_configs
-            .iter()
-            .filter(|u| bool_or(&u.enabled, true))
-            .map(|u| u.upgrade_type.to_ascii_lowercase())
-            .collect(),
+        upgrades: h.upgrade_configs.iter().filter(|u| bool_or(&u.enabled, true)).map(|u| u.upgrade_type.to_ascii_lowercase()).collect(),
         normalize_path: bool_or(&h.normalize_path, false),
         merge_slashes: h.merge_slashes,
         server_name: (!h.server_name.is_empty()).then(|| h.server_name.clone()),
@@ -465,20 +311,8 @@ fn http_connection_manager(
 
 /// Filters whose absence would let through traffic that policy should stop.
 fn is_security_filter(type_name: &str) -> bool {
-    const SECURITY: &[&str] = &[
-        "rbac",
-        "ext_authz",
-        "jwt_authn",
-        "oauth2",
-        "basic_auth",
-        "api_key_auth",
-        "ext_proc",
-        "lua",
-        "wasm",
-    ];
-    SECURITY
-        .iter()
-        .any(|s| type_name.contains(&format!(".{s}.")))
+    const SECURITY: &[&str] = &["rbac", "ext_authz", "jwt_authn", "oauth2", "basic_auth", "api_key_auth", "ext_proc", "lua", "wasm"];
+    SECURITY.iter().any(|s| type_name.contains(&format!(".{s}.")))
 }
 
 fn tcp_proxy(t: &tcp::TcpProxy, path: &str, cx: &mut Context) -> Result<TcpProxy, Invalid> {
@@ -486,12 +320,7 @@ fn tcp_proxy(t: &tcp::TcpProxy, path: &str, cx: &mut Context) -> Result<TcpProxy
     coverage::check_message(t, &cx.resource, path, &mut cx.unsupported);
     let cluster = match &t.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => TcpCluster::Cluster(c.as_str().into()),
-        Some(ClusterSpecifier::WeightedClusters(w)) => TcpCluster::Weighted(
-            w.clusters
-                .iter()
-                .map(|c| (c.name.as_str().into(), c.weight))
-                .collect(),
-        ),
+        Some(ClusterSpecifier::WeightedClusters(w)) => TcpCluster::Weighted(w.clusters.iter().map(|c| (c.name.as_str().into(), c.weight)).collect()),
         None => return Err(Invalid::new(path, "tcp_proxy needs a cluster")),
     };
     Ok(TcpProxy {
@@ -508,11 +337,7 @@ fn access_logs(logs: &[accesslog::AccessLog], path: &str, cx: &mut Context) -> V
     for (i, log) in logs.iter().enumerate() {
         let here = format!("{path}[{i}]");
         if log.filter.is_some() {
-            cx.report(
-                &format!("{here}.filter"),
-                "envoy.config.accesslog.v3.AccessLogFilter",
-                Effect::Ignored,
-            );
+            cx.report(&format!("{here}.filter"), "envoy.config.accesslog.v3.AccessLogFilter", Effect::Ignored);
         }
         let Some(accesslog::access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
             cx.report(&here, "access_log without typed_config", Effect::Ignored);
@@ -520,45 +345,26 @@ fn access_logs(logs: &[accesslog::AccessLog], path: &str, cx: &mut Context) -> V
         };
         let type_name = extension_type(any);
         let parsed = match type_name.as_str() {
-            "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
-                file_log::FileAccessLog::decode(any.value.as_slice())
-                    .ok()
-                    .map(|f| {
-                        use file_log::file_access_log::AccessLogFormat as F;
-                        let format = match f.access_log_format {
-                            Some(F::LogFormat(sf)) => substitution_format(&sf),
-                            Some(F::Format(s)) => text_format(&s),
-                            Some(F::JsonFormat(_)) | Some(F::TypedJsonFormat(_)) => {
-                                AccessLogFormat::IstioJson
-                            }
-                            None => AccessLogFormat::IstioText,
-                        };
-                        AccessLog {
-                            path: f.path,
-                            format,
-                        }
-                    })
-            }
-            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
-            | "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
-                let path = if type_name.ends_with("StdoutAccessLog") {
-                    "/dev/stdout"
-                } else {
-                    "/dev/stderr"
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog" => file_log::FileAccessLog::decode(any.value.as_slice()).ok().map(|f| {
+                use file_log::file_access_log::AccessLogFormat as F;
+                let format = match f.access_log_format {
+                    Some(F::LogFormat(sf)) => substitution_format(&sf),
+                    Some(F::Format(s)) => text_format(&s),
+                    Some(F::JsonFormat(_)) | Some(F::TypedJsonFormat(_)) => AccessLogFormat::IstioJson,
+                    None => AccessLogFormat::IstioText,
                 };
-                stream_log::StdoutAccessLog::decode(any.value.as_slice())
-                    .ok()
-                    .map(|s| {
-                        use stream_log::stdout_access_log::AccessLogFormat as F;
-                        let format = match s.access_log_format {
-                            Some(F::LogFormat(sf)) => substitution_format(&sf),
-                            None => AccessLogFormat::IstioText,
-                        };
-                        AccessLog {
-                            path: path.to_owned(),
-                            format,
-                        }
-                    })
+                AccessLog { path: f.path, format }
+            }),
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" | "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
+                let path = if type_name.ends_with("StdoutAccessLog") { "/dev/stdout" } else { "/dev/stderr" };
+                stream_log::StdoutAccessLog::decode(any.value.as_slice()).ok().map(|s| {
+                    use stream_log::stdout_access_log::AccessLogFormat as F;
+                    let format = match s.access_log_format {
+                        Some(F::LogFormat(sf)) => substitution_format(&sf),
+                        None => AccessLogFormat::IstioText,
+                    };
+                    AccessLog { path: path.to_owned(), format }
+                })
             }
             _ => None,
         };
@@ -570,12 +376,8 @@ fn access_logs(logs: &[accesslog::AccessLog], path: &str, cx: &mut Context) -> V
     out
 }
 
-fn substitution_format(
-    sf: &xds_client::pb::envoy::config::core::v3::SubstitutionFormatString,
-) -> AccessLogFormat {
-    use xds_client::pb::envoy::config::core::v3::{
-        data_source::Specifier, substitution_format_string::Format,
-    };
+fn substitution_format(sf: &xds_client::pb::envoy::config::core::v3::SubstitutionFormatString) -> AccessLogFormat {
+    use xds_client::pb::envoy::config::core::v3::{data_source::Specifier, substitution_format_string::Format};
     match &sf.format {
         Some(Format::TextFormat(s)) => text_format(s),
         Some(Format::TextFormatSource(ds)) => match &ds.specifier {
@@ -588,10 +390,7 @@ fn substitution_format(
 }
 
 fn text_format(s: &str) -> AccessLogFormat {
-    if s.is_empty()
-        || s == ISTIO_DEFAULT_LOG_FORMAT
-        || s.trim_end() == ISTIO_DEFAULT_LOG_FORMAT.trim_end()
-    {
+    if s.is_empty() || s == ISTIO_DEFAULT_LOG_FORMAT || s.trim_end() == ISTIO_DEFAULT_LOG_FORMAT.trim_end() {
         AccessLogFormat::IstioText
     } else {
         AccessLogFormat::Text(s.to_owned())

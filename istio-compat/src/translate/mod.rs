@@ -72,11 +72,7 @@ impl fmt::Display for Unsupported {
             Effect::RouteSkipped => "route skipped",
             Effect::EndpointsRefused => "endpoints needing it get 503",
         };
-        write!(
-            f,
-            "{}: {} ({}) not supported: {effect}",
-            self.resource, self.field, self.type_url
-        )
+        write!(f, "{}: {} ({}) not supported: {effect}", self.resource, self.field, self.type_url)
     }
 }
 
@@ -103,10 +99,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(path: &str, reason: impl Into<String>) -> Self {
-        Invalid {
-            path: path.to_owned(),
-            reason: reason.into(),
-        }
+        Invalid { path: path.to_owned(), reason: reason.into() }
     }
 }
 
@@ -137,10 +130,7 @@ pub(crate) struct Context {
 
 impl Context {
     fn new(kind: &str, name: &str) -> Self {
-        Context {
-            resource: format!("{kind} {name}"),
-            unsupported: Vec::new(),
-        }
+        Context { resource: format!("{kind} {name}"), unsupported: Vec::new() }
     }
 
     fn resource_name(&self) -> &str {
@@ -148,18 +138,12 @@ impl Context {
     }
 
     fn report(&mut self, field: &str, type_name: &str, effect: Effect) {
-        let type_url = if type_name.contains('/') || type_name.is_empty() || type_name.contains(' ')
-        {
+        let type_url = if type_name.contains('/') || type_name.is_empty() || type_name.contains(' ') {
             type_name.to_owned()
         } else {
             format!("type.googleapis.com/{type_name}")
         };
-        self.unsupported.push(Unsupported {
-            resource: self.resource.clone(),
-            type_url,
-            field: field.to_owned(),
-            effect,
-        });
+        self.unsupported.push(Unsupported { resource: self.resource.clone(), type_url, field: field.to_owned(), effect });
     }
 }
 
@@ -182,24 +166,14 @@ pub(crate) fn extension_type(any: &Any) -> String {
 }
 
 impl Translation {
-    fn absorb<T>(
-        &mut self,
-        type_url: &str,
-        cx: Context,
-        result: Result<T, Invalid>,
-        insert: impl FnOnce(&mut Model, T),
-    ) {
+    fn absorb<T>(&mut self, type_url: &str, cx: Context, result: Result<T, Invalid>, insert: impl FnOnce(&mut Model, T)) {
         self.unsupported.extend(cx.unsupported);
         match result {
             Ok(v) => insert(&mut self.model, v),
             Err(e) => self.rejected.push(Rejected {
                 resource: cx.resource,
                 type_url: type_url.to_owned(),
-                reason: if e.path.is_empty() {
-                    e.reason
-                } else {
-                    format!("{}: {}", e.path, e.reason)
-                },
+                reason: if e.path.is_empty() { e.reason } else { format!("{}: {}", e.path, e.reason) },
             }),
         }
     }
@@ -217,11 +191,7 @@ impl Translation {
         let result = route::translate(rc, "", &mut cx);
         if rc.name.is_empty() {
             // Only RDS names reach a route table here; an unnamed one can only be inline.
-            cx.report(
-                "name",
-                "envoy.config.route.v3.RouteConfiguration (unnamed, not referenceable)",
-                Effect::Ignored,
-            );
+            cx.report("name", "envoy.config.route.v3.RouteConfiguration (unnamed, not referenceable)", Effect::Ignored);
         }
         self.absorb(type_url::ROUTE_CONFIGURATION, cx, result, |m, v| {
             if !v.name.is_empty() {
@@ -239,11 +209,7 @@ impl Translation {
     }
 
     /// Endpoints for the EDS clusters whose service name is `cla.cluster_name`.
-    pub fn add_load_assignment(
-        &mut self,
-        cla: &ClusterLoadAssignment,
-        pending: &mut BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>,
-    ) {
+    pub fn add_load_assignment(&mut self, cla: &ClusterLoadAssignment, pending: &mut BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>) {
         let mut cx = Context::new("endpoints", &cla.cluster_name);
         coverage::check_message(cla, &cx.resource, "", &mut cx.unsupported);
         let result = cluster::load_assignment(cla, "");
@@ -253,10 +219,7 @@ impl Translation {
     }
 
     /// Gives each EDS cluster the endpoints found for its service name.
-    fn attach_endpoints(
-        &mut self,
-        mut endpoints: BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>,
-    ) {
+    fn attach_endpoints(&mut self, mut endpoints: BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>) {
         for cluster in self.model.clusters.values_mut() {
             if let Discovery::Eds { service_name } = &cluster.discovery {
                 if let Some(e) = endpoints.remove(service_name) {
@@ -277,10 +240,7 @@ pub fn from_document(text: &str) -> Result<Translation, DocumentError> {
     if object.contains_key("configs") {
         let dump = protojson::from_json::<admin::ConfigDump>(value)?.message;
         Ok(from_config_dump(&dump))
-    } else if object.contains_key("static_resources")
-        || object.contains_key("node")
-        || object.contains_key("admin")
-    {
+    } else if object.contains_key("static_resources") || object.contains_key("node") || object.contains_key("admin") {
         let bootstrap = protojson::from_json::<Bootstrap>(value)?.message;
         Ok(from_bootstrap(&bootstrap))
     } else {
@@ -299,11 +259,7 @@ pub fn from_bootstrap(b: &Bootstrap) -> Translation {
         ("tracing", b.tracing.is_some()),
     ] {
         if set {
-            cx.report(
-                field,
-                "envoy.config.bootstrap.v3.Bootstrap",
-                Effect::Ignored,
-            );
+            cx.report(field, "envoy.config.bootstrap.v3.Bootstrap", Effect::Ignored);
         }
     }
     t.unsupported.extend(cx.unsupported);
@@ -333,87 +289,50 @@ pub fn from_config_dump(dump: &admin::ConfigDump) -> Translation {
     for (i, config) in dump.configs.iter().enumerate() {
         let name = protojson::type_name(&config.type_url);
         let result = match name {
-            "envoy.admin.v3.BootstrapConfigDump" => {
-                admin::BootstrapConfigDump::decode(config.value.as_slice()).map(|b| {
-                    if let Some(b) = b.bootstrap {
-                        let inner = from_bootstrap(&b);
-                        t.merge(inner);
-                    }
-                })
-            }
-            "envoy.admin.v3.ListenersConfigDump" => {
-                admin::ListenersConfigDump::decode(config.value.as_slice()).map(|d| {
-                    let dynamic = d
-                        .dynamic_listeners
-                        .iter()
-                        .filter_map(|l| l.active_state.as_ref().or(l.warming_state.as_ref()));
-                    let anys = d
-                        .static_listeners
-                        .iter()
-                        .filter_map(|l| l.listener.as_ref())
-                        .chain(dynamic.filter_map(|s| s.listener.as_ref()));
-                    for any in anys {
-                        t.decode_any(any, |t, l: PbListener| t.add_listener(&l));
-                    }
-                })
-            }
-            "envoy.admin.v3.RoutesConfigDump" => {
-                admin::RoutesConfigDump::decode(config.value.as_slice()).map(|d| {
-                    let anys = d
-                        .static_route_configs
-                        .iter()
-                        .filter_map(|r| r.route_config.as_ref())
-                        .chain(
-                            d.dynamic_route_configs
-                                .iter()
-                                .filter_map(|r| r.route_config.as_ref()),
-                        );
-                    for any in anys {
-                        t.decode_any(any, |t, rc: RouteConfiguration| {
-                            t.add_route_configuration(&rc)
-                        });
-                    }
-                })
-            }
-            "envoy.admin.v3.ClustersConfigDump" => {
-                admin::ClustersConfigDump::decode(config.value.as_slice()).map(|d| {
-                    let anys = d
-                        .static_clusters
-                        .iter()
-                        .filter_map(|c| c.cluster.as_ref())
-                        .chain(
-                            d.dynamic_active_clusters
-                                .iter()
-                                .filter_map(|c| c.cluster.as_ref()),
-                        )
-                        .chain(
-                            d.dynamic_warming_clusters
-                                .iter()
-                                .filter_map(|c| c.cluster.as_ref()),
-                        );
-                    for any in anys {
-                        t.decode_any(any, |t, c: PbCluster| t.add_cluster(&c));
-                    }
-                })
-            }
-            "envoy.admin.v3.EndpointsConfigDump" => {
-                admin::EndpointsConfigDump::decode(config.value.as_slice()).map(|d| {
-                    let anys = d
-                        .static_endpoint_configs
-                        .iter()
-                        .filter_map(|e| e.endpoint_config.as_ref())
-                        .chain(
-                            d.dynamic_endpoint_configs
-                                .iter()
-                                .filter_map(|e| e.endpoint_config.as_ref()),
-                        );
-                    for any in anys {
-                        t.decode_any(any, |t, cla: ClusterLoadAssignment| {
-                            t.add_load_assignment(&cla, &mut endpoints)
-                        });
-                    }
-                })
-            }
+            "envoy.admin.v3.BootstrapConfigDump" => admin::BootstrapConfigDump::decode(config.value.as_slice()).map(|b| {
+                if let Some(b) = b.bootstrap {
+                    let inner = from_bootstrap(&b);
+                    t.merge(inner);
+                }
+            }),
+            "envoy.admin.v3.ListenersConfigDump" => admin::ListenersConfigDump::decode(config.value.as_slice()).map(|d| {
+                let dynamic = d.dynamic_listeners.iter().filter_map(|l| l.active_state.as_ref().or(l.warming_state.as_ref()));
+                let anys = d.static_listeners.iter().filter_map(|l| l.listener.as_ref()).chain(dynamic.filter_map(|s| s.listener.as_ref()));
+                for any in anys {
+                    t.decode_any(any, |t, l: PbListener| t.add_listener(&l));
+                }
+            }),
+            "envoy.admin.v3.RoutesConfigDump" => admin::RoutesConfigDump::decode(config.value.as_slice()).map(|d| {
+                let anys = d
+                    .static_route_configs
+                    .iter()
+                    .filter_map(|r| r.route_config.as_ref())
+                    .chain(d.dynamic_route_configs.iter().filter_map(|r| r.route_config.as_ref()));
+                for any in anys {
+                    t.decode_any(any, |t, rc: RouteConfiguration| t.add_route_configuration(&rc));
+                }
+            }),
+            "envoy.admin.v3.ClustersConfigDump" => admin::ClustersConfigDump::decode(config.value.as_slice()).map(|d| {
+                let anys = d
+                    .static_clusters
+                    .iter()
+                    .filter_map(|c| c.cluster.as_ref())
+                    .chain(d.dynamic_active_clusters.iter().filter_map(|c| c.cluster.as_ref()))
+                    .chain(d.dynamic_warming_clusters.iter().filter_map(|c| c.cluster.as_ref()));
+                for any in anys {
+                    t.decode_any(any, |t, c: PbCluster| t.add_cluster(&c));
+                }
+            }),
+            "envoy.admin.v3.EndpointsConfigDump" => admin::EndpointsConfigDump::decode(config.value.as_slice()).map(|d| {
+                let anys = d
+                    .static_endpoint_configs
+                    .iter()
+                    .filter_map(|e| e.endpoint_config.as_ref())
+                    .chain(d.dynamic_endpoint_configs.iter().filter_map(|e| e.endpoint_config.as_ref()));
+                for any in anys {
+                    t.decode_any(any, |t, cla: ClusterLoadAssignment| t.add_load_assignment(&cla, &mut endpoints));
+                }
+            }),
             other => {
                 t.unsupported.push(Unsupported {
                     resource: format!("configs[{i}]"),
@@ -425,11 +344,7 @@ pub fn from_config_dump(dump: &admin::ConfigDump) -> Translation {
             }
         };
         if let Err(e) = result {
-            t.rejected.push(Rejected {
-                resource: format!("configs[{i}]"),
-                type_url: config.type_url.clone(),
-                reason: format!("cannot decode: {e}"),
-            });
+            t.rejected.push(Rejected { resource: format!("configs[{i}]"), type_url: config.type_url.clone(), reason: format!("cannot decode: {e}") });
         }
     }
     t.attach_endpoints(endpoints);
@@ -445,26 +360,14 @@ impl Translation {
         self.rejected.extend(other.rejected);
     }
 
-    fn decode_any<T: Message + prost::Name + Default>(
-        &mut self,
-        any: &Any,
-        then: impl FnOnce(&mut Self, T),
-    ) {
+    fn decode_any<T: Message + prost::Name + Default>(&mut self, any: &Any, then: impl FnOnce(&mut Self, T)) {
         if protojson::type_name(&any.type_url) != T::full_name() {
-            self.rejected.push(Rejected {
-                resource: T::full_name(),
-                type_url: any.type_url.clone(),
-                reason: format!("expected a {}", T::full_name()),
-            });
+            self.rejected.push(Rejected { resource: T::full_name(), type_url: any.type_url.clone(), reason: format!("expected a {}", T::full_name()) });
             return;
         }
         match T::decode(any.value.as_slice()) {
             Ok(v) => then(self, v),
-            Err(e) => self.rejected.push(Rejected {
-                resource: T::full_name(),
-                type_url: any.type_url.clone(),
-                reason: format!("cannot decode: {e}"),
-            }),
+            Err(e) => self.rejected.push(Rejected { resource: T::full_name(), type_url: any.type_url.clone(), reason: format!("cannot decode: {e}") }),
         }
     }
 }

@@ -136,10 +136,7 @@ impl Code {
 
     /// The `grpc-status` header value for this code: its decimal number.
     pub fn header_value(self) -> &'static str {
-        const VALUES: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
-        ];
+        const VALUES: [&str; 17] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
         // Discriminants are 0..=16, so the index is always in range.
         match VALUES.get(self as usize) {
             Some(v) => v,
@@ -161,10 +158,7 @@ impl Code {
             }
             n = n.saturating_mul(10).saturating_add(i64::from(b - b'0'));
         }
-        i32::try_from(n)
-            .ok()
-            .and_then(Code::from_i32)
-            .ok_or(CodeError::Unknown(n))
+        i32::try_from(n).ok().and_then(Code::from_i32).ok_or(CodeError::Unknown(n))
     }
 }
 
@@ -219,10 +213,7 @@ mod tests {
             assert_eq!(Code::try_from(n), Ok(*code));
             assert_eq!(i32::from(*code), n);
             assert_eq!(code.header_value(), n.to_string());
-            assert_eq!(
-                Code::from_header_value(code.header_value().as_bytes()),
-                Ok(*code)
-            );
+            assert_eq!(Code::from_header_value(code.header_value().as_bytes()), Ok(*code));
         }
         assert_eq!(Code::from_i32(17), None);
         assert_eq!(Code::from_i32(-1), None);
@@ -276,14 +267,8 @@ mod tests {
 
     #[test]
     fn error_messages_say_what_went_wrong() {
-        assert_eq!(
-            CodeError::Unknown(17).to_string(),
-            "grpc-status value 17 is not a known status code (0..=16)"
-        );
-        assert_eq!(
-            CodeError::NotDigits(b'x').to_string(),
-            "grpc-status value has a non-digit byte 0x78"
-        );
+        assert_eq!(CodeError::Unknown(17).to_string(), "grpc-status value 17 is not a known status code (0..=16)");
+        assert_eq!(CodeError::NotDigits(b'x').to_string(), "grpc-status value has a non-digit byte 0x78");
     }
 
     proptest! {

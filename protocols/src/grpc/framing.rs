@@ -73,10 +73,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_ignored() {
-        assert_eq!(
-            parse_frame_header(b"\x00\x00\x00\x00\x03abc"),
-            Some((false, 3))
-        );
+        assert_eq!(parse_frame_header(b"\x00\x00\x00\x00\x03abc"), Some((false, 3)));
     }
 
     proptest! {

@@ -18,14 +18,9 @@ mod message;
 mod timeout;
 
 pub use code::{code_from_http_status, Code, CodeError};
-pub use framing::{
-    frame_header, parse_frame_header, try_parse_frame_header, FrameError, FRAME_HEADER_LEN,
-    MAX_FRAME_LEN,
-};
+pub use framing::{frame_header, parse_frame_header, try_parse_frame_header, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{percent_decode_message, percent_encode_message};
-pub use timeout::{
-    format_timeout, parse_timeout, try_parse_timeout, TimeoutError, MAX_TIMEOUT, MAX_TIMEOUT_DIGITS,
-};
+pub use timeout::{format_timeout, parse_timeout, try_parse_timeout, TimeoutError, MAX_TIMEOUT, MAX_TIMEOUT_DIGITS};
 
 /// The base gRPC content type.
 pub const CONTENT_TYPE: &str = "application/grpc";
@@ -36,10 +31,7 @@ pub const CONTENT_TYPE: &str = "application/grpc";
 /// case-sensitive, as in grpc-go and Envoy; `application/grpc-web` is not
 /// gRPC.
 pub fn is_grpc_content_type(value: &[u8]) -> bool {
-    matches!(
-        value.strip_prefix(CONTENT_TYPE.as_bytes()),
-        Some([] | [b'+' | b';', ..])
-    )
+    matches!(value.strip_prefix(CONTENT_TYPE.as_bytes()), Some([] | [b'+' | b';', ..]))
 }
 
 #[cfg(test)]

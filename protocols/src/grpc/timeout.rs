@@ -15,14 +15,7 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(MAX_TIMEOUT_VALUE * 3600);
 
 /// Units from finest to coarsest, with their length in nanoseconds.
-const UNITS: [(u8, u64); 6] = [
-    (b'n', 1),
-    (b'u', 1_000),
-    (b'm', 1_000_000),
-    (b'S', NANOS_PER_SEC),
-    (b'M', 60 * NANOS_PER_SEC),
-    (b'H', 3600 * NANOS_PER_SEC),
-];
+const UNITS: [(u8, u64); 6] = [(b'n', 1), (b'u', 1_000), (b'm', 1_000_000), (b'S', NANOS_PER_SEC), (b'M', 60 * NANOS_PER_SEC), (b'H', 3600 * NANOS_PER_SEC)];
 
 /// Why a `grpc-timeout` header value is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,11 +45,7 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
 /// Parses a `grpc-timeout` header value, saying why it is invalid.
 pub fn try_parse_timeout(value: &[u8]) -> Result<Duration, TimeoutError> {
     let (&unit, digits) = value.split_last().ok_or(TimeoutError::Empty)?;
-    let nanos_per_unit = UNITS
-        .iter()
-        .find(|(u, _)| *u == unit)
-        .map(|&(_, n)| n)
-        .ok_or(TimeoutError::UnknownUnit(unit))?;
+    let nanos_per_unit = UNITS.iter().find(|(u, _)| *u == unit).map(|&(_, n)| n).ok_or(TimeoutError::UnknownUnit(unit))?;
     if digits.is_empty() {
         return Err(TimeoutError::NoDigits);
     }
@@ -153,14 +142,8 @@ mod tests {
 
     #[test]
     fn error_messages_say_what_went_wrong() {
-        assert_eq!(
-            TimeoutError::TooManyDigits(9).to_string(),
-            "grpc-timeout value has 9 digits, more than the 8 allowed"
-        );
-        assert_eq!(
-            TimeoutError::UnknownUnit(b's').to_string(),
-            "grpc-timeout unit 0x73 is not one of H, M, S, m, u, n"
-        );
+        assert_eq!(TimeoutError::TooManyDigits(9).to_string(), "grpc-timeout value has 9 digits, more than the 8 allowed");
+        assert_eq!(TimeoutError::UnknownUnit(b's').to_string(), "grpc-timeout unit 0x73 is not one of H, M, S, m, u, n");
     }
 
     fn unit_len(value: &str) -> Duration {

@@ -29,26 +29,16 @@ mod http1;
 mod tls;
 
 pub use http1::{Http1Version, HTTP1_METHODS, MAX_REQUEST_LINE_LEN};
-pub use tls::{
-    client_hello, ClientHello, TlsError, MAX_CLIENT_HELLO_LEN, MAX_CLIENT_HELLO_RECORDS,
-    MAX_TLS_RECORD_LEN, MAX_TLS_SNIFF_LEN,
-};
+pub use tls::{client_hello, ClientHello, TlsError, MAX_CLIENT_HELLO_LEN, MAX_CLIENT_HELLO_RECORDS, MAX_TLS_RECORD_LEN, MAX_TLS_SNIFF_LEN};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most bytes [`sniff`] ever needs: for any buffer at least this long it
 /// returns [`Sniff::Detected`]. A caller can size its peek buffer with it.
-pub const MAX_SNIFF_LEN: usize = max(
-    MAX_TLS_SNIFF_LEN,
-    max(MAX_REQUEST_LINE_LEN, H2_PREFACE.len()),
-);
+pub const MAX_SNIFF_LEN: usize = max(MAX_TLS_SNIFF_LEN, max(MAX_REQUEST_LINE_LEN, H2_PREFACE.len()));
 
-const _: () = assert!(
-    MAX_SNIFF_LEN >= MAX_TLS_SNIFF_LEN
-        && MAX_SNIFF_LEN >= MAX_REQUEST_LINE_LEN
-        && MAX_SNIFF_LEN >= H2_PREFACE.len()
-);
+const _: () = assert!(MAX_SNIFF_LEN >= MAX_TLS_SNIFF_LEN && MAX_SNIFF_LEN >= MAX_REQUEST_LINE_LEN && MAX_SNIFF_LEN >= H2_PREFACE.len());
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b {

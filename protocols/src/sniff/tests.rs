@@ -147,17 +147,11 @@ const SAMPLES: &[(&str, &str)] = &[
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 fn tls(server_name: Option<&str>, alpn: &[&str]) -> Detected {
-    Detected::Tls(ClientHello {
-        server_name: server_name.map(str::to_owned),
-        alpn: alpn.iter().map(|&s| s.to_owned()).collect(),
-    })
+    Detected::Tls(ClientHello { server_name: server_name.map(str::to_owned), alpn: alpn.iter().map(|&s| s.to_owned()).collect() })
 }
 
 #[test_case(OPENSSL_SNI_ALPN, tls(Some("foo.example"), &["h2", "http/1.1"]); "openssl sni alpn")]
@@ -185,14 +179,9 @@ fn openssl_hello_split_across_records() {
     // The capture really is four records.
     assert_eq!(&buf[3..5], &512u16.to_be_bytes());
     assert_eq!(buf[517], 0x16);
-    let alpn: Vec<String> = (0..40)
-        .map(|i| format!("proto-{i:03}-xxxxxxxxxxxxxxxxxxxxxxxx"))
-        .collect();
+    let alpn: Vec<String> = (0..40).map(|i| format!("proto-{i:03}-xxxxxxxxxxxxxxxxxxxxxxxx")).collect();
     let alpn: Vec<&str> = alpn.iter().map(String::as_str).collect();
-    assert_eq!(
-        sniff(&buf),
-        Sniff::Detected(tls(Some("split.example.com"), &alpn))
-    );
+    assert_eq!(sniff(&buf), Sniff::Detected(tls(Some("split.example.com"), &alpn)));
 }
 
 #[test]
@@ -202,9 +191,7 @@ fn every_strict_prefix_of_every_sample_needs_more() {
         let full = sniff(&buf);
         assert!(matches!(full, Sniff::Detected(_)), "{name}");
         // HTTP samples carry more than the part that decides; stop there.
-        let decided_at = (0..=buf.len())
-            .find(|&end| sniff(&buf[..end]) != Sniff::NeedMore)
-            .unwrap();
+        let decided_at = (0..=buf.len()).find(|&end| sniff(&buf[..end]) != Sniff::NeedMore).unwrap();
         for end in 0..decided_at {
             assert_eq!(sniff(&buf[..end]), Sniff::NeedMore, "{name}: prefix {end}");
         }
@@ -284,12 +271,7 @@ fn arb_method() -> impl Strategy<Value = &'static str> {
 
 /// Request targets: origin-form paths, absolute URIs, authority form, `*`.
 fn arb_target() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "/[!-~]{0,200}",
-        "https?://[a-z0-9.-]{1,30}(:[0-9]{1,5})?(/[!-~]{0,50})?",
-        "[a-z0-9.-]{1,30}:[0-9]{1,5}",
-        Just("*".to_owned()),
-    ]
+    prop_oneof!["/[!-~]{0,200}", "https?://[a-z0-9.-]{1,30}(:[0-9]{1,5})?(/[!-~]{0,50})?", "[a-z0-9.-]{1,30}:[0-9]{1,5}", Just("*".to_owned()),]
 }
 
 proptest! {

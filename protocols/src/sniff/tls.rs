@@ -39,8 +39,7 @@ pub const MAX_CLIENT_HELLO_RECORDS: usize = 64;
 
 /// The most bytes [`client_hello`] reads: a ClientHello of the largest size
 /// in the most records, with their headers.
-pub const MAX_TLS_SNIFF_LEN: usize =
-    MAX_CLIENT_HELLO_LEN + RECORD_HEADER_LEN * MAX_CLIENT_HELLO_RECORDS;
+pub const MAX_TLS_SNIFF_LEN: usize = MAX_CLIENT_HELLO_LEN + RECORD_HEADER_LEN * MAX_CLIENT_HELLO_RECORDS;
 
 /// What a TLS ClientHello asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -180,21 +179,15 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, TlsError> {
         return Err(Malformed("legacy_version is not TLS 3.x"));
     }
     r.take(RANDOM_LEN).ok_or(Malformed("random is truncated"))?;
-    let session_id = r
-        .u8_prefixed()
-        .ok_or(Malformed("session_id is truncated"))?;
+    let session_id = r.u8_prefixed().ok_or(Malformed("session_id is truncated"))?;
     if session_id.len() > MAX_SESSION_ID_LEN {
         return Err(Malformed("session_id is longer than 32 bytes"));
     }
-    let suites = r
-        .u16_prefixed()
-        .ok_or(Malformed("cipher_suites is truncated"))?;
+    let suites = r.u16_prefixed().ok_or(Malformed("cipher_suites is truncated"))?;
     if suites.is_empty() || suites.len() % 2 != 0 {
         return Err(Malformed("cipher_suites is empty or of odd length"));
     }
-    let compression = r
-        .u8_prefixed()
-        .ok_or(Malformed("compression_methods is truncated"))?;
+    let compression = r.u8_prefixed().ok_or(Malformed("compression_methods is truncated"))?;
     if compression.is_empty() {
         return Err(Malformed("compression_methods is empty"));
     }
@@ -203,9 +196,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, TlsError> {
         // A hello without an extension block (SSL 3.0 / TLS 1.0 style).
         return Ok(hello);
     }
-    let extensions = r
-        .u16_prefixed()
-        .ok_or(Malformed("extensions is truncated"))?;
+    let extensions = r.u16_prefixed().ok_or(Malformed("extensions is truncated"))?;
     if !r.is_empty() {
         return Err(Malformed("trailing bytes after the extensions"));
     }
@@ -213,9 +204,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, TlsError> {
     let mut seen = Vec::new();
     while !exts.is_empty() {
         let ext_type = exts.u16().ok_or(Malformed("extension type is truncated"))?;
-        let data = exts
-            .u16_prefixed()
-            .ok_or(Malformed("extension data is truncated"))?;
+        let data = exts.u16_prefixed().ok_or(Malformed("extension data is truncated"))?;
         seen.push(ext_type);
         match ext_type {
             EXT_SERVER_NAME => hello.server_name = Some(parse_server_name(data)?),
@@ -238,17 +227,13 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, TlsError> {
 fn parse_server_name(data: &[u8]) -> Result<String, TlsError> {
     use TlsError::Malformed;
     let mut r = Reader(data);
-    let list = r
-        .u16_prefixed()
-        .ok_or(Malformed("server_name list is truncated"))?;
+    let list = r.u16_prefixed().ok_or(Malformed("server_name list is truncated"))?;
     if !r.is_empty() {
         return Err(Malformed("trailing bytes after the server_name list"));
     }
     let mut list = Reader(list);
     let name_type = list.u8().ok_or(Malformed("server_name list is empty"))?;
-    let host = list
-        .u16_prefixed()
-        .ok_or(Malformed("server_name entry is truncated"))?;
+    let host = list.u16_prefixed().ok_or(Malformed("server_name entry is truncated"))?;
     if !list.is_empty() {
         return Err(Malformed("server_name list has more than one entry"));
     }
@@ -256,9 +241,7 @@ fn parse_server_name(data: &[u8]) -> Result<String, TlsError> {
         return Err(Malformed("server_name entry is not a host_name"));
     }
     if host.is_empty() || host.len() > MAX_HOST_NAME_LEN || host.contains(&0) {
-        return Err(Malformed(
-            "server_name host_name is empty, too long or has a NUL",
-        ));
+        return Err(Malformed("server_name host_name is empty, too long or has a NUL"));
     }
     Ok(String::from_utf8_lossy(host).to_ascii_lowercase())
 }
@@ -268,9 +251,7 @@ fn parse_server_name(data: &[u8]) -> Result<String, TlsError> {
 fn parse_alpn(data: &[u8]) -> Result<Vec<String>, TlsError> {
     use TlsError::Malformed;
     let mut r = Reader(data);
-    let list = r
-        .u16_prefixed()
-        .ok_or(Malformed("ALPN list is truncated"))?;
+    let list = r.u16_prefixed().ok_or(Malformed("ALPN list is truncated"))?;
     if !r.is_empty() {
         return Err(Malformed("trailing bytes after the ALPN list"));
     }
@@ -280,9 +261,7 @@ fn parse_alpn(data: &[u8]) -> Result<Vec<String>, TlsError> {
     let mut list = Reader(list);
     let mut names = Vec::new();
     while !list.is_empty() {
-        let name = list
-            .u8_prefixed()
-            .ok_or(Malformed("ALPN protocol name is truncated"))?;
+        let name = list.u8_prefixed().ok_or(Malformed("ALPN protocol name is truncated"))?;
         if name.is_empty() {
             return Err(Malformed("ALPN protocol name is empty"));
         }
@@ -412,15 +391,7 @@ mod tests {
     fn fragmented_hello_is_reassembled(frag: usize) {
         // One-byte records only fit a small hello under the record limit.
         let names: &[&[u8]] = if frag == 1 { &[] } else { &[b"h2"] };
-        let exts = [
-            sni(b"a"),
-            if names.is_empty() {
-                vec![]
-            } else {
-                alpn(names)
-            },
-        ]
-        .concat();
+        let exts = [sni(b"a"), if names.is_empty() { vec![] } else { alpn(names) }].concat();
         let msg = hello_msg(Some(&exts));
         assert!(msg.len().div_ceil(frag) <= MAX_CLIENT_HELLO_RECORDS);
         let buf = records(&msg, frag);
@@ -428,11 +399,7 @@ mod tests {
         assert_eq!(hello.server_name.as_deref(), Some("a"));
         assert_eq!(hello.alpn.len(), names.len());
         for end in 0..buf.len() {
-            assert_eq!(
-                client_hello(&buf[..end]),
-                Err(TlsError::Truncated),
-                "prefix {end}"
-            );
+            assert_eq!(client_hello(&buf[..end]), Err(TlsError::Truncated), "prefix {end}");
         }
     }
 
@@ -457,10 +424,7 @@ mod tests {
 
         let msg = hello_msg(Some(&ext(21, &vec![0; pad + 1])));
         let buf = records(&msg, MAX_TLS_RECORD_LEN);
-        assert_eq!(
-            client_hello(&buf[..RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN]),
-            Err(TlsError::TooLarge(MAX_CLIENT_HELLO_LEN + 1))
-        );
+        assert_eq!(client_hello(&buf[..RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN]), Err(TlsError::TooLarge(MAX_CLIENT_HELLO_LEN + 1)));
     }
 
     #[test_case(&[0x17, 0x03, 0x03], TlsError::NotHandshake(0x17); "application data")]
@@ -494,13 +458,7 @@ mod tests {
     fn malformed_extensions_are_errors(exts: &[u8], _why: &str) {
         let buf = records(&hello_msg(Some(exts)), MAX_TLS_RECORD_LEN);
         let err = client_hello(&buf).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TlsError::Malformed(_) | TlsError::DuplicateExtension(_)
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, TlsError::Malformed(_) | TlsError::DuplicateExtension(_)), "{err:?}");
     }
 
     #[test]
@@ -540,10 +498,7 @@ mod tests {
         msg.push(0);
         msg[3] += 1;
         let buf = records(&msg, MAX_TLS_RECORD_LEN);
-        assert_eq!(
-            client_hello(&buf),
-            Err(TlsError::Malformed("trailing bytes after the extensions"))
-        );
+        assert_eq!(client_hello(&buf), Err(TlsError::Malformed("trailing bytes after the extensions")));
     }
 
     #[test]
@@ -557,17 +512,8 @@ mod tests {
 
     #[test]
     fn error_messages_say_what_went_wrong() {
-        assert_eq!(
-            TlsError::RecordLength(0).to_string(),
-            "TLS record length 0 is outside 1..=16384"
-        );
-        assert_eq!(
-            TlsError::TooLarge(20000).to_string(),
-            "ClientHello of 20000 bytes exceeds the limit of 16384 bytes"
-        );
-        assert_eq!(
-            TlsError::DuplicateExtension(0).to_string(),
-            "malformed ClientHello: extension 0 appears more than once"
-        );
+        assert_eq!(TlsError::RecordLength(0).to_string(), "TLS record length 0 is outside 1..=16384");
+        assert_eq!(TlsError::TooLarge(20000).to_string(), "ClientHello of 20000 bytes exceeds the limit of 16384 bytes");
+        assert_eq!(TlsError::DuplicateExtension(0).to_string(), "malformed ClientHello: extension 0 appears more than once");
     }
 }

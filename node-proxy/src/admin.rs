@@ -1,0 +1,214 @@
+//! The admin and observability ports, on the control thread:
+//!
+//! - admin (127.0.0.1:15000): `/ready`, `/config_dump` (Envoy's admin ConfigDump
+//!   JSON of what is loaded; `?format=model` prints the mesh model instead),
+//!   `/stats/prometheus`, `/logging?level=`, `/quitquitquit`.
+//! - Prometheus (:15020): `/stats/prometheus`.
+//! - readiness (:15021): `/healthz/ready`, 200 only when every start-up task is done.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use xds_client::pb::envoy::admin::v3 as admin;
+use xds_client::pb::google::protobuf::{Any, Timestamp};
+
+use crate::drain::Drain;
+use crate::logging::LogControl;
+use crate::snapshot::{Live, Snapshot};
+use crate::telemetry::metrics::Metrics;
+
+/// Readiness as drop guards: ready when every guard has been dropped.
+#[derive(Default)]
+pub struct Readiness {
+    pending: Mutex<BTreeSet<String>>,
+}
+
+pub struct ReadyGuard {
+    readiness: Arc<Readiness>,
+    name: String,
+}
+
+impl Readiness {
+    pub fn guard(self: &Arc<Self>, name: &str) -> ReadyGuard {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(name.to_owned());
+        }
+        ReadyGuard { readiness: self.clone(), name: name.to_owned() }
+    }
+
+    /// `Ok` when ready, else what is still pending.
+    pub fn status(&self) -> Result<(), Vec<String>> {
+        let pending: Vec<String> = self.pending.lock().map(|p| p.iter().cloned().collect()).unwrap_or_default();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    }
+}
+
+impl Drop for ReadyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.readiness.pending.lock() {
+            p.remove(&self.name);
+        }
+    }
+}
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub drain: Arc<Drain>,
+    pub logs: Arc<LogControl>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Admin,
+    Prometheus,
+    Readiness,
+}
+
+/// Serves one of the ports until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, port: Port, state: Arc<AdminState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(port, &state, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let std = crate::listener::bind_reuseport(address)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (port, path) {
+        (_, "/stats/prometheus") if port != Port::Readiness => {
+            let mut r = text(StatusCode::OK, state.metrics.encode(&state.live.load()));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
+        }
+        (Port::Readiness, "/healthz/ready") | (Port::Admin, "/ready") => {
+            if state.drain.is_draining() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n");
+            }
+            match state.readiness.status() {
+                Ok(()) => text(StatusCode::OK, if port == Port::Admin { "LIVE\n" } else { "" }),
+                Err(pending) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", pending.join(", "))),
+            }
+        }
+        (Port::Admin, "/config_dump") => {
+            let snapshot = state.live.load();
+            if query_param(&req, "format") == Some("model") {
+                return match serde_json::to_string_pretty(&*snapshot.model) {
+                    Ok(s) => json(s),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                };
+            }
+            match config_dump(&snapshot) {
+                Ok(v) => json(serde_json::to_string_pretty(&v).unwrap_or_default()),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (Port::Admin, "/logging") => {
+            if let Some(level) = query_param(&req, "level") {
+                if req.method() != Method::POST {
+                    return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /logging?level=LEVEL\n");
+                }
+                return match state.logs.set_level(level) {
+                    Ok(()) => text(StatusCode::OK, format!("active level: {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                };
+            }
+            text(StatusCode::OK, format!("active level: {}\n", state.logs.level()))
+        }
+        (Port::Admin, "/quitquitquit") if req.method() == Method::POST => {
+            state.drain.start();
+            text(StatusCode::OK, "OK\n")
+        }
+        (Port::Admin, "/") => text(StatusCode::OK, "node-proxy admin: /ready /config_dump[?format=model] /stats/prometheus /logging[?level=] /quitquitquit\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn timestamp(t: std::time::SystemTime) -> Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn any<T: Message + prost::Name>(m: &T) -> Any {
+    Any { type_url: T::type_url(), value: m.encode_to_vec() }
+}
+
+/// Envoy's admin `ConfigDump` of the loaded configuration.
+fn config_dump(snapshot: &Snapshot) -> Result<serde_json::Value, xds_client::protojson::JsonError> {
+    let source = &snapshot.source;
+    if let Some(dump) = &source.dump {
+        return xds_client::protojson::to_json(dump);
+    }
+    let last_updated = Some(timestamp(snapshot.loaded_at));
+    let mut configs = Vec::new();
+    if let Some(b) = &source.bootstrap {
+        configs.push(any(&admin::BootstrapConfigDump { bootstrap: Some(b.clone()), last_updated }));
+        let sr = b.static_resources.clone().unwrap_or_default();
+        configs.push(any(&admin::ListenersConfigDump {
+            version_info: String::new(),
+            static_listeners: sr.listeners.iter().map(|l| admin::listeners_config_dump::StaticListener { listener: Some(any(l)), last_updated }).collect(),
+            dynamic_listeners: Vec::new(),
+        }));
+        configs.push(any(&admin::ClustersConfigDump {
+            version_info: String::new(),
+            static_clusters: sr.clusters.iter().map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(any(c)), last_updated }).collect(),
+            dynamic_active_clusters: Vec::new(),
+            dynamic_warming_clusters: Vec::new(),
+        }));
+    }
+    xds_client::protojson::to_json(&admin::ConfigDump { configs })
+}

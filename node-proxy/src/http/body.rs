@@ -1,0 +1,422 @@
+//! Request and response bodies on the data path.
+//!
+//! - [`ReplayBody`]: streams the downstream request body upstream while keeping a
+//!   copy (up to the cluster's buffer limit) so a retry or a mirror can send it again;
+//!   beyond the limit the copy is dropped and the request is no longer retriable.
+//! - [`ReqBody`]: what goes upstream.
+//! - [`RespBody`]: what goes downstream, counting bytes and holding the request's
+//!   resources (pooled connection, circuit-breaker slots, access-log record) until the
+//!   response ends, so they are released exactly then.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future as _;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that can be replayed for retries and mirrors.
+pub struct ReplayBody {
+    state: Rc<RefCell<ReplayState>>,
+    /// Next recorded chunk to hand out.
+    pos: usize,
+    trailers_sent: bool,
+    /// Only the newest clone may read the source; older attempts fail instead.
+    generation: u32,
+}
+
+struct ReplayState {
+    source: Option<Incoming>,
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// The source has ended; `chunks` + `trailers` are the whole body.
+    complete: bool,
+    buffered: usize,
+    limit: usize,
+    /// More than `limit` bytes went through: the copy is incomplete, no replay.
+    overflowed: bool,
+    generation: u32,
+    error: Option<String>,
+    /// Woken when the body completes or overflows (mirrors wait on it).
+    waiters: Vec<std::task::Waker>,
+    /// Bytes read from the downstream (`%BYTES_RECEIVED%`).
+    received: Rc<Cell<u64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("request body superseded by a newer attempt")]
+    Superseded,
+    #[error("downstream request body failed: {0}")]
+    Source(String),
+}
+
+impl ReplayBody {
+    pub fn new(source: Incoming, limit: usize, received: Rc<Cell<u64>>) -> Self {
+        let complete = source.is_end_stream();
+        let state = ReplayState {
+            source: Some(source),
+            chunks: Vec::new(),
+            trailers: None,
+            complete,
+            buffered: 0,
+            limit,
+            overflowed: false,
+            generation: 0,
+            error: None,
+            waiters: Vec::new(),
+            received,
+        };
+        ReplayBody { state: Rc::new(RefCell::new(state)), pos: 0, trailers_sent: false, generation: 0 }
+    }
+
+    /// The body for the first attempt (it reads the source).
+    pub fn first(&self) -> ReplayBody {
+        ReplayBody { state: self.state.clone(), pos: 0, trailers_sent: false, generation: self.state.borrow().generation }
+    }
+
+    /// A body for the next attempt: replays what was read, then continues the source.
+    /// `None` once the copy overflowed.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut s = self.state.borrow_mut();
+        if s.overflowed || s.error.is_some() {
+            return None;
+        }
+        s.generation += 1;
+        Some(ReplayBody { state: self.state.clone(), pos: 0, trailers_sent: false, generation: s.generation })
+    }
+
+    /// Whether another attempt can still send the whole body.
+    pub fn is_replayable(&self) -> bool {
+        let s = self.state.borrow();
+        !s.overflowed && s.error.is_none()
+    }
+
+    /// The whole body once it has been read completely within the limit (for mirrors).
+    pub fn completed(&self) -> impl std::future::Future<Output = Option<(Bytes, Option<HeaderMap>)>> + 'static {
+        let state = self.state.clone();
+        std::future::poll_fn(move |cx| {
+            let mut s = state.borrow_mut();
+            if s.overflowed || s.error.is_some() {
+                return Poll::Ready(None);
+            }
+            if s.complete {
+                let mut all = bytes::BytesMut::with_capacity(s.buffered);
+                for c in &s.chunks {
+                    all.extend_from_slice(c);
+                }
+                return Poll::Ready(Some((all.freeze(), s.trailers.clone())));
+            }
+            s.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+impl ReplayState {
+    fn wake(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut s = this.state.borrow_mut();
+        if this.pos < s.chunks.len() {
+            let chunk = s.chunks[this.pos].clone();
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if s.complete {
+            if !this.trailers_sent {
+                this.trailers_sent = true;
+                if let Some(t) = s.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+            }
+            return Poll::Ready(None);
+        }
+        if let Some(e) = &s.error {
+            return Poll::Ready(Some(Err(Box::new(ReplayError::Source(e.clone())))));
+        }
+        if this.generation != s.generation {
+            return Poll::Ready(Some(Err(Box::new(ReplayError::Superseded))));
+        }
+        let Some(source) = s.source.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.complete = true;
+                s.source = None;
+                s.wake();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.error = Some(e.to_string());
+                s.wake();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    s.received.set(s.received.get() + data.len() as u64);
+                    if !s.overflowed {
+                        s.buffered += data.len();
+                        if s.buffered > s.limit {
+                            s.overflowed = true;
+                            s.chunks = Vec::new();
+                            s.wake();
+                        } else {
+                            s.chunks.push(data.clone());
+                            this.pos = s.chunks.len();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    s.trailers = trailers.clone();
+                    s.complete = true;
+                    s.source = None;
+                    this.trailers_sent = true;
+                    s.wake();
+                    match trailers {
+                        Some(t) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        None => Poll::Ready(None),
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.state.borrow();
+        s.complete && self.pos >= s.chunks.len() && (self.trailers_sent || s.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let s = self.state.borrow();
+        match &s.source {
+            Some(src) if self.pos == 0 && s.chunks.is_empty() => src.size_hint(),
+            _ if s.complete => SizeHint::with_exact(s.chunks[self.pos.min(s.chunks.len())..].iter().map(|c| c.len() as u64).sum()),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The body sent upstream.
+pub enum ReqBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// The downstream body passed through (counting bytes received).
+    Stream(Incoming, Rc<Cell<u64>>),
+    Replay(ReplayBody),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ReqBody::Stream(b, received) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(d) = frame.data_ref() {
+                        received.set(received.get() + d.len() as u64);
+                    }
+                }
+                polled.map_err(|e| Box::new(e) as BoxError)
+            }
+            ReqBody::Replay(r) => Pin::new(r).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(d) => d.is_none(),
+            ReqBody::Stream(b, _) => b.is_end_stream(),
+            ReqBody::Replay(r) => r.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            ReqBody::Stream(b, _) => b.size_hint(),
+            ReqBody::Replay(r) => r.size_hint(),
+        }
+    }
+}
+
+/// Called once when a response body ends, fails, or is dropped unfinished.
+pub trait Finish {
+    fn finish(self: Box<Self>, end: BodyEnd);
+}
+
+/// How a response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyEnd {
+    pub bytes: u64,
+    pub outcome: EndOutcome,
+    /// `grpc-status` from the trailers, if they carried one.
+    pub grpc_status: Option<i32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndOutcome {
+    Complete,
+    /// The upstream failed mid-body (reset or read error).
+    UpstreamError,
+    /// The downstream went away first (`DC`).
+    Dropped,
+    /// The route or per-try timeout fired while streaming.
+    TimedOut,
+}
+
+/// The body sent downstream.
+pub struct RespBody {
+    inner: RespInner,
+    bytes: u64,
+    grpc_status: Option<i32>,
+    finish: Option<Box<dyn Finish>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+enum RespInner {
+    Empty,
+    Full(Option<Bytes>, Option<HeaderMap>),
+    Upstream(Incoming),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response timed out while streaming")]
+pub struct StreamTimeout;
+
+impl RespBody {
+    pub fn empty() -> Self {
+        RespBody { inner: RespInner::Empty, bytes: 0, grpc_status: None, finish: None, deadline: None }
+    }
+
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        let inner = if data.is_empty() { RespInner::Empty } else { RespInner::Full(Some(data), None) };
+        RespBody { inner, bytes: 0, grpc_status: None, finish: None, deadline: None }
+    }
+
+    /// Trailers only (gRPC local replies on HTTP/2 carry grpc-status in trailers when a body was sent).
+    pub fn with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
+        RespBody { inner: RespInner::Full(Some(data).filter(|d| !d.is_empty()), Some(trailers)), bytes: 0, grpc_status: None, finish: None, deadline: None }
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        RespBody { inner: RespInner::Upstream(body), bytes: 0, grpc_status: None, finish: None, deadline: None }
+    }
+
+    /// Runs `finish` when the body ends (or is dropped).
+    pub fn on_finish(mut self, finish: Box<dyn Finish>) -> Self {
+        self.finish = Some(finish);
+        self
+    }
+
+    /// Fails the stream if it has not ended by `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self
+    }
+
+    fn end(&mut self, outcome: EndOutcome) {
+        if let Some(f) = self.finish.take() {
+            f.finish(BodyEnd { bytes: self.bytes, outcome, grpc_status: self.grpc_status });
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            RespInner::Empty => Poll::Ready(None),
+            RespInner::Full(data, trailers) => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            RespInner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    this.end(EndOutcome::UpstreamError);
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    this.grpc_status = t.get("grpc-status").and_then(|v| protocols::grpc::Code::from_header_value(v.as_bytes()).ok()).map(|c| c.as_i32());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.end(EndOutcome::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.end(EndOutcome::TimedOut);
+                        this.inner = RespInner::Empty;
+                        return Poll::Ready(Some(Err(Box::new(StreamTimeout))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            RespInner::Empty => true,
+            RespInner::Full(d, t) => d.is_none() && t.is_none(),
+            RespInner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            RespInner::Empty => SizeHint::with_exact(0),
+            RespInner::Full(d, _) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            RespInner::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        // A body that ended empty without being polled (e.g. HEAD, 204) completed.
+        let outcome = if self.is_end_stream() { EndOutcome::Complete } else { EndOutcome::Dropped };
+        self.end(outcome);
+    }
+}

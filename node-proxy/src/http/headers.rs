@@ -1,0 +1,164 @@
+//! Header handling between downstream and upstream: hop-by-hop headers, path
+//! normalisation (RFC 3986 dot segments, merged slashes) and the headers Envoy adds.
+
+use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::HeaderMap;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Removes hop-by-hop headers (and those the `Connection` header names). `TE:
+/// trailers` survives, as gRPC needs it; `keep_upgrade` keeps `Connection: upgrade`
+/// and `Upgrade` for a WebSocket handshake.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = headers.get(CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        for name in conn.split(',').map(|t| t.trim().to_ascii_lowercase()) {
+            if name.is_empty() || (keep_upgrade && name == "upgrade") || name == "te" {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(&HTTP2_SETTINGS);
+    if !keep_upgrade {
+        headers.remove(UPGRADE);
+    }
+    let te_trailers = headers.get(TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, http::HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The upgrade a request asks for (`websocket`, …), lower-cased.
+pub fn upgrade_type(headers: &HeaderMap) -> Option<String> {
+    let conn = headers.get(CONNECTION)?.to_str().ok()?;
+    if !conn.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")) {
+        return None;
+    }
+    Some(headers.get(UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase())
+}
+
+/// Envoy's `normalize_path` (RFC 3986 §6 dot-segment removal, percent-encoded
+/// unreserved characters decoded) and `merge_slashes`. The query is untouched.
+/// `None` when the path is invalid (it would escape the root).
+pub fn normalize_path(path_and_query: &str, normalize: bool, merge_slashes: bool) -> Option<String> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    };
+    if !path.starts_with('/') {
+        return Some(path_and_query.to_owned());
+    }
+    let mut p = if normalize { decode_unreserved(path) } else { path.to_owned() };
+    if merge_slashes {
+        let mut merged = String::with_capacity(p.len());
+        let mut last_slash = false;
+        for c in p.chars() {
+            if c == '/' && last_slash {
+                continue;
+            }
+            last_slash = c == '/';
+            merged.push(c);
+        }
+        p = merged;
+    }
+    if normalize {
+        p = remove_dot_segments(&p);
+    }
+    Some(format!("{p}{query}"))
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(v as char);
+                    i += 3;
+                    continue;
+                }
+                // Envoy upper-cases the hex digits of what it keeps encoded.
+                out.push('%');
+                out.push_str(&path[i + 1..i + 3].to_ascii_uppercase());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = path.ends_with("/.") || path.ends_with("/..") || path.ends_with('/');
+    for seg in path.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if result.is_empty() || (trailing && !result.ends_with('/')) {
+        result.push('/');
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_case::test_case;
+
+    #[test_case("/a/b/../c", "/a/c")]
+    #[test_case("/a/./b/", "/a/b/")]
+    #[test_case("/../a", "/a")]
+    #[test_case("/a/%62c?x=/../", "/a/bc?x=/../")]
+    #[test_case("/a/%2f", "/a/%2F")]
+    #[test_case("/", "/")]
+    #[test_case("/a/..", "/")]
+    fn normalizes(input: &str, expected: &str) {
+        assert_eq!(normalize_path(input, true, false).unwrap(), expected);
+    }
+
+    #[test]
+    fn merges_slashes() {
+        assert_eq!(normalize_path("//a///b?q=//", false, true).unwrap(), "/a/b?q=//");
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(TE, "trailers, deflate".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION) && !h.contains_key("keep-alive"));
+        assert_eq!(h[TE], "trailers");
+        assert!(h.contains_key("x-keep"));
+    }
+}

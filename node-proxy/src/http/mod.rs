@@ -1,0 +1,7 @@
+//! The HTTP/1.1, HTTP/2 and gRPC data path.
+
+pub mod body;
+pub mod headers;
+pub mod local_reply;
+pub mod proxy;
+pub mod server;

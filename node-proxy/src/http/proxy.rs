@@ -1,0 +1,988 @@
+//! The HTTP request path, top to bottom, as Envoy's HTTP connection manager and
+//! router run it:
+//!
+//! route (virtual host by `:authority`, first matching route) -> direct response,
+//! redirect, or forward: cluster choice (single, header, weighted) -> header
+//! mutations and rewrites -> fault injection -> mirrors -> circuit breaker -> attempts
+//! (load balancing, connection pool, per-try timeout) with retries per the retry
+//! policy -> response header mutations -> body streamed back, with the access log
+//! and metrics written when it ends.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use istio_compat::model::cluster::{Discovery, LbPolicy, UpstreamProtocol};
+use istio_compat::model::common::HeaderMutation;
+use istio_compat::model::fault::Abort;
+use istio_compat::model::listener::{AccessLog, ChainId, HttpConnectionManager, Listener, RouteSource};
+use istio_compat::model::retry::{AttemptFailure, RetryPolicy};
+use istio_compat::model::route::{
+    Action, ClusterSpecifier, ForwardAction, HashPolicy, HashSource, MirrorPolicy, RequestHead, Route, RouteTable, VirtualHost, WeightedCluster,
+};
+use protocols::grpc;
+
+use super::body::{BodyEnd, EndOutcome, Finish, ReplayBody, ReqBody, RespBody};
+use super::headers::{normalize_path, strip_hop_by_hop, upgrade_type};
+use super::local_reply::{self, LocalReply};
+use crate::runtime::Worker;
+use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
+use crate::telemetry::metrics::{DestinationLabels, RequestLabels, RequestSample, SourceLabels};
+use crate::upstream::cluster::{ClusterState, Slot};
+use crate::upstream::host::{ActiveRequest, Host};
+use crate::upstream::outlier::Outcome;
+use crate::upstream::pool::{Checkout, PoolError, PooledH1, Protocol};
+
+/// One downstream connection's context.
+pub struct ConnCtx {
+    pub worker: Rc<Worker>,
+    pub listener: Arc<Listener>,
+    /// The filter chain serving this connection.
+    pub chain: ChainId,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The original destination (equals `local` unless redirected).
+    pub destination: SocketAddr,
+    pub server_name: Option<String>,
+    pub source: Arc<SourceLabels>,
+    /// Access logs to write when the configuration names none.
+    pub default_access_log: Option<Arc<AccessLog>>,
+}
+
+impl ConnCtx {
+    pub fn hcm(&self) -> Option<&HttpConnectionManager> {
+        match &self.listener.chain(self.chain)?.kind {
+            istio_compat::model::listener::ChainKind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    fn access_logs(&self) -> Vec<AccessLog> {
+        let hcm_logs = self.hcm().map(|h| h.access_log.as_slice()).unwrap_or_default();
+        if !hcm_logs.is_empty() {
+            return hcm_logs.to_vec();
+        }
+        if !self.listener.access_log.is_empty() {
+            return self.listener.access_log.clone();
+        }
+        self.default_access_log.iter().map(|l| (**l).clone()).collect()
+    }
+}
+
+/// Serves one request.
+pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let snapshot = cx.worker.shared.live.load();
+    cx.worker.shared.metrics.downstream_rq_total.inc();
+    let (mut parts, body) = req.into_parts();
+    let mut flow = Flow::new(cx.clone(), &parts);
+    let Some(hcm) = cx.hcm() else {
+        return flow.local(LocalReply::CHAIN_REFUSED, ResponseFlags::NONE);
+    };
+    if hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    flow.rec.request_id = header_string(&parts.headers, "x-request-id");
+    let path = if hcm.normalize_path || hcm.merge_slashes {
+        match normalize_path(&flow.rec.path, hcm.normalize_path, hcm.merge_slashes) {
+            Some(p) => p,
+            None => return flow.local(LocalReply::BAD_REQUEST, ResponseFlags::NONE),
+        }
+    } else {
+        flow.rec.path.clone()
+    };
+    let table: &RouteTable = match &hcm.routes {
+        RouteSource::Inline(t) => t,
+        RouteSource::Rds(name) => match snapshot.routes.get(name) {
+            Some(t) => t,
+            None => return flow.local(LocalReply::NO_ROUTE_CONFIG, ResponseFlags::NO_ROUTE_FOUND),
+        },
+    };
+    let authority = flow.rec.authority.clone();
+    let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
+    let Some(vhost) = table.virtual_host(&authority) else {
+        return flow.local(LocalReply::NO_ROUTE, ResponseFlags::NO_ROUTE_FOUND);
+    };
+    let Some(route) = vhost.route(&head) else {
+        return flow.local(LocalReply::NO_ROUTE, ResponseFlags::NO_ROUTE_FOUND);
+    };
+    if !route.name.is_empty() {
+        flow.rec.route_name = Some(route.name.clone());
+    }
+    let levels = Levels { weighted: None, route, vhost, table };
+    match &route.action {
+        Action::DirectResponse(d) => {
+            let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+            let mut resp = local_reply::with_body(status, d.body.as_deref());
+            levels.apply_response(resp.headers_mut());
+            flow.rec.response_code_details = "direct_response";
+            flow.finish_local(resp)
+        }
+        Action::Redirect(r) => {
+            let mut resp = local_reply::with_body(StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY), None);
+            if let Ok(v) = HeaderValue::from_str(&r.location(&head, &route.matcher)) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            levels.apply_response(resp.headers_mut());
+            flow.rec.response_code_details = "direct_response";
+            flow.finish_local(resp)
+        }
+        Action::Forward(fwd) => forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await,
+    }
+}
+
+/// The levels of header mutations, most specific first.
+#[derive(Clone, Copy)]
+struct Levels<'a> {
+    weighted: Option<&'a WeightedCluster>,
+    route: &'a Route,
+    vhost: &'a VirtualHost,
+    table: &'a RouteTable,
+}
+
+impl Levels<'_> {
+    /// Envoy applies weighted cluster, route, virtual host, then route configuration:
+    /// the more general level is applied last.
+    fn apply(&self, headers: &mut http::HeaderMap, request: bool) {
+        fn side<'m>(request: bool, req: &'m HeaderMutation, resp: &'m HeaderMutation) -> &'m HeaderMutation {
+            if request {
+                req
+            } else {
+                resp
+            }
+        }
+        if let Some(w) = self.weighted {
+            side(request, &w.request_headers, &w.response_headers).apply(headers);
+        }
+        side(request, &self.route.request_headers, &self.route.response_headers).apply(headers);
+        side(request, &self.vhost.request_headers, &self.vhost.response_headers).apply(headers);
+        side(request, &self.table.request_headers, &self.table.response_headers).apply(headers);
+    }
+
+    fn apply_request(&self, headers: &mut http::HeaderMap) {
+        self.apply(headers, true);
+    }
+
+    fn apply_response(&self, headers: &mut http::HeaderMap) {
+        self.apply(headers, false);
+    }
+}
+
+/// The per-request state that ends in the access log and metrics.
+struct Flow {
+    cx: Rc<ConnCtx>,
+    start: Instant,
+    rec: RequestRecord,
+    grpc: bool,
+    destination: Arc<DestinationLabels>,
+    request_bytes: Rc<Cell<u64>>,
+}
+
+impl Flow {
+    fn new(cx: Rc<ConnCtx>, parts: &Parts) -> Self {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        let path = if parts.method == Method::CONNECT { String::new() } else { parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned() };
+        let grpc = parts.headers.get(CONTENT_TYPE).is_some_and(|v| grpc::is_grpc_content_type(v.as_bytes()));
+        let rec = RequestRecord {
+            start_time: SystemTime::now(),
+            method: parts.method.as_str().to_owned(),
+            path,
+            protocol: protocol_name(parts.version),
+            response_code: 0,
+            response_flags: ResponseFlags::NONE,
+            response_code_details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Default::default(),
+            upstream_service_time: None,
+            x_forwarded_for: header_string(&parts.headers, "x-forwarded-for"),
+            user_agent: header_string(&parts.headers, "user-agent"),
+            request_id: None,
+            authority,
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_local_address: None,
+            downstream_local_address: cx.destination,
+            downstream_remote_address: cx.remote,
+            requested_server_name: cx.server_name.clone(),
+            route_name: None,
+            grpc_status: None,
+            upstream_transport_failure_reason: None,
+        };
+        Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), cx }
+    }
+
+    fn local(mut self, reply: LocalReply, flag: ResponseFlags) -> Response<RespBody> {
+        self.rec.response_flags.set(flag);
+        self.rec.response_code_details = reply.details;
+        let resp = reply.response(self.grpc);
+        self.finish_local(resp)
+    }
+
+    fn finish_local(self, resp: Response<RespBody>) -> Response<RespBody> {
+        self.attach(resp, Resources::default(), None)
+    }
+
+    /// Attaches the completion (access log, metrics, resource release) to the body.
+    fn attach(mut self, resp: Response<RespBody>, resources: Resources, deadline: Option<tokio::time::Instant>) -> Response<RespBody> {
+        self.rec.response_code = resp.status().as_u16();
+        self.rec.grpc_status = resp.headers().get("grpc-status").and_then(|v| grpc::Code::from_header_value(v.as_bytes()).ok()).map(|c| c.as_i32());
+        let (parts, body) = resp.into_parts();
+        let completion = Completion { flow: self, resources };
+        Response::from_parts(parts, body.with_deadline(deadline).on_finish(Box::new(completion)))
+    }
+}
+
+/// What a request holds until its response ends.
+#[derive(Default)]
+struct Resources {
+    _request_slot: Option<Slot>,
+    _retry_slot: Option<Slot>,
+    _active: Option<ActiveRequest>,
+    _connection: Option<PooledH1>,
+    set_cookie: Option<HeaderValue>,
+}
+
+struct Completion {
+    flow: Flow,
+    resources: Resources,
+}
+
+impl Finish for Completion {
+    fn finish(self: Box<Self>, end: BodyEnd) {
+        let Completion { mut flow, resources } = *self;
+        drop(resources);
+        flow.rec.bytes_sent = end.bytes;
+        flow.rec.bytes_received = flow.request_bytes.get();
+        flow.rec.duration = flow.start.elapsed();
+        if let Some(code) = end.grpc_status {
+            flow.rec.grpc_status = Some(code);
+        }
+        match end.outcome {
+            EndOutcome::Complete => {}
+            EndOutcome::Dropped => flow.rec.response_flags.set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+            EndOutcome::UpstreamError => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET),
+            EndOutcome::TimedOut => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
+        }
+        let cx = &flow.cx;
+        let metrics = &cx.worker.shared.metrics;
+        metrics.record_request(RequestSample {
+            labels: RequestLabels {
+                reporter: "source",
+                source: cx.source.clone(),
+                destination: flow.destination.clone(),
+                request_protocol: if flow.grpc { "grpc" } else { "http" },
+                response_code: flow.rec.response_code,
+                grpc_response_status: flow.rec.grpc_status,
+                response_flags: flag_string(flow.rec.response_flags),
+                connection_security_policy: "unknown",
+            },
+            duration_ms: flow.rec.duration.as_secs_f64() * 1000.0,
+            request_bytes: flow.rec.bytes_received,
+            response_bytes: flow.rec.bytes_sent,
+        });
+        let logs = cx.access_logs();
+        if !logs.is_empty() {
+            flow.rec.emit(&logs);
+        }
+    }
+}
+
+/// Response flags as a shared string; the common cases are not allocated.
+fn flag_string(flags: ResponseFlags) -> Arc<str> {
+    static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    if flags.is_empty() {
+        return NONE.get_or_init(|| Arc::from("-")).clone();
+    }
+    Arc::from(flags.to_string())
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn header_string(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// The request body as the attempts see it.
+enum RequestBody {
+    Empty,
+    /// Not buffered (no retry policy, no mirror): only one attempt can send it.
+    Stream(Option<Incoming>),
+    Replay(ReplayBody),
+}
+
+/// Why an attempt produced no response.
+#[derive(Debug)]
+enum AttemptError {
+    Pool(PoolError),
+    Reset { request_sent: bool, remote: bool },
+    RefusedStream,
+    PerTryTimeout,
+    Timeout,
+    BodyUnavailable,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut flow: Flow,
+    snapshot: &Arc<Snapshot>,
+    hcm: &HttpConnectionManager,
+    mut levels: Levels<'_>,
+    fwd: &ForwardAction,
+    mut parts: Parts,
+    path: String,
+    body: Incoming,
+) -> Response<RespBody> {
+    let cx = flow.cx.clone();
+    // The cluster.
+    let cluster_name: Arc<str> = match &fwd.cluster {
+        ClusterSpecifier::Cluster(name) => name.clone(),
+        ClusterSpecifier::Header(h) => match parts.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
+            Some(name) => Arc::from(name),
+            None => return flow.local(cluster_not_found(fwd), ResponseFlags::NO_CLUSTER_FOUND),
+        },
+        ClusterSpecifier::Weighted(w) => match w.pick(rand::random_range(0..u64::MAX)) {
+            Some(c) => {
+                levels.weighted = Some(c);
+                c.name.clone()
+            }
+            None => return flow.local(cluster_not_found(fwd), ResponseFlags::NO_CLUSTER_FOUND),
+        },
+    };
+    flow.rec.upstream_cluster = Some(cluster_name.clone());
+    let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
+        return flow.local(cluster_not_found(fwd), ResponseFlags::NO_CLUSTER_FOUND);
+    };
+    let service = cluster.config.services.first();
+    flow.destination =
+        DestinationLabels::from_istio(service.map(|s| s.host.as_str()), service.map(|s| s.name.as_str()), service.map(|s| s.namespace.as_str()), None);
+
+    // Upgrades (WebSocket) and CONNECT must be allowed by the listener or the route.
+    let upgrade = if parts.method == Method::CONNECT { Some("connect".to_owned()) } else { upgrade_type(&parts.headers) };
+    if let Some(kind) = &upgrade {
+        if !hcm.upgrades.iter().chain(fwd.upgrades.iter()).any(|u| u == kind) {
+            return flow.local(LocalReply::UPGRADE_FAILED, ResponseFlags::NONE);
+        }
+    }
+
+    // Request headers: hop-by-hop out, configured mutations in, rewrites.
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_deref().is_some_and(|u| u != "connect"));
+    levels.apply_request(&mut parts.headers);
+    let route = levels.route;
+    let upstream_path = match fwd.rewrite_path(&path, &route.matcher) {
+        Some(p) => {
+            if let Ok(v) = HeaderValue::from_str(&path) {
+                parts.headers.insert("x-envoy-original-path", v);
+            }
+            p
+        }
+        None => path,
+    };
+    let mut authority = flow.rec.authority.clone();
+    if let Some(h) = levels.weighted.and_then(|w| w.host_rewrite.as_ref()).or(fwd.host_rewrite.as_ref()) {
+        authority = h.clone();
+    }
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if hcm.use_remote_address {
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", cx.remote.ip()),
+            None => cx.remote.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+
+    // Fault injection (the listener must have the fault filter).
+    if hcm.has_fault_filter {
+        let config = route.fault.as_ref().or(levels.vhost.fault.as_ref()).or(hcm.fault.as_ref());
+        if let Some(config) = config {
+            let decision = config.decide(&parts.headers, &cluster_name);
+            if decision.delay.is_some() || decision.abort.is_some() {
+                let faults = &cx.worker.shared.active_faults;
+                let active = faults.fetch_add(1, Ordering::AcqRel);
+                let allowed = config.max_active_faults.is_none_or(|max| active < max);
+                if allowed {
+                    if let Some(delay) = decision.delay {
+                        flow.rec.response_flags.set(ResponseFlags::DELAY_INJECTED);
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                faults.fetch_sub(1, Ordering::AcqRel);
+                if allowed {
+                    match decision.abort {
+                        Some(Abort::Http(code)) => {
+                            let mut reply = LocalReply::FAULT_ABORT;
+                            reply.status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                            return flow.local(reply, ResponseFlags::FAULT_INJECTED);
+                        }
+                        Some(Abort::Grpc(code)) => {
+                            flow.rec.response_flags.set(ResponseFlags::FAULT_INJECTED);
+                            flow.rec.response_code_details = "fault_filter_abort";
+                            return flow.finish_local(local_reply::grpc_trailers_only(code, "fault filter abort"));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    let retry = fwd.retry_policy.as_ref().or(levels.vhost.retry_policy.as_ref());
+    let timeout = fwd.effective_timeout(&parts.headers);
+    let deadline = timeout.map(|t| tokio::time::Instant::from_std(flow.start) + t);
+
+    // The request body: buffered for replay only when a retry or mirror may need it.
+    let mut request_body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else if retry.is_some() || !fwd.mirrors.is_empty() {
+        RequestBody::Replay(ReplayBody::new(body, cluster.config.buffer_limit as usize, flow.request_bytes.clone()))
+    } else {
+        RequestBody::Stream(Some(body))
+    };
+
+    // Mirrors: fire and forget, with the whole body once it has been read.
+    for mirror in &fwd.mirrors {
+        if mirror.fraction.sample() {
+            let body = match &request_body {
+                RequestBody::Empty => MirrorBody::Empty,
+                RequestBody::Replay(r) => MirrorBody::Pending(Box::pin(r.completed())),
+                RequestBody::Stream(_) => continue,
+            };
+            spawn_mirror(cx.worker.clone(), snapshot.clone(), mirror, &parts, &authority, &upstream_path, body);
+        }
+    }
+
+    let Some(request_slot) = cluster.try_start_request() else {
+        cluster.stats.rq_overflow.fetch_add(1, Ordering::Relaxed);
+        return flow.local(LocalReply::MAX_REQUESTS, ResponseFlags::UPSTREAM_OVERFLOW);
+    };
+    let mut resources = Resources { _request_slot: Some(request_slot), ..Default::default() };
+    let hash = match cluster.config.lb {
+        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+            request_hash(&fwd.hash_policy, &parts, &authority, &upstream_path, cx.remote, &mut resources.set_cookie)
+        }
+        _ => None,
+    };
+    let protocol = match cluster.config.protocol {
+        _ if upgrade.is_some() => Protocol::Http1,
+        UpstreamProtocol::Http1 => Protocol::Http1,
+        UpstreamProtocol::Http2 => Protocol::Http2,
+        UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => Protocol::Http2,
+        UpstreamProtocol::Downstream => Protocol::Http1,
+    };
+    let downstream_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
+    let mut attempt: u32 = 1;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        // Pick a host.
+        let host = match cluster.config.discovery {
+            Discovery::OriginalDst => Some(Host::transient(cx.destination)),
+            _ => {
+                let avoid_previous = retry.is_some_and(|r| r.avoid_previous_hosts) && attempt > 1;
+                let attempts = retry.map_or(1, |r| r.host_selection_max_attempts);
+                cluster.view().pick(hash, &|h: &Host| avoid_previous && tried.contains(&h.address), attempts)
+            }
+        };
+        let Some(host) = host else {
+            return flow.local(LocalReply::NO_HEALTHY_UPSTREAM, ResponseFlags::NO_HEALTHY_UPSTREAM);
+        };
+        tried.push(host.address);
+        flow.rec.upstream_host = Some(host.address);
+        if let Some(w) = &host.workload {
+            flow.destination = DestinationLabels::from_istio(
+                service.map(|s| s.host.as_str()),
+                service.map(|s| s.name.as_str()),
+                service.map(|s| s.namespace.as_str()),
+                Some(w),
+            );
+        }
+        if host.tls_required {
+            flow.rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".to_owned());
+            return flow.local(LocalReply::TLS_UNSUPPORTED, ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        }
+
+        let body = match &mut request_body {
+            RequestBody::Empty => Some(ReqBody::Empty),
+            RequestBody::Stream(b) => b.take().map(|b| ReqBody::Stream(b, flow.request_bytes.clone())),
+            RequestBody::Replay(r) => {
+                if attempt == 1 {
+                    Some(ReqBody::Replay(r.first()))
+                } else {
+                    r.replay().map(ReqBody::Replay)
+                }
+            }
+        };
+        let Some(body) = body else {
+            return flow.local(LocalReply::RESET, ResponseFlags::UPSTREAM_REMOTE_RESET);
+        };
+        let include_attempt = levels.vhost.include_request_attempt_count;
+        let upstream_req = match build_request(&parts, &authority, &upstream_path, protocol, attempt, include_attempt, body) {
+            Ok(r) => r,
+            Err(_) => return flow.local(LocalReply::BAD_REQUEST, ResponseFlags::NONE),
+        };
+        let active = ActiveRequest::new(&host);
+        let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| tokio::time::Instant::now() + t);
+        let attempt_deadline = match (deadline, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sent_at = Instant::now();
+        let result =
+            send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, attempt_deadline, per_try.is_some_and(|p| deadline.is_none_or(|d| p < d))).await;
+        match result {
+            Ok((resp, connection)) => {
+                let status = resp.status();
+                cluster.record_outcome(&host, Outcome::Response(status.as_u16()));
+                if let Some(policy) = retry {
+                    if policy.retriable_response(status, resp.headers(), &parts.headers) && policy.request_is_retriable(&parts.headers) {
+                        match try_retry(&cluster, policy, attempt, &request_body, deadline, &mut resources) {
+                            RetryDecision::Retry(backoff) => {
+                                drop(resp);
+                                drop(connection);
+                                drop(active);
+                                tokio::time::sleep(backoff).await;
+                                attempt += 1;
+                                continue;
+                            }
+                            RetryDecision::LimitExceeded => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                            RetryDecision::No => {}
+                        }
+                    }
+                }
+                if attempt > 1 {
+                    cluster.stats.rq_retry_success.fetch_add(1, Ordering::Relaxed);
+                }
+                flow.rec.upstream_service_time = Some(sent_at.elapsed());
+                resources._active = Some(active);
+                resources._connection = connection;
+                let include_attempt_in_response = levels.vhost.include_attempt_count_in_response;
+                return respond(flow, levels, resp, resources, attempt_deadline, attempt, include_attempt_in_response, downstream_upgrade, upgrade.is_some());
+            }
+            Err(e) => {
+                drop(active);
+                let (failure, reply, flag, outcome) = match &e {
+                    AttemptError::Pool(PoolError::Overflow) => return flow.local(LocalReply::OVERFLOW, ResponseFlags::UPSTREAM_OVERFLOW),
+                    AttemptError::Timeout => {
+                        cluster.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                        cluster.record_outcome(&host, Outcome::Timeout);
+                        return flow.local(LocalReply::TIMEOUT, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    }
+                    AttemptError::BodyUnavailable => return flow.local(LocalReply::RESET, ResponseFlags::UPSTREAM_REMOTE_RESET),
+                    AttemptError::Pool(PoolError::ConnectTimeout(_)) => {
+                        (AttemptFailure::ConnectFailure, LocalReply::CONNECT_TIMEOUT, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
+                    }
+                    AttemptError::Pool(_) => {
+                        (AttemptFailure::ConnectFailure, LocalReply::CONNECT_FAILURE, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
+                    }
+                    AttemptError::RefusedStream => {
+                        (AttemptFailure::RefusedStream, LocalReply::REFUSED_STREAM, ResponseFlags::UPSTREAM_REMOTE_RESET, Outcome::Reset)
+                    }
+                    AttemptError::Reset { request_sent, remote } => (
+                        AttemptFailure::Reset { request_sent: *request_sent },
+                        if *remote { LocalReply::REMOTE_RESET } else { LocalReply::RESET },
+                        if *remote { ResponseFlags::UPSTREAM_REMOTE_RESET } else { ResponseFlags::UPSTREAM_CONNECTION_TERMINATION },
+                        Outcome::Reset,
+                    ),
+                    AttemptError::PerTryTimeout => {
+                        cluster.stats.rq_per_try_timeout.fetch_add(1, Ordering::Relaxed);
+                        (AttemptFailure::PerTryTimeout, LocalReply::PER_TRY_TIMEOUT, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, Outcome::Timeout)
+                    }
+                };
+                tracing::debug!(cluster = %cluster.name, host = %host.address, attempt, "upstream attempt failed: {e:?}");
+                cluster.record_outcome(&host, outcome);
+                if let Some(policy) = retry {
+                    if policy.retriable_failure(failure) && policy.request_is_retriable(&parts.headers) {
+                        match try_retry(&cluster, policy, attempt, &request_body, deadline, &mut resources) {
+                            RetryDecision::Retry(backoff) => {
+                                tokio::time::sleep(backoff).await;
+                                attempt += 1;
+                                continue;
+                            }
+                            RetryDecision::LimitExceeded => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                            RetryDecision::No => {}
+                        }
+                    }
+                }
+                return flow.local(reply, flag);
+            }
+        }
+    }
+}
+
+fn cluster_not_found(fwd: &ForwardAction) -> LocalReply {
+    let mut reply = LocalReply::CLUSTER_NOT_FOUND;
+    reply.status = StatusCode::from_u16(fwd.cluster_not_found_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    reply
+}
+
+enum RetryDecision {
+    Retry(std::time::Duration),
+    LimitExceeded,
+    No,
+}
+
+/// Whether attempt `attempt` (1-based) may be followed by another, and after what back-off.
+fn try_retry(
+    cluster: &Arc<ClusterState>,
+    policy: &RetryPolicy,
+    attempt: u32,
+    body: &RequestBody,
+    deadline: Option<tokio::time::Instant>,
+    resources: &mut Resources,
+) -> RetryDecision {
+    if attempt > policy.num_retries {
+        cluster.stats.rq_retry_limit_exceeded.fetch_add(1, Ordering::Relaxed);
+        return RetryDecision::LimitExceeded;
+    }
+    let replayable = match body {
+        RequestBody::Empty => true,
+        RequestBody::Stream(_) => false,
+        RequestBody::Replay(r) => r.is_replayable(),
+    };
+    if !replayable {
+        return RetryDecision::No;
+    }
+    let backoff = policy.backoff(attempt);
+    if deadline.is_some_and(|d| tokio::time::Instant::now() + backoff >= d) {
+        return RetryDecision::No;
+    }
+    // One retry slot for the whole retry sequence of this request.
+    if resources._retry_slot.is_none() {
+        match cluster.try_start_retry() {
+            Some(slot) => resources._retry_slot = Some(slot),
+            None => {
+                cluster.stats.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
+                return RetryDecision::No;
+            }
+        }
+    }
+    cluster.stats.rq_retry.fetch_add(1, Ordering::Relaxed);
+    RetryDecision::Retry(backoff)
+}
+
+fn build_request(
+    parts: &Parts,
+    authority: &str,
+    path: &str,
+    protocol: Protocol,
+    attempt: u32,
+    include_attempt: bool,
+    body: ReqBody,
+) -> Result<Request<ReqBody>, http::Error> {
+    let connect = parts.method == Method::CONNECT;
+    let uri = match protocol {
+        _ if connect => Uri::builder().authority(authority).build()?,
+        Protocol::Http1 => Uri::try_from(if path.is_empty() { "/" } else { path })?,
+        Protocol::Http2 => Uri::builder().scheme("http").authority(authority).path_and_query(if path.is_empty() { "/" } else { path }).build()?,
+    };
+    let mut req = Request::builder().method(parts.method.clone()).uri(uri).version(match protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::Http2 => Version::HTTP_2,
+    });
+    if let Some(h) = req.headers_mut() {
+        *h = parts.headers.clone();
+        match protocol {
+            Protocol::Http1 => {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    h.insert(HOST, v);
+                }
+            }
+            Protocol::Http2 => {
+                h.remove(HOST);
+            }
+        }
+        if include_attempt {
+            h.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+        }
+    }
+    req.body(body)
+}
+
+async fn send_attempt(
+    worker: &Rc<Worker>,
+    cluster: &Arc<ClusterState>,
+    host: &Arc<Host>,
+    protocol: Protocol,
+    req: Request<ReqBody>,
+    deadline: Option<tokio::time::Instant>,
+    per_try_is_first: bool,
+) -> Result<(Response<Incoming>, Option<PooledH1>), AttemptError> {
+    let exchange = async {
+        let checkout = worker.pools.checkout(cluster, host.address, protocol).await.map_err(AttemptError::Pool)?;
+        match checkout {
+            Checkout::Http1(mut pooled) => {
+                let Some(sender) = pooled.sender() else { return Err(AttemptError::Reset { request_sent: false, remote: false }) };
+                match sender.send_request(req).await {
+                    Ok(resp) => Ok((resp, Some(pooled))),
+                    Err(e) => {
+                        pooled.broken = true;
+                        Err(classify(&e))
+                    }
+                }
+            }
+            Checkout::Http2(mut sender) => match sender.send_request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(classify(&e)),
+            },
+        }
+    };
+    match deadline {
+        None => exchange.await,
+        Some(d) => match tokio::time::timeout_at(d, exchange).await {
+            Ok(r) => r,
+            Err(_) if per_try_is_first => Err(AttemptError::PerTryTimeout),
+            Err(_) => Err(AttemptError::Timeout),
+        },
+    }
+}
+
+/// Maps hyper's error to what retry policies and response flags distinguish.
+fn classify(e: &hyper::Error) -> AttemptError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>() {
+            if h2.reason() == Some(h2_reason::Reason::REFUSED_STREAM) {
+                return AttemptError::RefusedStream;
+            }
+            return AttemptError::Reset { request_sent: true, remote: h2.is_remote() };
+        }
+        if s.downcast_ref::<super::body::ReplayError>().is_some() {
+            return AttemptError::BodyUnavailable;
+        }
+        source = s.source();
+    }
+    // `canceled`: the request never reached the connection.
+    AttemptError::Reset { request_sent: !e.is_canceled(), remote: e.is_incomplete_message() }
+}
+
+/// hyper's HTTP/2 errors come from the `h2` crate.
+mod h2_reason {
+    pub use h2::{Error as H2Error, Reason};
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    mut flow: Flow,
+    levels: Levels<'_>,
+    resp: Response<Incoming>,
+    mut resources: Resources,
+    deadline: Option<tokio::time::Instant>,
+    attempt: u32,
+    include_attempt: bool,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrading: bool,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    let upgraded = upgrading && (parts.status == StatusCode::SWITCHING_PROTOCOLS || (flow.rec.method == "CONNECT" && parts.status.is_success()));
+    let upstream_upgrade = if upgraded { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    strip_hop_by_hop(&mut parts.headers, upgraded && parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    levels.apply_response(&mut parts.headers);
+    if let Some(t) = flow.rec.upstream_service_time {
+        parts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(t.as_millis() as u64));
+    }
+    if include_attempt {
+        parts.headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+    }
+    if let Some(cookie) = resources.set_cookie.take() {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
+    }
+    if let (Some(down), Some(up)) = (downstream_upgrade, upstream_upgrade) {
+        // A tunnel: the route timeout no longer applies once it is established.
+        tokio::task::spawn_local(tunnel(down, up));
+        let resp = Response::from_parts(parts, RespBody::empty());
+        return flow.attach(resp, resources, None);
+    }
+    let resp = Response::from_parts(parts, RespBody::upstream(body));
+    flow.rec.response_code_details = "via_upstream";
+    flow.attach(resp, resources, deadline)
+}
+
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!("tunnel closed: {e}");
+    }
+}
+
+/// Envoy's hash policy evaluation: each policy that yields a value is folded in
+/// (`rotl(hash, 1) ^ value`); a terminal policy that yields stops the walk.
+fn request_hash(policies: &[HashPolicy], parts: &Parts, authority: &str, path: &str, remote: SocketAddr, set_cookie: &mut Option<HeaderValue>) -> Option<u64> {
+    let head = RequestHead { method: &parts.method, authority, path, scheme: "http", headers: &parts.headers };
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let value: Option<u64> = match &p.source {
+            HashSource::Header { name, rewrite } => head.header(name).map(|v| match rewrite {
+                Some(rw) => xxhash_rust::xxh64::xxh64(rw.apply(&v).as_bytes(), 0),
+                None => xxhash_rust::xxh64::xxh64(v.as_bytes(), 0),
+            }),
+            HashSource::Cookie { name, ttl, path: cookie_path } => match cookie(&parts.headers, name) {
+                Some(v) => Some(xxhash_rust::xxh64::xxh64(v.as_bytes(), 0)),
+                None => ttl.map(|ttl| {
+                    // Envoy generates the cookie from the downstream address and tells the client.
+                    let value = format!("{:016x}", xxhash_rust::xxh64::xxh64(remote.to_string().as_bytes(), rand::random()));
+                    let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                    if !cookie_path.is_empty() {
+                        c.push_str(&format!("; Path={cookie_path}"));
+                    }
+                    c.push_str("; HttpOnly");
+                    *set_cookie = HeaderValue::from_str(&c).ok();
+                    xxhash_rust::xxh64::xxh64(value.as_bytes(), 0)
+                }),
+            },
+            HashSource::SourceIp => Some(xxhash_rust::xxh64::xxh64(remote.ip().to_string().as_bytes(), 0)),
+            HashSource::QueryParameter(name) => head.query_param(name).map(|v| xxhash_rust::xxh64::xxh64(v.as_bytes(), 0)),
+        };
+        if let Some(v) = value {
+            hash = Some(hash.map_or(v, |h| h.rotate_left(1) ^ v));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    hash
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then(|| v.trim_matches('"'))
+    })
+}
+
+/// The whole request body once read (`None`: over the buffer limit).
+type CompletedBody = std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Bytes, Option<http::HeaderMap>)>>>>;
+
+enum MirrorBody {
+    Empty,
+    Pending(CompletedBody),
+}
+
+/// Sends a copy of the request to the mirror cluster; its response is discarded.
+fn spawn_mirror(worker: Rc<Worker>, snapshot: Arc<Snapshot>, policy: &MirrorPolicy, parts: &Parts, authority: &str, path: &str, body: MirrorBody) {
+    let shadow_authority = if policy.disable_shadow_host_suffix { authority.to_owned() } else { shadow_host(authority) };
+    let cluster_name = policy.cluster.clone();
+    let mut headers = parts.headers.clone();
+    headers.remove("x-envoy-attempt-count");
+    let method = parts.method.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_local(async move {
+        let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
+            tracing::debug!(cluster = %cluster_name, "mirror cluster not found");
+            return;
+        };
+        let body = match body {
+            MirrorBody::Empty => ReqBody::Empty,
+            MirrorBody::Pending(f) => match f.await {
+                Some((data, _)) => ReqBody::Full(Some(data)),
+                // Larger than the buffer limit (or failed): not mirrored, as in Envoy.
+                None => return,
+            },
+        };
+        let Some(host) = cluster.view().pick(None, &|_| false, 1) else { return };
+        let Some(_slot) = cluster.try_start_request() else { return };
+        let protocol = match cluster.config.protocol {
+            UpstreamProtocol::Http2 => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        let mut req = match Request::builder().method(method).uri(path.as_str()).body(body) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        *req.headers_mut() = headers;
+        let Ok(req) = build_request_from(req, &shadow_authority, protocol) else { return };
+        let _active = ActiveRequest::new(&host);
+        let timeout = std::time::Duration::from_secs(30);
+        match send_attempt(&worker, &cluster, &host, protocol, req, Some(tokio::time::Instant::now() + timeout), false).await {
+            Ok((resp, _conn)) => {
+                use http_body_util::BodyExt;
+                let _ = resp.into_body().collect().await;
+            }
+            Err(e) => tracing::debug!(cluster = %cluster_name, "mirror request failed: {e:?}"),
+        }
+    });
+}
+
+fn build_request_from(req: Request<ReqBody>, authority: &str, protocol: Protocol) -> Result<Request<ReqBody>, http::Error> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    build_request(&parts, authority, &path, protocol, 1, false, body)
+}
+
+/// `host:port` -> `host-shadow:port`, as Envoy names mirrored requests.
+fn shadow_host(authority: &str) -> String {
+    let host = istio_compat::model::route::strip_port(authority);
+    format!("{host}-shadow{}", &authority[host.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_keeps_the_port() {
+        assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_host("reviews"), "reviews-shadow");
+    }
+
+    #[test]
+    fn cookies_are_found() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::COOKIE, "a=1; session=\"xyz\"".parse().unwrap());
+        assert_eq!(cookie(&h, "session"), Some("xyz"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn hash_policies_fold_and_stop_at_terminal() {
+        let req = Request::builder().uri("/p?user=7").header("x-user", "alice").body(()).unwrap();
+        let (parts, _) = req.into_parts();
+        let remote: SocketAddr = "198.18.0.9:5000".parse().unwrap();
+        let header = HashPolicy { source: HashSource::Header { name: "x-user".into(), rewrite: None }, terminal: true };
+        let query = HashPolicy { source: HashSource::QueryParameter("user".into()), terminal: false };
+        let mut cookie = None;
+        let a = request_hash(&[header.clone(), query.clone()], &parts, "h", "/p?user=7", remote, &mut cookie);
+        let b = request_hash(std::slice::from_ref(&header), &parts, "h", "/p?user=7", remote, &mut cookie);
+        assert_eq!(a, b, "terminal header policy stops the walk");
+        let c = request_hash(&[query], &parts, "h", "/p?user=7", remote, &mut cookie);
+        assert_ne!(a, c);
+        let missing = HashPolicy { source: HashSource::Header { name: "x-none".into(), rewrite: None }, terminal: false };
+        assert_eq!(request_hash(&[missing], &parts, "h", "/p", remote, &mut cookie), None);
+    }
+}

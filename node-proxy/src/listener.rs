@@ -1,0 +1,216 @@
+//! Listeners: binding (one SO_REUSEPORT socket per worker), accepting, the hand-off
+//! of redirected connections by original destination (the virtual outbound listener
+//! on 15001), sniffing (TLS ClientHello SNI/ALPN, HTTP/1, h2 preface) when the
+//! listener's inspectors ask for it, and the choice of filter chain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use istio_compat::model::listener::{ChainKind, ConnectionInfo, Listener};
+use istio_compat::model::Name;
+use protocols::sniff::{self, Detected, Sniff};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::http::proxy::ConnCtx;
+use crate::io::PrefixedIo;
+use crate::runtime::Worker;
+use crate::telemetry::metrics::SourceLabels;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot bind listener {name} on {address}: {source}{hint}")]
+    Bind { name: Name, address: SocketAddr, source: io::Error, hint: &'static str },
+}
+
+/// A listener's sockets, one per worker.
+pub struct Bound {
+    pub name: Name,
+    pub address: SocketAddr,
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds every `bind_to_port` listener of the snapshot, `workers` sockets each.
+pub fn bind_all(listeners: &[Arc<Listener>], workers: usize) -> Result<Vec<Bound>, BindError> {
+    let mut bound = Vec::new();
+    for l in listeners.iter().filter(|l| l.bind_to_port) {
+        let mut sockets = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            sockets.push(bind_reuseport(l.address).map_err(|source| {
+                let hint = match source.kind() {
+                    io::ErrorKind::AddrInUse => ": another process listens there (ss -ltnp)",
+                    io::ErrorKind::PermissionDenied => ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
+                    io::ErrorKind::AddrNotAvailable => ": no interface has that address",
+                    _ => "",
+                };
+                BindError::Bind { name: l.name.clone(), address: l.address, source, hint }
+            })?);
+        }
+        bound.push(Bound { name: l.name.clone(), address: l.address, sockets });
+    }
+    Ok(bound)
+}
+
+pub fn bind_reuseport(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Per-process options that apply to every connection.
+pub struct Options {
+    pub default_access_log: Option<Arc<istio_compat::model::listener::AccessLog>>,
+}
+
+/// Accepts on one socket until draining starts.
+pub async fn accept_loop(worker: Rc<Worker>, name: Name, socket: std::net::TcpListener, options: Rc<Options>) {
+    let listener = match tokio::net::TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, "cannot register listener socket: {e}");
+            return;
+        }
+    };
+    let drain = worker.shared.drain.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let worker = worker.clone();
+                    let name = name.clone();
+                    let options = options.clone();
+                    tokio::task::spawn_local(async move {
+                        let _guard = worker.shared.drain.track();
+                        worker.shared.metrics.downstream_cx_total.inc();
+                        worker.shared.metrics.downstream_cx_active.inc();
+                        handle_connection(worker.clone(), name, stream, remote, options).await;
+                        worker.shared.metrics.downstream_cx_active.dec();
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.signaled() => break,
+        }
+    }
+}
+
+async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, remote: SocketAddr, options: Rc<Options>) {
+    let snapshot = worker.shared.live.load();
+    let Some(mut listener) = snapshot.listeners.get(&name).cloned() else {
+        tracing::debug!(listener = %name, "listener removed; closing connection");
+        return;
+    };
+    let Ok(local) = stream.local_addr() else { return };
+    let mut destination = local;
+    if listener.use_original_dst || listener.detect_original_dst {
+        destination = redirect_bpf::original_dst(&stream, local).unwrap_or(local);
+    }
+    if listener.use_original_dst {
+        // Hand off to the listener for the original destination, if there is one.
+        if let Some(target) = snapshot.listener_for_original_dst(destination) {
+            listener = target.clone();
+        }
+    }
+    let (tls_on, http_on) = listener.inspection.for_port(destination.port());
+    let (prefix, detected, stream) = if tls_on || http_on {
+        match sniff_stream(stream, listener.sniff_timeout).await {
+            Ok((prefix, detected, stream)) => (prefix, detected, stream),
+            Err(SniffFailure::TimedOut(stream)) if listener.continue_on_sniff_timeout => (Bytes::new(), None, stream),
+            Err(e) => {
+                tracing::debug!(listener = %listener.name, %remote, "closing connection: {e}");
+                return;
+            }
+        }
+    } else {
+        (Bytes::new(), None, stream)
+    };
+    let transport = match &detected {
+        Some(Detected::Tls(_)) if tls_on => "tls",
+        _ => "raw_buffer",
+    };
+    let (alpn, server_name): (Vec<&str>, Option<String>) = match &detected {
+        Some(d @ Detected::Tls(hello)) if tls_on => (sniff::application_protocols(d), hello.server_name.clone()),
+        Some(d @ (Detected::Http1(_) | Detected::Http2)) if http_on => (sniff::application_protocols(d), None),
+        _ => (Vec::new(), None),
+    };
+    let info = ConnectionInfo { destination, source: remote, transport_protocol: transport, application_protocols: &alpn, server_name: server_name.as_deref() };
+    let Some((chain_id, chain)) = listener.select_chain_id(&info).and_then(|id| listener.chain(id).map(|c| (id, c))) else {
+        tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
+        return;
+    };
+    let io = PrefixedIo::new(prefix, stream);
+    match &chain.kind {
+        ChainKind::Http(_) => {
+            let cx = Rc::new(ConnCtx {
+                worker: worker.clone(),
+                listener: listener.clone(),
+                chain: chain_id,
+                local,
+                remote,
+                destination,
+                server_name,
+                source: SourceLabels::unknown(),
+                default_access_log: options.default_access_log.clone(),
+            });
+            crate::http::server::serve(io, cx).await;
+        }
+        ChainKind::Tcp(tcp) => {
+            crate::tcp::proxy(worker, &snapshot, &listener, tcp, io, remote, destination, server_name, options.default_access_log.clone()).await;
+        }
+        ChainKind::Refuse { reason } => {
+            tracing::warn!(listener = %listener.name, chain = %chain.name, %remote, "refusing connection: {reason}");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SniffFailure {
+    #[error("timed out waiting for the first bytes")]
+    TimedOut(TcpStream),
+    #[error("read failed while sniffing: {0}")]
+    Io(io::Error),
+}
+
+/// Reads until the protocol is known (or the peer stops sending).
+async fn sniff_stream(mut stream: TcpStream, timeout: Option<Duration>) -> Result<(Bytes, Option<Detected>, TcpStream), SniffFailure> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        if let Sniff::Detected(d) = sniff::sniff(&buf) {
+            return Ok((buf.freeze(), Some(d), stream));
+        }
+        if buf.len() >= sniff::MAX_SNIFF_LEN {
+            return Ok((buf.freeze(), Some(Detected::Other), stream));
+        }
+        let read = stream.read_buf(&mut buf);
+        let n = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, read).await {
+                Ok(r) => r.map_err(SniffFailure::Io)?,
+                Err(_) => {
+                    return if buf.is_empty() { Err(SniffFailure::TimedOut(stream)) } else { Ok((buf.freeze(), Some(Detected::Other), stream)) };
+                }
+            },
+            None => read.await.map_err(SniffFailure::Io)?,
+        };
+        if n == 0 {
+            return Ok((buf.freeze(), Some(Detected::Other), stream));
+        }
+    }
+}

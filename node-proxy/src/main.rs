@@ -1,0 +1,160 @@
+//! `node-proxy`: the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use istio_compat::model::listener::AccessLogFormat;
+use node_proxy::app::{self, Settings};
+
+#[derive(Parser, Debug)]
+#[command(name = "node-proxy", version, about = "A per-node L7 proxy for Istio: one proxy per node instead of a sidecar per pod.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a configuration file and print what is unsupported; exit non-zero if it would not load.
+    CheckConfig {
+        /// An Envoy bootstrap (static_resources) or admin config dump, YAML or JSON.
+        file: PathBuf,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Envoy v3 bootstrap document (static_resources: listeners, clusters, inline routes), YAML or JSON.
+    /// Without it, the embedded default runs (see `node-proxy default-config`).
+    #[arg(long, short = 'c', env = "NODE_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Worker threads (each with its own listeners and upstream pools); default: one per CPU.
+    #[arg(long, env = "NODE_PROXY_WORKERS")]
+    workers: Option<usize>,
+    /// Admin port: /ready, /config_dump, /stats/prometheus, /logging.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: SocketAddr,
+    /// Prometheus port (/stats/prometheus); "off" to disable.
+    #[arg(long, default_value = "0.0.0.0:15020", value_parser = parse_optional_addr)]
+    metrics_address: OptionalAddr,
+    /// Readiness port (/healthz/ready); "off" to disable.
+    #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_optional_addr)]
+    readiness_address: OptionalAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log level or filter (trace, debug, info, warn, error, or e.g. node_proxy=debug).
+    #[arg(long, default_value = "info", env = "NODE_PROXY_LOG")]
+    log_level: String,
+    /// Proxy log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Access log for listeners whose configuration has none: a path, or /dev/stdout.
+    #[arg(long)]
+    access_log: Option<String>,
+    /// Format of --access-log: Istio's default text or its JSON encoding.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    access_log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|e| format!("{e}: expected IP:PORT or off"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 5s, 500ms, 1m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::DefaultConfig) => {
+            print!("{}", node_proxy::config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        None => run(cli.run),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match node_proxy::config::load_file(file) {
+        Ok(loaded) => {
+            for u in &loaded.source.unsupported {
+                println!("unsupported: {u}");
+            }
+            println!(
+                "ok: {} listeners, {} route configurations, {} clusters",
+                loaded.model.listeners.len(),
+                loaded.model.routes.len(),
+                loaded.model.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let logs = match node_proxy::logging::init(&args.log_level, matches!(args.log_format, LogFormat::Json)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let settings = Settings {
+        config: args.config,
+        workers,
+        admin_address: args.admin_address,
+        metrics_address: args.metrics_address.0,
+        readiness_address: args.readiness_address.0,
+        drain_timeout: args.drain_timeout,
+        access_log: args.access_log.map(|path| {
+            let format = match args.access_log_format {
+                LogFormat::Text => AccessLogFormat::IstioText,
+                LogFormat::Json => AccessLogFormat::IstioJson,
+            };
+            (path, format)
+        }),
+    };
+    match app::run(settings, logs) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

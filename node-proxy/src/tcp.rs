@@ -1,0 +1,221 @@
+//! The TCP proxy (Envoy's `tcp_proxy` network filter): pick an endpoint of the
+//! cluster (or the original destination for ORIGINAL_DST), connect within
+//! `max_connect_attempts`, then splice bytes both ways with half-close and an idle
+//! timeout; `istio_tcp_*` metrics and an access log line at the end.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use istio_compat::model::cluster::Discovery;
+use istio_compat::model::listener::{AccessLog, Listener, TcpCluster, TcpProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::io::PrefixedIo;
+use crate::runtime::Worker;
+use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
+use crate::telemetry::metrics::{DestinationLabels, SourceLabels, TcpLabels};
+use crate::upstream::host::Host;
+use crate::upstream::outlier::Outcome;
+use crate::upstream::pool::connect;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy(
+    worker: Rc<Worker>,
+    snapshot: &Arc<Snapshot>,
+    listener: &Arc<Listener>,
+    tcp: &TcpProxy,
+    io: PrefixedIo,
+    remote: SocketAddr,
+    destination: SocketAddr,
+    server_name: Option<String>,
+    default_log: Option<Arc<AccessLog>>,
+) {
+    let start = Instant::now();
+    let mut rec = RequestRecord {
+        start_time: SystemTime::now(),
+        method: "-".into(),
+        path: "-".into(),
+        protocol: "-",
+        response_code: 0,
+        response_flags: ResponseFlags::NONE,
+        response_code_details: "-",
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: Duration::ZERO,
+        upstream_service_time: None,
+        x_forwarded_for: None,
+        user_agent: None,
+        request_id: None,
+        authority: String::new(),
+        upstream_host: None,
+        upstream_cluster: None,
+        upstream_local_address: None,
+        downstream_local_address: destination,
+        downstream_remote_address: remote,
+        requested_server_name: server_name,
+        route_name: None,
+        grpc_status: None,
+        upstream_transport_failure_reason: None,
+    };
+    let cluster_name: Arc<str> = match &tcp.cluster {
+        TcpCluster::Cluster(c) => c.clone(),
+        TcpCluster::Weighted(list) => {
+            let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut point = rand::random_range(0..total.max(1));
+            list.iter()
+                .find(|(_, w)| {
+                    let hit = point < u64::from(*w);
+                    point = point.saturating_sub(u64::from(*w));
+                    hit
+                })
+                .or(list.last())
+                .map(|(n, _)| n.clone())
+                .unwrap_or_else(|| Arc::from(""))
+        }
+    };
+    rec.upstream_cluster = Some(cluster_name.clone());
+    let logs: Vec<AccessLog> = if !tcp.access_log.is_empty() {
+        tcp.access_log.clone()
+    } else if !listener.access_log.is_empty() {
+        listener.access_log.clone()
+    } else {
+        default_log.iter().map(|l| (**l).clone()).collect()
+    };
+    let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
+        rec.response_flags.set(ResponseFlags::NO_CLUSTER_FOUND);
+        finish(&worker, rec, start, &logs, DestinationLabels::unknown(), 0, 0);
+        return;
+    };
+    let service = cluster.config.services.first();
+    let destination_labels =
+        DestinationLabels::from_istio(service.map(|s| s.host.as_str()), service.map(|s| s.name.as_str()), service.map(|s| s.namespace.as_str()), None);
+    let labels = TcpLabels {
+        reporter: "source",
+        source: SourceLabels::unknown(),
+        destination: destination_labels.clone(),
+        response_flags: Arc::from("-"),
+        connection_security_policy: "unknown",
+    };
+    worker.shared.metrics.tcp_opened.get_or_create(&labels).inc();
+
+    let mut upstream = None;
+    let mut tried = Vec::new();
+    for _ in 0..tcp.max_connect_attempts {
+        let host = match cluster.config.discovery {
+            Discovery::OriginalDst => Some(Host::transient(destination)),
+            _ => cluster.view().pick(None, &|h: &Host| tried.contains(&h.address), 3),
+        };
+        let Some(host) = host else {
+            rec.response_flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            break;
+        };
+        tried.push(host.address);
+        rec.upstream_host = Some(host.address);
+        if host.tls_required {
+            rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".into());
+            rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            break;
+        }
+        let Some(_slot) = cluster.try_start_connection() else {
+            rec.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+            break;
+        };
+        match connect(host.address, &cluster).await {
+            Ok(s) => {
+                cluster.record_outcome(&host, Outcome::Response(200));
+                upstream = Some((s, _slot));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, host = %host.address, "tcp connect failed: {e}");
+                cluster.record_outcome(&host, Outcome::ConnectFailed);
+                rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            }
+        }
+    }
+    let Some((upstream, _slot)) = upstream else {
+        if tried.len() as u32 >= tcp.max_connect_attempts && tcp.max_connect_attempts > 1 {
+            rec.response_flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        let closed = TcpLabels { response_flags: Arc::from(rec.response_flags.to_string()), ..labels };
+        worker.shared.metrics.tcp_closed.get_or_create(&closed).inc();
+        finish(&worker, rec, start, &logs, destination_labels, 0, 0);
+        return;
+    };
+    rec.response_flags = ResponseFlags::NONE;
+    rec.upstream_local_address = upstream.local_addr().ok();
+    let (received, sent) = splice(io, upstream, tcp.idle_timeout).await;
+    let m = &worker.shared.metrics;
+    m.tcp_received_bytes.get_or_create(&labels).inc_by(received);
+    m.tcp_sent_bytes.get_or_create(&labels).inc_by(sent);
+    m.tcp_closed.get_or_create(&labels).inc();
+    finish(&worker, rec, start, &logs, destination_labels, received, sent);
+}
+
+fn finish(_worker: &Rc<Worker>, mut rec: RequestRecord, start: Instant, logs: &[AccessLog], _dest: Arc<DestinationLabels>, received: u64, sent: u64) {
+    rec.duration = start.elapsed();
+    rec.bytes_received = received;
+    rec.bytes_sent = sent;
+    if !logs.is_empty() {
+        rec.emit(logs);
+    }
+}
+
+/// Copies both ways until both sides have closed (half-close is passed on) or
+/// nothing moves for `idle`. Returns (bytes from downstream, bytes to downstream).
+async fn splice(down: PrefixedIo, up: TcpStream, idle: Option<Duration>) -> (u64, u64) {
+    let (prefix, down) = down.into_parts();
+    let (mut dr, mut dw) = down.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let mut received = prefix.len() as u64;
+    if !prefix.is_empty() && uw.write_all(&prefix).await.is_err() {
+        return (received, 0);
+    }
+    let mut sent = 0u64;
+    let mut down_buf = vec![0u8; 16 * 1024];
+    let mut up_buf = vec![0u8; 16 * 1024];
+    let (mut down_open, mut up_open) = (true, true);
+    while down_open || up_open {
+        let timer = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = dr.read(&mut down_buf), if down_open => match r {
+                Ok(0) | Err(_) => {
+                    down_open = false;
+                    let _ = uw.shutdown().await;
+                }
+                Ok(n) => {
+                    received += n as u64;
+                    if uw.write_all(&down_buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            r = ur.read(&mut up_buf), if up_open => match r {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    let _ = dw.shutdown().await;
+                }
+                Ok(n) => {
+                    sent += n as u64;
+                    if dw.write_all(&up_buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = timer => {
+                tracing::debug!("tcp proxy idle timeout");
+                break;
+            }
+        }
+    }
+    (received, sent)
+}
