@@ -191,8 +191,6 @@ async fn reap_idle(worker: Rc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        let snapshot = worker.shared.live.load();
-        let idle = snapshot.clusters.values().filter_map(|c| c.config.idle_timeout).min().unwrap_or(Duration::from_secs(3600));
-        worker.pools.reap(idle);
+        worker.pools.reap();
     }
 }

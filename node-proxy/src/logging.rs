@@ -48,7 +48,8 @@ pub fn init(level: &str, json: bool) -> Result<LogControl, String> {
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(not_access_log).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(not_access_log).boxed()
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).with_filter(not_access_log).boxed()
     };
     tracing_subscriber::registry()
         .with(filter)

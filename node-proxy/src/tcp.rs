@@ -87,7 +87,7 @@ pub async fn proxy(
     };
     let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
         rec.response_flags.set(ResponseFlags::NO_CLUSTER_FOUND);
-        finish(&worker, rec, start, &logs, DestinationLabels::unknown(), 0, 0);
+        finish(rec, start, &logs, 0, 0);
         return;
     };
     let service = cluster.config.services.first();
@@ -143,7 +143,7 @@ pub async fn proxy(
         }
         let closed = TcpLabels { response_flags: Arc::from(rec.response_flags.to_string()), ..labels };
         worker.shared.metrics.tcp_closed.get_or_create(&closed).inc();
-        finish(&worker, rec, start, &logs, destination_labels, 0, 0);
+        finish(rec, start, &logs, 0, 0);
         return;
     };
     rec.response_flags = ResponseFlags::NONE;
@@ -153,10 +153,10 @@ pub async fn proxy(
     m.tcp_received_bytes.get_or_create(&labels).inc_by(received);
     m.tcp_sent_bytes.get_or_create(&labels).inc_by(sent);
     m.tcp_closed.get_or_create(&labels).inc();
-    finish(&worker, rec, start, &logs, destination_labels, received, sent);
+    finish(rec, start, &logs, received, sent);
 }
 
-fn finish(_worker: &Rc<Worker>, mut rec: RequestRecord, start: Instant, logs: &[AccessLog], _dest: Arc<DestinationLabels>, received: u64, sent: u64) {
+fn finish(mut rec: RequestRecord, start: Instant, logs: &[AccessLog], received: u64, sent: u64) {
     rec.duration = start.elapsed();
     rec.bytes_received = received;
     rec.bytes_sent = sent;

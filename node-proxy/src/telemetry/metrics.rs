@@ -113,6 +113,23 @@ impl DestinationLabels {
     pub fn unknown() -> Arc<Self> {
         Self::from_istio(None, None, None, None)
     }
+
+    /// For a cluster: Istio's `services` metadata, else the service host in an
+    /// Istio cluster name (`outbound|9080|v1|reviews.default.svc.cluster.local`).
+    pub fn for_cluster(cluster: &istio_compat::model::Cluster, workload: Option<&str>) -> Arc<Self> {
+        if let Some(s) = cluster.services.first() {
+            return Self::from_istio(Some(&s.host), Some(&s.name), Some(&s.namespace), workload);
+        }
+        let mut parts = cluster.name.split('|');
+        if let (Some("outbound" | "inbound"), Some(_port), Some(_subset), Some(host)) = (parts.next(), parts.next(), parts.next(), parts.next()) {
+            // name.namespace.svc.<domain>
+            let mut labels = host.split('.');
+            let name = labels.next();
+            let namespace = labels.next();
+            return Self::from_istio(Some(host), name, namespace, workload);
+        }
+        Self::from_istio(None, None, None, workload)
+    }
 }
 
 macro_rules! hashed_eq {

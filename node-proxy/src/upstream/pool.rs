@@ -48,6 +48,10 @@ pub struct Pools {
 
 struct EndpointPool {
     addr: SocketAddr,
+    /// The cluster's idle timeout for these connections.
+    idle_timeout: Duration,
+    /// Woken when an HTTP/2 connection attempt finishes.
+    h2_connected: Notify,
     idle: RefCell<Vec<Idle>>,
     h2: RefCell<Option<H2Conn>>,
     /// Woken when an HTTP/1 connection is released (for requests waiting on `max_connections`).
@@ -108,18 +112,19 @@ impl Drop for PooledH1 {
 impl Pools {
     /// A connection to `addr` for one request of `cluster`.
     pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol) -> Result<Checkout, PoolError> {
-        let pool = self.pools.borrow_mut().entry((addr, protocol)).or_insert_with(|| Rc::new(EndpointPool::new(addr))).clone();
+        let idle_timeout = cluster.config.idle_timeout.unwrap_or(Duration::MAX);
+        let pool = self.pools.borrow_mut().entry((addr, protocol)).or_insert_with(|| Rc::new(EndpointPool::new(addr, idle_timeout))).clone();
         match protocol {
             Protocol::Http1 => pool.checkout_h1(cluster).await.map(Checkout::Http1),
             Protocol::Http2 => pool.checkout_h2(cluster).await.map(Checkout::Http2),
         }
     }
 
-    /// Closes idle connections older than each cluster's idle timeout and forgets empty pools.
-    pub fn reap(&self, idle_timeout: Duration) {
+    /// Closes idle connections older than their cluster's idle timeout and forgets empty pools.
+    pub fn reap(&self) {
         let mut pools = self.pools.borrow_mut();
         for pool in pools.values() {
-            pool.idle.borrow_mut().retain(|i| i.since.elapsed() < idle_timeout && !i.sender.is_closed());
+            pool.idle.borrow_mut().retain(|i| i.since.elapsed() < pool.idle_timeout && !i.sender.is_closed());
             let dead = pool.h2.borrow().as_ref().is_some_and(|c| c.sender.is_closed());
             if dead {
                 pool.h2.borrow_mut().take();
@@ -134,12 +139,20 @@ impl Pools {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr) -> Self {
-        EndpointPool { addr, idle: RefCell::new(Vec::new()), h2: RefCell::new(None), released: Notify::new(), connecting_h2: Cell::new(false) }
+    fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
+        EndpointPool {
+            addr,
+            idle_timeout,
+            h2_connected: Notify::new(),
+            idle: RefCell::new(Vec::new()),
+            h2: RefCell::new(None),
+            released: Notify::new(),
+            connecting_h2: Cell::new(false),
+        }
     }
 
     async fn checkout_h1(self: &Rc<Self>, cluster: &Arc<ClusterState>) -> Result<PooledH1, PoolError> {
-        let idle_timeout = cluster.config.idle_timeout.unwrap_or(Duration::MAX);
+        let idle_timeout = self.idle_timeout;
         let mut pending: Option<Slot> = None;
         loop {
             // Most recently used first: it is the most likely to still be open.
@@ -220,8 +233,7 @@ impl EndpointPool {
             }
             if self.connecting_h2.get() {
                 // Another request is connecting: share its connection.
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                self.h2_connected.notified().await;
                 continue;
             }
             let Some(slot) = cluster.try_start_connection() else {
@@ -231,6 +243,7 @@ impl EndpointPool {
             self.connecting_h2.set(true);
             let result = self.connect_h2(cluster).await;
             self.connecting_h2.set(false);
+            self.h2_connected.notify_waiters();
             let sender = result?;
             cluster.stats.cx_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             *self.h2.borrow_mut() = Some(H2Conn { sender, requests: Rc::new(Cell::new(0)), _slot: Rc::new(slot) });
