@@ -17,7 +17,7 @@ use crate::io::PrefixedIo;
 use crate::runtime::Worker;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
-use crate::telemetry::metrics::{DestinationLabels, SourceLabels, TcpLabels};
+use crate::telemetry::metrics::{SourceLabels, TcpLabels};
 use crate::upstream::host::Host;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::connect;
@@ -90,9 +90,7 @@ pub async fn proxy(
         finish(rec, start, &logs, 0, 0);
         return;
     };
-    let service = cluster.config.services.first();
-    let destination_labels =
-        DestinationLabels::from_istio(service.map(|s| s.host.as_str()), service.map(|s| s.name.as_str()), service.map(|s| s.namespace.as_str()), None);
+    let destination_labels = cluster.destination_labels();
     let labels = TcpLabels {
         reporter: "source",
         source: SourceLabels::unknown(),

@@ -12,28 +12,46 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// trailers` survives, as gRPC needs it; `keep_upgrade` keeps `Connection: upgrade`
 /// and `Upgrade` for a WebSocket handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
-        for name in conn.split(',').map(|t| t.trim().to_ascii_lowercase()) {
-            if name.is_empty() || (keep_upgrade && name == "upgrade") || name == "te" {
-                continue;
-            }
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.remove(n);
-            }
+    // One pass to see what is there: most messages carry none of these, or only
+    // `connection: keep-alive`.
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if name == TRANSFER_ENCODING || name == TE || name == UPGRADE || name == KEEP_ALIVE || name == PROXY_CONNECTION || name == HTTP2_SETTINGS {
+            others = true;
+        }
+    }
+    if connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("te"))
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
         headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(&HTTP2_SETTINGS);
-    if !keep_upgrade {
-        headers.remove(UPGRADE);
-    }
-    let te_trailers = headers.get(TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    headers.remove(TE);
-    if te_trailers {
-        headers.insert(TE, http::HeaderValue::from_static("trailers"));
+    if others {
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(TRANSFER_ENCODING);
+        headers.remove(&HTTP2_SETTINGS);
+        if !keep_upgrade {
+            headers.remove(UPGRADE);
+        }
+        if let Some(te) = headers.remove(TE) {
+            let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+            if trailers {
+                headers.insert(TE, http::HeaderValue::from_static("trailers"));
+            }
+        }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));

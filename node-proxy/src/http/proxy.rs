@@ -89,9 +89,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
         return flow.local(LocalReply::CHAIN_REFUSED, ResponseFlags::NONE);
     };
     if hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-            parts.headers.insert("x-request-id", v);
-        }
+        parts.headers.insert("x-request-id", request_id());
     }
     flow.rec.request_id = header_string(&parts.headers, "x-request-id");
     let path = if hcm.normalize_path || hcm.merge_slashes {
@@ -281,8 +279,7 @@ impl Finish for Completion {
             EndOutcome::TimedOut => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
         }
         let cx = &flow.cx;
-        let metrics = &cx.worker.shared.metrics;
-        metrics.record_request(RequestSample {
+        cx.worker.record_request(RequestSample {
             labels: RequestLabels {
                 reporter: "source",
                 source: cx.source.clone(),
@@ -311,6 +308,14 @@ fn flag_string(flags: ResponseFlags) -> Arc<str> {
         return NONE.get_or_init(|| Arc::from("-")).clone();
     }
     Arc::from(flags.to_string())
+}
+
+/// A UUIDv4 request id from the thread-local generator (no syscall per request).
+fn request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -377,9 +382,7 @@ async fn forward(
     let Some(cluster) = snapshot.clusters.get(&cluster_name).cloned() else {
         return flow.local(cluster_not_found(fwd), ResponseFlags::NO_CLUSTER_FOUND);
     };
-    let service = cluster.config.services.first();
-    flow.destination =
-        DestinationLabels::from_istio(service.map(|s| s.host.as_str()), service.map(|s| s.name.as_str()), service.map(|s| s.namespace.as_str()), None);
+    flow.destination = cluster.destination_labels();
 
     // Upgrades (WebSocket) and CONNECT must be allowed by the listener or the route.
     let upgrade = if parts.method == Method::CONNECT { Some("connect".to_owned()) } else { upgrade_type(&parts.headers) };
@@ -516,13 +519,8 @@ async fn forward(
         };
         tried.push(host.address);
         flow.rec.upstream_host = Some(host.address);
-        if let Some(w) = &host.workload {
-            flow.destination = DestinationLabels::from_istio(
-                service.map(|s| s.host.as_str()),
-                service.map(|s| s.name.as_str()),
-                service.map(|s| s.namespace.as_str()),
-                Some(w),
-            );
+        if host.workload.is_some() {
+            flow.destination = host.destination_labels(&cluster.config);
         }
         if host.tls_required {
             flow.rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".to_owned());

@@ -62,8 +62,10 @@ fn hash_all(parts: &[&str]) -> u64 {
 }
 
 impl SourceLabels {
+    /// All labels `unknown` (shared: allocated once).
     pub fn unknown() -> Arc<Self> {
-        Self::new(unknown(), unknown(), unknown(), unknown(), unknown(), unknown())
+        static UNKNOWN: std::sync::OnceLock<Arc<SourceLabels>> = std::sync::OnceLock::new();
+        UNKNOWN.get_or_init(|| Self::new(unknown(), unknown(), unknown(), unknown(), unknown(), unknown())).clone()
     }
 
     pub fn new(workload: Arc<str>, workload_namespace: Arc<str>, principal: Arc<str>, app: Arc<str>, version: Arc<str>, cluster: Arc<str>) -> Arc<Self> {
@@ -110,8 +112,10 @@ impl DestinationLabels {
         Arc::new(DestinationLabels { hash, ..labels })
     }
 
+    /// All labels `unknown` (shared: allocated once).
     pub fn unknown() -> Arc<Self> {
-        Self::from_istio(None, None, None, None)
+        static UNKNOWN: std::sync::OnceLock<Arc<DestinationLabels>> = std::sync::OnceLock::new();
+        UNKNOWN.get_or_init(|| Self::from_istio(None, None, None, None)).clone()
     }
 
     /// For a cluster: Istio's `services` metadata, else the service host in an

@@ -21,6 +21,8 @@ pub struct ClusterState {
     hosts: ArcSwap<Vec<Arc<Host>>>,
     view: ArcSwap<LbView>,
     pub stats: ClusterStats,
+    /// The `destination_*` metric labels for requests to this cluster.
+    destination: std::sync::OnceLock<Arc<crate::telemetry::metrics::DestinationLabels>>,
 }
 
 /// Gauges and counters of one cluster (Envoy's `cluster.<name>.*` stats).
@@ -79,6 +81,7 @@ impl ClusterState {
             hosts: ArcSwap::from_pointee(flat),
             view: ArcSwap::from_pointee(view),
             stats: ClusterStats::default(),
+            destination: std::sync::OnceLock::new(),
             config,
         }
     }
@@ -114,6 +117,10 @@ impl ClusterState {
         ] {
             a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    pub fn destination_labels(&self) -> Arc<crate::telemetry::metrics::DestinationLabels> {
+        self.destination.get_or_init(|| crate::telemetry::metrics::DestinationLabels::for_cluster(&self.config, None)).clone()
     }
 
     pub fn hosts(&self) -> arc_swap::Guard<Arc<Vec<Arc<Host>>>> {

@@ -24,6 +24,8 @@ pub struct Host {
     pub workload: Option<Arc<str>>,
     pub active_requests: AtomicU32,
     pub outlier: OutlierCounters,
+    /// `destination_*` labels including this endpoint's workload metadata.
+    destination: std::sync::OnceLock<Arc<crate::telemetry::metrics::DestinationLabels>>,
 }
 
 /// Per-host counters for passive health checking.
@@ -61,7 +63,12 @@ impl Host {
             workload,
             active_requests: AtomicU32::new(0),
             outlier: OutlierCounters::default(),
+            destination: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn destination_labels(&self, cluster: &istio_compat::model::Cluster) -> Arc<crate::telemetry::metrics::DestinationLabels> {
+        self.destination.get_or_init(|| crate::telemetry::metrics::DestinationLabels::for_cluster(cluster, self.workload.as_deref())).clone()
     }
 
     /// A host made up for one request (ORIGINAL_DST clusters).
