@@ -30,6 +30,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Access log for listeners whose configuration names none.
     pub access_log: Option<(String, AccessLogFormat)>,
+    /// SO_MARK for upstream connections.
+    pub upstream_mark: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let config_guard = readiness.guard("config");
     let workers_guard = readiness.guard("workers");
     let drain = Arc::new(Drain::default());
-    let shared = Arc::new(Shared { live: live.clone(), metrics: Arc::new(Metrics::new()), drain: drain.clone(), active_faults: AtomicU32::new(0) });
+    let shared = Arc::new(Shared { live: live.clone(), metrics: Arc::new(Metrics::new()), drain: drain.clone(),
+        active_faults: AtomicU32::new(0),
+        upstream_mark: settings.upstream_mark,
+    });
     let state =
         Arc::new(AdminState { live: live.clone(), metrics: shared.metrics.clone(), readiness: readiness.clone(), drain: drain.clone(), logs: Arc::new(logs) });
 

@@ -118,10 +118,13 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
         return;
     };
     let Ok(local) = stream.local_addr() else { return };
-    let mut destination = local;
-    if listener.use_original_dst || listener.detect_original_dst {
-        destination = redirect_bpf::original_dst(&stream, local).unwrap_or(local);
-    }
+    // The original destination, when the connection was redirected to us.
+    let original_dst = if listener.use_original_dst || listener.detect_original_dst {
+        redirect_bpf::original_dst(&stream, local).ok().filter(|d| *d != local)
+    } else {
+        None
+    };
+    let destination = original_dst.unwrap_or(local);
     if listener.use_original_dst {
         // Hand off to the listener for the original destination, if there is one.
         if let Some(target) = snapshot.listener_for_original_dst(destination) {
@@ -165,6 +168,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
                 local,
                 remote,
                 destination,
+                original_dst,
                 server_name,
                 source: SourceLabels::unknown(),
                 default_access_log: options.default_access_log.clone(),
@@ -172,7 +176,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
             crate::http::server::serve(io, cx).await;
         }
         ChainKind::Tcp(tcp) => {
-            crate::tcp::proxy(worker, &snapshot, &listener, tcp, io, remote, destination, server_name, options.default_access_log.clone()).await;
+            crate::tcp::proxy(worker, &snapshot, &listener, tcp, io, remote, destination, original_dst, server_name, options.default_access_log.clone()).await;
         }
         ChainKind::Refuse { reason } => {
             tracing::warn!(listener = %listener.name, chain = %chain.name, %remote, "refusing connection: {reason}");

@@ -64,6 +64,10 @@ struct RunArgs {
     /// Access log for listeners whose configuration has none: a path, or /dev/stdout.
     #[arg(long)]
     access_log: Option<String>,
+    /// SO_MARK for upstream connections, so redirect rules can exclude the proxy's own
+    /// traffic (e.g. `meta mark != 1337` in nftables).
+    #[arg(long, env = "NODE_PROXY_UPSTREAM_MARK")]
+    upstream_mark: Option<u32>,
     /// Format of --access-log: Istio's default text or its JSON encoding.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     access_log_format: LogFormat,
@@ -153,6 +157,7 @@ fn run(args: RunArgs) -> ExitCode {
             };
             (path, format)
         }),
+        upstream_mark: args.upstream_mark,
     };
     match app::run(settings, logs) {
         Ok(()) => ExitCode::SUCCESS,

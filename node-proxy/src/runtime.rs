@@ -25,6 +25,8 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// Requests currently delayed or aborted by fault injection (`max_active_faults`).
     pub active_faults: AtomicU32,
+    /// SO_MARK on upstream sockets.
+    pub upstream_mark: Option<u32>,
 }
 
 /// One worker's state.
@@ -80,7 +82,8 @@ const METRIC_CACHE_LIMIT: usize = 4096;
 
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
-        Rc::new(Worker { id, shared, pools: Pools::default(), metric_cache: RefCell::new(HashMap::new()) })
+        let pools = Pools::new(shared.upstream_mark);
+        Rc::new(Worker { id, shared, pools, metric_cache: RefCell::new(HashMap::new()) })
     }
 
     /// Records a finished request in Istio's request metrics.

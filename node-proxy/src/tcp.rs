@@ -31,6 +31,7 @@ pub async fn proxy(
     io: PrefixedIo,
     remote: SocketAddr,
     destination: SocketAddr,
+    original_dst: Option<SocketAddr>,
     server_name: Option<String>,
     default_log: Option<Arc<AccessLog>>,
 ) {
@@ -104,7 +105,7 @@ pub async fn proxy(
     let mut tried = Vec::new();
     for _ in 0..tcp.max_connect_attempts {
         let host = match cluster.config.discovery {
-            Discovery::OriginalDst => Some(Host::transient(destination)),
+            Discovery::OriginalDst => original_dst.map(Host::transient),
             _ => cluster.view().pick(None, &|h: &Host| tried.contains(&h.address), 3),
         };
         let Some(host) = host else {
@@ -122,7 +123,7 @@ pub async fn proxy(
             rec.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
             break;
         };
-        match connect(host.address, &cluster).await {
+        match connect(host.address, &cluster, worker.shared.upstream_mark).await {
             Ok(s) => {
                 cluster.record_outcome(&host, Outcome::Response(200));
                 upstream = Some((s, _slot));

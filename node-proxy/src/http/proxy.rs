@@ -53,6 +53,8 @@ pub struct ConnCtx {
     pub remote: SocketAddr,
     /// The original destination (equals `local` unless redirected).
     pub destination: SocketAddr,
+    /// Set only when the connection was redirected (ORIGINAL_DST clusters need it).
+    pub original_dst: Option<SocketAddr>,
     pub server_name: Option<String>,
     pub source: Arc<SourceLabels>,
     /// Access logs to write when the configuration names none.
@@ -507,7 +509,8 @@ async fn forward(
     loop {
         // Pick a host.
         let host = match cluster.config.discovery {
-            Discovery::OriginalDst => Some(Host::transient(cx.destination)),
+            // Not redirected: there is no original destination to go to (Envoy: 503 UH).
+            Discovery::OriginalDst => cx.original_dst.map(Host::transient),
             _ => {
                 let avoid_previous = retry.is_some_and(|r| r.avoid_previous_hosts) && attempt > 1;
                 let attempts = retry.map_or(1, |r| r.host_selection_max_attempts);

@@ -44,10 +44,13 @@ pub enum PoolError {
 #[derive(Default)]
 pub struct Pools {
     pools: RefCell<HashMap<(SocketAddr, Protocol), Rc<EndpointPool>>>,
+    /// SO_MARK for upstream sockets (so redirect rules can skip the proxy's own traffic).
+    mark: Option<u32>,
 }
 
 struct EndpointPool {
     addr: SocketAddr,
+    mark: Option<u32>,
     /// The cluster's idle timeout for these connections.
     idle_timeout: Duration,
     /// Woken when an HTTP/2 connection attempt finishes.
@@ -110,10 +113,14 @@ impl Drop for PooledH1 {
 }
 
 impl Pools {
+    pub fn new(mark: Option<u32>) -> Self {
+        Pools { pools: RefCell::default(), mark }
+    }
+
     /// A connection to `addr` for one request of `cluster`.
     pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol) -> Result<Checkout, PoolError> {
         let idle_timeout = cluster.config.idle_timeout.unwrap_or(Duration::MAX);
-        let pool = self.pools.borrow_mut().entry((addr, protocol)).or_insert_with(|| Rc::new(EndpointPool::new(addr, idle_timeout))).clone();
+        let pool = self.pools.borrow_mut().entry((addr, protocol)).or_insert_with(|| Rc::new(EndpointPool::new(addr, idle_timeout, self.mark))).clone();
         match protocol {
             Protocol::Http1 => pool.checkout_h1(cluster).await.map(Checkout::Http1),
             Protocol::Http2 => pool.checkout_h2(cluster).await.map(Checkout::Http2),
@@ -139,9 +146,10 @@ impl Pools {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
+    fn new(addr: SocketAddr, idle_timeout: Duration, mark: Option<u32>) -> Self {
         EndpointPool {
             addr,
+            mark,
             idle_timeout,
             h2_connected: Notify::new(),
             idle: RefCell::new(Vec::new()),
@@ -205,7 +213,7 @@ impl EndpointPool {
     }
 
     async fn connect_h1(&self, cluster: &ClusterState) -> Result<http1::SendRequest<ReqBody>, PoolError> {
-        let io = connect(self.addr, cluster).await?;
+        let io = connect(self.addr, cluster, self.mark).await?;
         let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(PoolError::Handshake)?;
         let addr = self.addr;
         tokio::task::spawn_local(async move {
@@ -251,7 +259,7 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self, cluster: &ClusterState) -> Result<http2::SendRequest<ReqBody>, PoolError> {
-        let io = connect(self.addr, cluster).await?;
+        let io = connect(self.addr, cluster, self.mark).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(60))
@@ -268,10 +276,21 @@ impl EndpointPool {
     }
 }
 
-/// A TCP connection to `addr` within the cluster's connect timeout.
-pub async fn connect(addr: SocketAddr, cluster: &ClusterState) -> Result<TcpStream, PoolError> {
+/// A TCP connection to `addr` within the cluster's connect timeout, marked with
+/// `mark` (SO_MARK) when given.
+pub async fn connect(addr: SocketAddr, cluster: &ClusterState, mark: Option<u32>) -> Result<TcpStream, PoolError> {
     let timeout = cluster.config.connect_timeout;
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let connecting = async {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(mark) = mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
