@@ -77,7 +77,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let config_guard = readiness.guard("config");
     let workers_guard = readiness.guard("workers");
     let drain = Arc::new(Drain::default());
-    let shared = Arc::new(Shared { live: live.clone(), metrics: Arc::new(Metrics::new()), drain: drain.clone(),
+    let shared = Arc::new(Shared {
+        live: live.clone(),
+        metrics: Arc::new(Metrics::new()),
+        drain: drain.clone(),
         active_faults: AtomicU32::new(0),
         upstream_mark: settings.upstream_mark,
     });

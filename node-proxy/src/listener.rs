@@ -119,11 +119,8 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
     };
     let Ok(local) = stream.local_addr() else { return };
     // The original destination, when the connection was redirected to us.
-    let original_dst = if listener.use_original_dst || listener.detect_original_dst {
-        redirect_bpf::original_dst(&stream, local).ok().filter(|d| *d != local)
-    } else {
-        None
-    };
+    let original_dst =
+        if listener.use_original_dst || listener.detect_original_dst { redirect_bpf::original_dst(&stream, local).ok().filter(|d| *d != local) } else { None };
     let destination = original_dst.unwrap_or(local);
     if listener.use_original_dst {
         // Hand off to the listener for the original destination, if there is one.

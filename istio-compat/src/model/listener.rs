@@ -311,8 +311,6 @@ pub struct HttpConnectionManager {
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
-    pub request_timeout: Option<Duration>,
-    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub request_headers_timeout: Option<Duration>,
     /// Downstream connection idle timeout (Envoy: 1 h).
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]

@@ -295,7 +295,6 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
         fault,
         has_fault_filter,
         stream_idle_timeout: timeout(&h.stream_idle_timeout, Some(Duration::from_secs(300))),
-        request_timeout: timeout(&h.request_timeout, None),
         request_headers_timeout: timeout(&h.request_headers_timeout, None),
         idle_timeout: timeout(&protocol_options.and_then(|o| o.idle_timeout), Some(Duration::from_secs(3600))),
         max_request_headers_kb: u32_or(&h.max_request_headers_kb, 60),

@@ -296,6 +296,8 @@ pub struct RespBody {
     grpc_status: Option<i32>,
     finish: Option<Box<dyn Finish>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Fails the stream when no frame arrives for this long (restarted per frame).
+    idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 enum RespInner {
@@ -310,27 +312,40 @@ pub struct StreamTimeout;
 
 impl RespBody {
     pub fn empty() -> Self {
-        RespBody { inner: RespInner::Empty, bytes: 0, grpc_status: None, finish: None, deadline: None }
+        RespBody { inner: RespInner::Empty, bytes: 0, grpc_status: None, finish: None, deadline: None, idle: None }
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
         let inner = if data.is_empty() { RespInner::Empty } else { RespInner::Full(Some(data), None) };
-        RespBody { inner, bytes: 0, grpc_status: None, finish: None, deadline: None }
+        RespBody { inner, bytes: 0, grpc_status: None, finish: None, deadline: None, idle: None }
     }
 
     /// Trailers only (gRPC local replies on HTTP/2 carry grpc-status in trailers when a body was sent).
     pub fn with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
-        RespBody { inner: RespInner::Full(Some(data).filter(|d| !d.is_empty()), Some(trailers)), bytes: 0, grpc_status: None, finish: None, deadline: None }
+        RespBody {
+            inner: RespInner::Full(Some(data).filter(|d| !d.is_empty()), Some(trailers)),
+            bytes: 0,
+            grpc_status: None,
+            finish: None,
+            deadline: None,
+            idle: None,
+        }
     }
 
     pub fn upstream(body: Incoming) -> Self {
-        RespBody { inner: RespInner::Upstream(body), bytes: 0, grpc_status: None, finish: None, deadline: None }
+        RespBody { inner: RespInner::Upstream(body), bytes: 0, grpc_status: None, finish: None, deadline: None, idle: None }
     }
 
     /// Runs `finish` when the body ends (or is dropped).
     pub fn on_finish(mut self, finish: Box<dyn Finish>) -> Self {
         self.finish = Some(finish);
+        self
+    }
+
+    /// Fails the stream when the upstream sends nothing for `idle`.
+    pub fn with_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
+        self.idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         self
     }
 
@@ -371,6 +386,9 @@ impl Body for RespBody {
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some((d, sleep)) = this.idle.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+                }
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 } else if let Some(t) = frame.trailers_ref() {
@@ -384,12 +402,12 @@ impl Body for RespBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Pending => {
-                if let Some(deadline) = this.deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        this.end(EndOutcome::TimedOut);
-                        this.inner = RespInner::Empty;
-                        return Poll::Ready(Some(Err(Box::new(StreamTimeout))));
-                    }
+                let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready())
+                    || this.idle.as_mut().is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.end(EndOutcome::TimedOut);
+                    this.inner = RespInner::Empty;
+                    return Poll::Ready(Some(Err(Box::new(StreamTimeout))));
                 }
                 Poll::Pending
             }

@@ -62,6 +62,7 @@ impl LocalReply {
         LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "overflow");
     pub const TIMEOUT: LocalReply = LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "response_timeout");
     pub const PER_TRY_TIMEOUT: LocalReply = LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "upstream_per_try_timeout");
+    pub const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream timeout", "stream_idle_timeout");
     pub const CLUSTER_NOT_FOUND: LocalReply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "cluster_not_found");
     pub const FAULT_ABORT: LocalReply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort", "fault_filter_abort");
     pub const UPGRADE_FAILED: LocalReply = LocalReply::new(StatusCode::FORBIDDEN, "", "upgrade_failed");

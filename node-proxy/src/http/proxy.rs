@@ -346,11 +346,64 @@ enum RequestBody {
 #[derive(Debug)]
 enum AttemptError {
     Pool(PoolError),
-    Reset { request_sent: bool, remote: bool },
+    Reset {
+        request_sent: bool,
+        remote: bool,
+    },
     RefusedStream,
     PerTryTimeout,
     Timeout,
+    /// Nothing happened on the stream for `stream_idle_timeout`.
+    StreamIdle,
     BodyUnavailable,
+}
+
+/// The timers of one attempt: the route timeout (from the request's start), the
+/// per-try timeout (from the attempt's start), and idle limits (per-try idle, the
+/// listener's stream idle timeout) that restart with every response frame.
+struct AttemptTimers {
+    deadline: Option<(tokio::time::Instant, AttemptError)>,
+    /// The shortest idle limit and what its expiry means.
+    idle: Option<(std::time::Duration, AttemptError)>,
+}
+
+impl AttemptTimers {
+    fn new(route_deadline: Option<tokio::time::Instant>, retry: Option<&RetryPolicy>, stream_idle: Option<std::time::Duration>) -> Self {
+        let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| tokio::time::Instant::now() + t);
+        let deadline = match (route_deadline, per_try) {
+            (Some(r), Some(p)) if p < r => Some((p, AttemptError::PerTryTimeout)),
+            (Some(r), _) => Some((r, AttemptError::Timeout)),
+            (None, Some(p)) => Some((p, AttemptError::PerTryTimeout)),
+            (None, None) => None,
+        };
+        let per_try_idle = retry.and_then(|r| r.per_try_idle_timeout);
+        let idle = match (per_try_idle, stream_idle) {
+            (Some(p), Some(s)) if s < p => Some((s, AttemptError::StreamIdle)),
+            (Some(p), _) => Some((p, AttemptError::PerTryTimeout)),
+            (None, Some(s)) => Some((s, AttemptError::StreamIdle)),
+            (None, None) => None,
+        };
+        AttemptTimers { deadline, idle }
+    }
+
+    /// When waiting for response headers must stop, and why.
+    fn headers_deadline(&self) -> Option<(tokio::time::Instant, &AttemptError)> {
+        let idle = self.idle.as_ref().map(|(d, why)| (tokio::time::Instant::now() + *d, why));
+        match (self.deadline.as_ref().map(|(d, why)| (*d, why)), idle) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl AttemptError {
+    fn same_kind(&self) -> AttemptError {
+        match self {
+            AttemptError::PerTryTimeout => AttemptError::PerTryTimeout,
+            AttemptError::StreamIdle => AttemptError::StreamIdle,
+            _ => AttemptError::Timeout,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -550,14 +603,9 @@ async fn forward(
             Err(_) => return flow.local(LocalReply::BAD_REQUEST, ResponseFlags::NONE),
         };
         let active = ActiveRequest::new(&host);
-        let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| tokio::time::Instant::now() + t);
-        let attempt_deadline = match (deadline, per_try) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timers = AttemptTimers::new(deadline, retry, hcm.stream_idle_timeout);
         let sent_at = Instant::now();
-        let result =
-            send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, attempt_deadline, per_try.is_some_and(|p| deadline.is_none_or(|d| p < d))).await;
+        let result = send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, &timers).await;
         match result {
             Ok((resp, connection)) => {
                 let status = resp.status();
@@ -585,7 +633,7 @@ async fn forward(
                 resources._active = Some(active);
                 resources._connection = connection;
                 let include_attempt_in_response = levels.vhost.include_attempt_count_in_response;
-                return respond(flow, levels, resp, resources, attempt_deadline, attempt, include_attempt_in_response, downstream_upgrade, upgrade.is_some());
+                return respond(flow, levels, resp, resources, &timers, attempt, include_attempt_in_response, downstream_upgrade, upgrade.is_some());
             }
             Err(e) => {
                 drop(active);
@@ -597,6 +645,7 @@ async fn forward(
                         return flow.local(LocalReply::TIMEOUT, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                     }
                     AttemptError::BodyUnavailable => return flow.local(LocalReply::RESET, ResponseFlags::UPSTREAM_REMOTE_RESET),
+                    AttemptError::StreamIdle => return flow.local(LocalReply::STREAM_IDLE_TIMEOUT, ResponseFlags::STREAM_IDLE_TIMEOUT),
                     AttemptError::Pool(PoolError::ConnectTimeout(_)) => {
                         (AttemptFailure::ConnectFailure, LocalReply::CONNECT_TIMEOUT, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
                     }
@@ -733,8 +782,7 @@ async fn send_attempt(
     host: &Arc<Host>,
     protocol: Protocol,
     req: Request<ReqBody>,
-    deadline: Option<tokio::time::Instant>,
-    per_try_is_first: bool,
+    timers: &AttemptTimers,
 ) -> Result<(Response<Incoming>, Option<PooledH1>), AttemptError> {
     let exchange = async {
         let checkout = worker.pools.checkout(cluster, host.address, protocol).await.map_err(AttemptError::Pool)?;
@@ -755,12 +803,11 @@ async fn send_attempt(
             },
         }
     };
-    match deadline {
+    match timers.headers_deadline() {
         None => exchange.await,
-        Some(d) => match tokio::time::timeout_at(d, exchange).await {
+        Some((d, why)) => match tokio::time::timeout_at(d, exchange).await {
             Ok(r) => r,
-            Err(_) if per_try_is_first => Err(AttemptError::PerTryTimeout),
-            Err(_) => Err(AttemptError::Timeout),
+            Err(_) => Err(why.same_kind()),
         },
     }
 }
@@ -796,7 +843,7 @@ fn respond(
     levels: Levels<'_>,
     resp: Response<Incoming>,
     mut resources: Resources,
-    deadline: Option<tokio::time::Instant>,
+    timers: &AttemptTimers,
     attempt: u32,
     include_attempt: bool,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -822,9 +869,10 @@ fn respond(
         let resp = Response::from_parts(parts, RespBody::empty());
         return flow.attach(resp, resources, None);
     }
-    let resp = Response::from_parts(parts, RespBody::upstream(body));
+    let body = RespBody::upstream(body).with_idle_timeout(timers.idle.as_ref().map(|(d, _)| *d));
+    let resp = Response::from_parts(parts, body);
     flow.rec.response_code_details = "via_upstream";
-    flow.attach(resp, resources, deadline)
+    flow.attach(resp, resources, timers.deadline.as_ref().map(|(d, _)| *d))
 }
 
 async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
@@ -930,7 +978,8 @@ fn spawn_mirror(worker: Rc<Worker>, snapshot: Arc<Snapshot>, policy: &MirrorPoli
         let Ok(req) = build_request_from(req, &shadow_authority, protocol) else { return };
         let _active = ActiveRequest::new(&host);
         let timeout = std::time::Duration::from_secs(30);
-        match send_attempt(&worker, &cluster, &host, protocol, req, Some(tokio::time::Instant::now() + timeout), false).await {
+        let timers = AttemptTimers { deadline: Some((tokio::time::Instant::now() + timeout, AttemptError::Timeout)), idle: None };
+        match send_attempt(&worker, &cluster, &host, protocol, req, &timers).await {
             Ok((resp, _conn)) => {
                 use http_body_util::BodyExt;
                 let _ = resp.into_body().collect().await;
