@@ -243,7 +243,12 @@ impl Flow {
     fn attach(mut self, resp: Response<RespBody>, resources: Resources, deadline: Option<tokio::time::Instant>) -> Response<RespBody> {
         self.rec.response_code = resp.status().as_u16();
         self.rec.grpc_status = resp.headers().get("grpc-status").and_then(|v| grpc::Code::from_header_value(v.as_bytes()).ok()).map(|c| c.as_i32());
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        if let Some(name) = self.cx.hcm().and_then(|h| h.server_name.as_deref()) {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                parts.headers.insert(http::header::SERVER, v);
+            }
+        }
         let completion = Completion { flow: self, resources };
         Response::from_parts(parts, body.with_deadline(deadline).on_finish(Box::new(completion)))
     }

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,7 +25,9 @@ pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
     let Some(hcm) = cx.hcm() else { return };
     let codec = hcm.codec;
     let max_header_bytes = (hcm.max_request_headers_kb as usize * 1024).max(8 * 1024);
-    let header_timeout = hcm.request_headers_timeout;
+    // Waiting for a request's headers, which includes a keep-alive connection's idle
+    // time: the header timeout if set, else the connection idle timeout (Envoy: 1 h).
+    let header_timeout = hcm.request_headers_timeout.or(hcm.idle_timeout);
     let drain = cx.worker.shared.drain.clone();
     let svc_cx = cx.clone();
     let service = service_fn(move |req| {
@@ -38,8 +39,8 @@ pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
     {
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new()).max_buf_size(max_header_bytes + 16 * 1024).keep_alive(true);
-        // Without a configured timeout, idle keep-alive connections are not cut off here.
-        h1.header_read_timeout(header_timeout.unwrap_or(Duration::from_secs(3600)));
+        // `None` disables hyper's own 30 s default, as Envoy has none.
+        h1.header_read_timeout(header_timeout);
     }
     {
         let mut h2 = builder.http2();
