@@ -161,6 +161,21 @@ mod tests {
         assert_eq!(normalize_path(input, true, false).unwrap(), expected);
     }
 
+    proptest::proptest! {
+        /// Normalising twice changes nothing, the result stays under the root, and
+        /// never contains a dot segment.
+        #[test]
+        fn normalize_is_idempotent_and_stays_rooted(segments in proptest::collection::vec("(\\.|\\.\\.|[a-z%0-9]{0,4}|%2[eE])", 0..8), query in "(\\?[a-z=/.]{0,6})?") {
+            let path = format!("/{}{}", segments.join("/"), query);
+            let once = normalize_path(&path, true, true).unwrap();
+            let twice = normalize_path(&once, true, true).unwrap();
+            proptest::prop_assert_eq!(&once, &twice);
+            proptest::prop_assert!(once.starts_with('/'));
+            let path_part = once.split('?').next().unwrap_or("");
+            proptest::prop_assert!(!path_part.split('/').any(|s| s == "." || s == ".."), "{} -> {}", path, once);
+        }
+    }
+
     #[test]
     fn merges_slashes() {
         assert_eq!(normalize_path("//a///b?q=//", false, true).unwrap(), "/a/b?q=//");
