@@ -169,6 +169,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
                 server_name,
                 source: SourceLabels::unknown(),
                 default_access_log: options.default_access_log.clone(),
+                head_verdicts: Default::default(),
             });
             crate::http::server::serve(io, cx).await;
         }

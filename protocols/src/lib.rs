@@ -21,4 +21,5 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable, clippy::todo))]
 
 pub mod grpc;
+pub mod h1frame;
 pub mod sniff;

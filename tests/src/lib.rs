@@ -1,1 +1,29 @@
-//! placeholder
+//! End-to-end harness for node-proxy: the real binary ([`proxy::Proxy`]), Rust
+//! origin servers whose behaviour is chosen by path ([`origin::Origin`]), real
+//! clients (curl, h2load, Python grpcio) with parsed output ([`clients`], [`grpc`]),
+//! configuration builders ([`config`]), access log and metrics parsers, and network
+//! namespaces for the tests that need root ([`netns`]).
+//!
+//! Everything a test starts is stopped on drop, also when the test panics; every
+//! port comes from [`ports::free_port`], so tests run in parallel.
+
+pub mod access_log;
+pub mod binary;
+pub mod clients;
+pub mod config;
+pub mod grpc;
+pub mod metrics;
+pub mod netns;
+pub mod origin;
+pub mod ports;
+pub mod proxy;
+pub mod wait;
+
+pub use access_log::AccessLogEntry;
+pub use clients::{curl, h2load, Curl, CurlResponse};
+pub use config::{bootstrap, cluster, h2_cluster, hcm, http_bootstrap, http_listener, merge, route_all_to, yaml};
+pub use grpc::{grpc_client, GrpcServer};
+pub use origin::Origin;
+pub use ports::free_port;
+pub use proxy::{Proxy, ProxyOptions};
+pub use wait::{assert_eventually, wait_until};

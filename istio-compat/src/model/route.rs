@@ -436,9 +436,10 @@ pub struct ForwardAction {
     pub hash_policy: Vec<HashPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPolicy>,
-    /// Protocol upgrades allowed through this route (`websocket`, `CONNECT`).
+    /// Route-level upgrade settings (`websocket`, `connect`, lower-cased) and whether
+    /// each is enabled; they override the listener's for their type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub upgrades: Vec<String>,
+    pub upgrades: Vec<(String, bool)>,
 }
 
 fn default_cluster_not_found() -> u16 {

@@ -393,7 +393,7 @@ static SUPPORTED: &[(&str, FieldList)] = &[
         ],
     ),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &[("cluster_name", Opaque), ("endpoints", Walk), ("policy", Walk)]),
-        ("envoy.config.endpoint.v3.LocalityLbEndpoints", &[("locality", Opaque), ("lb_endpoints", Walk), ("load_balancing_weight", Opaque), ("priority", Opaque)]),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &[("locality", Opaque), ("lb_endpoints", Walk), ("load_balancing_weight", Opaque), ("priority", Opaque)]),
     ("envoy.config.endpoint.v3.LbEndpoint", &[("endpoint", Walk), ("health_status", Opaque), ("metadata", Opaque), ("load_balancing_weight", Opaque)]),
     ("envoy.config.endpoint.v3.Endpoint", &[("address", Walk), ("hostname", Opaque), ("health_check_config", Opaque)]),
 ];

@@ -192,7 +192,7 @@ fn forward(ra: &route::RouteAction, path: &str, cx: &mut Context) -> Result<Forw
         grpc_timeout,
         hash_policy,
         mirrors,
-        upgrades: ra.upgrade_configs.iter().filter(|u| bool_or(&u.enabled, true)).map(|u| u.upgrade_type.to_ascii_lowercase()).collect(),
+        upgrades: ra.upgrade_configs.iter().map(|u| (u.upgrade_type.to_ascii_lowercase(), bool_or(&u.enabled, true))).collect(),
     })
 }
 

@@ -49,6 +49,11 @@ struct ReplayState {
     received: Rc<Cell<u64>>,
 }
 
+/// The downstream request body failed (malformed framing, reset): the client's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("downstream request body failed: {0}")]
+pub struct DownstreamBodyError(pub hyper::Error);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("request body superseded by a newer attempt")]
@@ -182,6 +187,13 @@ impl Body for ReplayBody {
                             this.pos = s.chunks.len();
                         }
                     }
+                    // With a Content-Length, the last data frame ends the body: nobody
+                    // polls again for the `None`, so complete it now.
+                    if s.source.as_ref().is_some_and(|src| src.is_end_stream()) {
+                        s.complete = true;
+                        s.source = None;
+                        s.wake();
+                    }
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }
                 Err(frame) => {
@@ -239,7 +251,7 @@ impl Body for ReqBody {
                         received.set(received.get() + d.len() as u64);
                     }
                 }
-                polled.map_err(|e| Box::new(e) as BoxError)
+                polled.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError)
             }
             ReqBody::Replay(r) => Pin::new(r).poll_frame(cx),
         }

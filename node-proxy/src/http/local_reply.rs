@@ -60,8 +60,12 @@ impl LocalReply {
     );
     pub const MAX_REQUESTS: LocalReply =
         LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "overflow");
-    pub const TIMEOUT: LocalReply = LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "response_timeout");
-    pub const PER_TRY_TIMEOUT: LocalReply = LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "upstream_per_try_timeout");
+    /// gRPC requests get DEADLINE_EXCEEDED (Envoy since envoy#44479), not UNAVAILABLE.
+    pub const TIMEOUT: LocalReply =
+        LocalReply { status: StatusCode::GATEWAY_TIMEOUT, body: "upstream request timeout", details: "response_timeout", grpc_status: Some(4) };
+    pub const PER_TRY_TIMEOUT: LocalReply =
+        LocalReply { status: StatusCode::GATEWAY_TIMEOUT, body: "upstream request timeout", details: "upstream_per_try_timeout", grpc_status: Some(4) };
+    pub const DOWNSTREAM_PROTOCOL_ERROR: LocalReply = LocalReply::new(StatusCode::BAD_REQUEST, "", "http1.codec_error");
     pub const STREAM_IDLE_TIMEOUT: LocalReply = LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream timeout", "stream_idle_timeout");
     pub const CLUSTER_NOT_FOUND: LocalReply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "cluster_not_found");
     pub const FAULT_ABORT: LocalReply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort", "fault_filter_abort");

@@ -59,6 +59,8 @@ pub struct ConnCtx {
     pub source: Arc<SourceLabels>,
     /// Access logs to write when the configuration names none.
     pub default_access_log: Option<Arc<AccessLog>>,
+    /// HTTP/1: verdicts on raw request heads, one per request, in order.
+    pub head_verdicts: crate::io::HeadVerdicts,
 }
 
 impl ConnCtx {
@@ -87,6 +89,15 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     cx.worker.shared.metrics.downstream_rq_total.inc();
     let (mut parts, body) = req.into_parts();
     let mut flow = Flow::new(cx.clone(), &parts);
+    // Request smuggling guard: Content-Length with Transfer-Encoding is rejected and
+    // the connection closed (Envoy; RFC 9112 §6.3). hyper drops one of the two, so the
+    // raw head's verdict decides.
+    let verdict = if parts.version <= Version::HTTP_11 { cx.head_verdicts.lock().ok().and_then(|mut q| q.pop_front()) } else { None };
+    if verdict == Some(protocols::h1frame::HeadVerdict::ConflictingFraming) {
+        let mut resp = flow.rec_local(LocalReply::DOWNSTREAM_PROTOCOL_ERROR, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let Some(hcm) = cx.hcm() else {
         return flow.local(LocalReply::CHAIN_REFUSED, ResponseFlags::NONE);
     };
@@ -187,6 +198,8 @@ struct Flow {
     grpc: bool,
     destination: Arc<DestinationLabels>,
     request_bytes: Rc<Cell<u64>>,
+    /// The log line and metrics have been written.
+    done: bool,
 }
 
 impl Flow {
@@ -225,7 +238,11 @@ impl Flow {
             grpc_status: None,
             upstream_transport_failure_reason: None,
         };
-        Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), cx }
+        Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), done: false, cx }
+    }
+
+    fn rec_local(self, reply: LocalReply, flag: ResponseFlags) -> Response<RespBody> {
+        self.local(reply, flag)
     }
 
     fn local(mut self, reply: LocalReply, flag: ResponseFlags) -> Response<RespBody> {
@@ -273,37 +290,58 @@ impl Finish for Completion {
     fn finish(self: Box<Self>, end: BodyEnd) {
         let Completion { mut flow, resources } = *self;
         drop(resources);
-        flow.rec.bytes_sent = end.bytes;
-        flow.rec.bytes_received = flow.request_bytes.get();
-        flow.rec.duration = flow.start.elapsed();
+        flow.complete(end);
+    }
+}
+
+impl Flow {
+    /// Writes the access log line and the metrics, once.
+    fn complete(&mut self, end: BodyEnd) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.rec.bytes_sent = end.bytes;
+        self.rec.bytes_received = self.request_bytes.get();
+        self.rec.duration = self.start.elapsed();
         if let Some(code) = end.grpc_status {
-            flow.rec.grpc_status = Some(code);
+            self.rec.grpc_status = Some(code);
         }
         match end.outcome {
             EndOutcome::Complete => {}
-            EndOutcome::Dropped => flow.rec.response_flags.set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
-            EndOutcome::UpstreamError => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET),
-            EndOutcome::TimedOut => flow.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
+            EndOutcome::Dropped => self.rec.response_flags.set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+            EndOutcome::UpstreamError => self.rec.response_flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET),
+            EndOutcome::TimedOut => self.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
         }
-        let cx = &flow.cx;
+        let cx = &self.cx;
         cx.worker.record_request(RequestSample {
             labels: RequestLabels {
                 reporter: "source",
                 source: cx.source.clone(),
-                destination: flow.destination.clone(),
-                request_protocol: if flow.grpc { "grpc" } else { "http" },
-                response_code: flow.rec.response_code,
-                grpc_response_status: flow.rec.grpc_status,
-                response_flags: flag_string(flow.rec.response_flags),
+                destination: self.destination.clone(),
+                request_protocol: if self.grpc { "grpc" } else { "http" },
+                response_code: self.rec.response_code,
+                grpc_response_status: self.rec.grpc_status,
+                response_flags: flag_string(self.rec.response_flags),
                 connection_security_policy: "unknown",
             },
-            duration_ms: flow.rec.duration.as_secs_f64() * 1000.0,
-            request_bytes: flow.rec.bytes_received,
-            response_bytes: flow.rec.bytes_sent,
+            duration_ms: self.rec.duration.as_secs_f64() * 1000.0,
+            request_bytes: self.rec.bytes_received,
+            response_bytes: self.rec.bytes_sent,
         });
         let logs = cx.access_logs();
         if !logs.is_empty() {
-            flow.rec.emit(&logs);
+            self.rec.emit(&logs);
+        }
+    }
+}
+
+/// A request abandoned before it had a response (the client went away, or hyper
+/// dropped it on a protocol error) is still logged and counted, as Envoy does: code 0, `DC`.
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if !self.done {
+            self.complete(BodyEnd { bytes: 0, outcome: EndOutcome::Dropped, grpc_status: None });
         }
     }
 }
@@ -360,6 +398,8 @@ enum AttemptError {
     Timeout,
     /// Nothing happened on the stream for `stream_idle_timeout`.
     StreamIdle,
+    /// The downstream's request body was malformed or cut off.
+    DownstreamBody,
     BodyUnavailable,
 }
 
@@ -447,7 +487,12 @@ async fn forward(
     // Upgrades (WebSocket) and CONNECT must be allowed by the listener or the route.
     let upgrade = if parts.method == Method::CONNECT { Some("connect".to_owned()) } else { upgrade_type(&parts.headers) };
     if let Some(kind) = &upgrade {
-        if !hcm.upgrades.iter().chain(fwd.upgrades.iter()).any(|u| u == kind) {
+        // A route's setting for this upgrade type wins over the listener's (Envoy).
+        let allowed = match fwd.upgrades.iter().find(|(t, _)| t == kind) {
+            Some((_, enabled)) => *enabled,
+            None => hcm.upgrades.iter().any(|u| u == kind),
+        };
+        if !allowed {
             return flow.local(LocalReply::UPGRADE_FAILED, ResponseFlags::NONE);
         }
     }
@@ -631,7 +676,7 @@ async fn forward(
                         }
                     }
                 }
-                if attempt > 1 {
+                if attempt > 1 && !flow.rec.response_flags.contains(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED) {
                     cluster.stats.rq_retry_success.fetch_add(1, Ordering::Relaxed);
                 }
                 flow.rec.upstream_service_time = Some(sent_at.elapsed());
@@ -651,6 +696,7 @@ async fn forward(
                     }
                     AttemptError::BodyUnavailable => return flow.local(LocalReply::RESET, ResponseFlags::UPSTREAM_REMOTE_RESET),
                     AttemptError::StreamIdle => return flow.local(LocalReply::STREAM_IDLE_TIMEOUT, ResponseFlags::STREAM_IDLE_TIMEOUT),
+                    AttemptError::DownstreamBody => return flow.local(LocalReply::DOWNSTREAM_PROTOCOL_ERROR, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR),
                     AttemptError::Pool(PoolError::ConnectTimeout(_)) => {
                         (AttemptFailure::ConnectFailure, LocalReply::CONNECT_TIMEOUT, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
                     }
@@ -828,13 +874,19 @@ fn classify(e: &hyper::Error) -> AttemptError {
             }
             return AttemptError::Reset { request_sent: true, remote: h2.is_remote() };
         }
-        if s.downcast_ref::<super::body::ReplayError>().is_some() {
-            return AttemptError::BodyUnavailable;
+        match s.downcast_ref::<super::body::ReplayError>() {
+            Some(super::body::ReplayError::Superseded) => return AttemptError::BodyUnavailable,
+            Some(super::body::ReplayError::Source(_)) => return AttemptError::DownstreamBody,
+            None => {}
+        }
+        if s.downcast_ref::<super::body::DownstreamBodyError>().is_some() {
+            return AttemptError::DownstreamBody;
         }
         source = s.source();
     }
-    // `canceled`: the request never reached the connection.
-    AttemptError::Reset { request_sent: !e.is_canceled(), remote: e.is_incomplete_message() }
+    // HTTP/1: the upstream closed the connection (`UC`); `canceled`: the request never
+    // reached the connection.
+    AttemptError::Reset { request_sent: !e.is_canceled(), remote: false }
 }
 
 /// hyper's HTTP/2 errors come from the `h2` crate.

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use istio_compat::model::listener::Codec;
 
 use super::proxy::{self, ConnCtx};
-use crate::io::PrefixedIo;
+use crate::io::{DownstreamIo, PrefixedIo};
 use crate::runtime::LocalExec;
 
 /// Envoy's defaults for HTTP/2 flow control are large (256 MiB); these keep memory
@@ -21,9 +21,13 @@ const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const H2_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
+pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
     let Some(hcm) = cx.hcm() else { return };
     let codec = hcm.codec;
+    if codec != Codec::Http1 && !h2_starts_with_settings(&mut io).await {
+        tracing::debug!(remote = %cx.remote, "HTTP/2 connection did not start with SETTINGS: GOAWAY PROTOCOL_ERROR");
+        return;
+    }
     let max_header_bytes = (hcm.max_request_headers_kb as usize * 1024).max(8 * 1024);
     // Waiting for a request's headers, which includes a keep-alive connection's idle
     // time: the header timeout if set, else the connection idle timeout (Envoy: 1 h).
@@ -38,7 +42,8 @@ pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
     let mut builder = auto::Builder::new(LocalExec);
     {
         let mut h1 = builder.http1();
-        h1.timer(TokioTimer::new()).max_buf_size(max_header_bytes + 16 * 1024).keep_alive(true);
+        // hyper answers 431 when the request head does not fit its read buffer.
+        h1.timer(TokioTimer::new()).max_buf_size(max_header_bytes).keep_alive(true);
         // `None` disables hyper's own 30 s default, as Envoy has none.
         h1.header_read_timeout(header_timeout);
     }
@@ -55,6 +60,9 @@ pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
         Codec::Http2 => builder.http2_only(),
         Codec::Auto => builder,
     };
+    // HTTP/1 (anything that did not start with the h2 preface): judge request heads.
+    let track = (!io.prefix().starts_with(protocols::sniff::H2_PREFACE) && codec != Codec::Http2).then(|| (max_header_bytes, cx.head_verdicts.clone()));
+    let io = DownstreamIo::new(io, track);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -70,4 +78,35 @@ pub async fn serve(io: PrefixedIo, cx: Rc<ConnCtx>) {
             }
         }
     }
+}
+
+/// RFC 9113 §3.4: after the client preface, the first frame must be SETTINGS. h2
+/// lets other frames through; Envoy answers GOAWAY(PROTOCOL_ERROR). Returns `false`
+/// (having sent that GOAWAY) when the connection is an HTTP/2 one that breaks the rule.
+async fn h2_starts_with_settings(io: &mut PrefixedIo) -> bool {
+    use tokio::io::AsyncWriteExt;
+    const PREFACE: &[u8] = protocols::sniff::H2_PREFACE;
+    const FRAME_HEADER: usize = 9;
+    const SETTINGS: u8 = 0x4;
+    let still_preface = |b: &[u8]| b.len() <= PREFACE.len() && PREFACE.starts_with(b) || b.starts_with(PREFACE);
+    let read = io.read_ahead(PREFACE.len() + FRAME_HEADER, |b| !still_preface(b) || b.len() >= PREFACE.len() + FRAME_HEADER);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(())) => {}
+        // A silent or failed peer: let hyper deal with it as usual.
+        _ => return true,
+    }
+    let b = io.prefix();
+    if !b.starts_with(PREFACE) || b.len() < PREFACE.len() + FRAME_HEADER {
+        return true;
+    }
+    if b[PREFACE.len() + 3] == SETTINGS {
+        return true;
+    }
+    // Our (empty) SETTINGS, then GOAWAY(last stream 0, PROTOCOL_ERROR).
+    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    frames.extend_from_slice(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    let inner = io.inner_mut();
+    let _ = inner.write_all(&frames).await;
+    let _ = inner.shutdown().await;
+    false
 }
