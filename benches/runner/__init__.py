@@ -1,0 +1,1 @@
+"""The side-by-side macro benchmark runner behind benches/run.py (stdlib only)."""
