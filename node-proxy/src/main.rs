@@ -11,6 +11,7 @@ use node_proxy::app::{self, Settings};
 
 /// mimalloc: per-thread free lists suit the worker-per-thread model; measured faster
 /// than glibc malloc on the request path (benches/RESULTS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -34,15 +34,19 @@ pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
     let header_timeout = hcm.request_headers_timeout.or(hcm.idle_timeout);
     let drain = cx.worker.shared.drain.clone();
     let svc_cx = cx.clone();
+    // The request future is large (the whole forwarding state machine): box it per
+    // request, so an idle connection does not keep a slot of that size (hyper keeps
+    // one per HTTP/1 connection).
     let service = service_fn(move |req| {
-        let cx = svc_cx.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(cx, req).await) }
+        let fut = Box::pin(proxy::handle(svc_cx.clone(), req));
+        async move { Ok::<_, Infallible>(fut.await) }
     });
 
     let mut builder = auto::Builder::new(LocalExec);
     {
         let mut h1 = builder.http1();
-        // hyper answers 431 when the request head does not fit its read buffer.
+        // hyper answers 431 when the request head does not fit its read buffer
+        // (hyper-util's auto builder does not expose hyper's max_header_size).
         h1.timer(TokioTimer::new()).max_buf_size(max_header_bytes).keep_alive(true);
         // `None` disables hyper's own 30 s default, as Envoy has none.
         h1.header_read_timeout(header_timeout);
