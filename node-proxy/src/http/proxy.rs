@@ -539,7 +539,8 @@ async fn forward(
                 if allowed {
                     if let Some(delay) = decision.delay {
                         flow.rec.response_flags.set(ResponseFlags::DELAY_INJECTED);
-                        tokio::time::sleep(delay).await;
+                        // Boxed (as the back-offs below): rare, and a timer is large in the request future.
+                        Box::pin(tokio::time::sleep(delay)).await;
                     }
                 }
                 faults.fetch_sub(1, Ordering::AcqRel);
@@ -667,7 +668,7 @@ async fn forward(
                                 drop(resp);
                                 drop(connection);
                                 drop(active);
-                                tokio::time::sleep(backoff).await;
+                                Box::pin(tokio::time::sleep(backoff)).await;
                                 attempt += 1;
                                 continue;
                             }
@@ -723,7 +724,7 @@ async fn forward(
                     if policy.retriable_failure(failure) && policy.request_is_retriable(&parts.headers) {
                         match try_retry(&cluster, policy, attempt, &request_body, deadline, &mut resources) {
                             RetryDecision::Retry(backoff) => {
-                                tokio::time::sleep(backoff).await;
+                                Box::pin(tokio::time::sleep(backoff)).await;
                                 attempt += 1;
                                 continue;
                             }

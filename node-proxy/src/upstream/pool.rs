@@ -185,7 +185,8 @@ impl EndpointPool {
             }
             if let Some(slot) = cluster.try_start_connection() {
                 drop(pending);
-                let sender = self.connect_h1(cluster).await?;
+                // Boxed: connecting is the rare path, and its future is large.
+                let sender = Box::pin(self.connect_h1(cluster)).await?;
                 cluster.stats.cx_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(PooledH1 {
                     sender: Some(sender),
@@ -249,7 +250,7 @@ impl EndpointPool {
                 return Err(PoolError::Overflow);
             };
             self.connecting_h2.set(true);
-            let result = self.connect_h2(cluster).await;
+            let result = Box::pin(self.connect_h2(cluster)).await;
             self.connecting_h2.set(false);
             self.h2_connected.notify_waiters();
             let sender = result?;
