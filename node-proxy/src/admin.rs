@@ -152,7 +152,11 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 };
             }
-            match config_dump(&snapshot) {
+            let dump = config_dump(&snapshot);
+            // The descriptor pool was only built for this dump: drop it again.
+            xds_client::protojson::release();
+            crate::app::return_free_memory();
+            match dump {
                 Ok(v) => json(serde_json::to_string_pretty(&v).unwrap_or_default()),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }

@@ -60,6 +60,9 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         unsupported = loaded.source.unsupported.len(),
         "configuration loaded"
     );
+    // The Envoy descriptor pool (~30 MB) is only needed to read JSON/YAML: give it back.
+    xds_client::protojson::release();
+    return_free_memory();
     let snapshot = Snapshot::build(loaded.model, Arc::new(loaded.source), None);
     for missing in snapshot.missing_routes() {
         tracing::warn!(route = %missing, "a listener references route configuration {missing}, which is not loaded: its requests get 404 NR");
@@ -200,5 +203,14 @@ async fn reap_idle(worker: Rc<Worker>) {
     loop {
         tick.tick().await;
         worker.pools.reap();
+    }
+}
+
+/// Hands freed memory back to the OS (after start-up's large, short-lived allocations).
+pub fn return_free_memory() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: mi_collect only walks the allocator's own free lists.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }

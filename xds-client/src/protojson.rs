@@ -11,30 +11,43 @@
 //! It does not know what a listener or a route means; that is `istio-compat`.
 
 use std::collections::BTreeSet;
-use std::sync::{OnceLock, RwLock};
+use std::sync::RwLock;
 
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor_set.bin"));
 
-/// The descriptor pool. Placeholder messages for opaque `Any` types are added to it
-/// as they are met, so it sits behind a lock; readers clone the (cheap, shared) pool.
-fn pool_cell() -> &'static RwLock<DescriptorPool> {
-    static POOL: OnceLock<RwLock<DescriptorPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        // The set was linked once already in build.rs; failing here means the binary is corrupt.
-        let pool = DescriptorPool::decode(DESCRIPTOR_SET).unwrap_or_else(|e| panic!("embedded Envoy descriptor set is corrupt: {e}"));
-        RwLock::new(pool)
-    })
+/// The descriptor pool, built on first use. Placeholder messages for opaque `Any`
+/// types are added to it as they are met, so it sits behind a lock; readers clone
+/// the (cheap, shared) pool. It takes ~30 MB, so the runtime [`release`]s it once a
+/// configuration is loaded; the next use builds it again.
+static POOL: RwLock<Option<DescriptorPool>> = RwLock::new(None);
+
+fn build_pool() -> DescriptorPool {
+    // The set was linked once already in build.rs; failing here means the binary is corrupt.
+    DescriptorPool::decode(DESCRIPTOR_SET).unwrap_or_else(|e| panic!("embedded Envoy descriptor set is corrupt: {e}"))
+}
+
+fn write_pool() -> std::sync::RwLockWriteGuard<'static, Option<DescriptorPool>> {
+    let mut guard = POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if guard.is_none() {
+        *guard = Some(build_pool());
+    }
+    guard
 }
 
 /// The pool of every Envoy v3 message (plus placeholders registered so far).
 pub fn pool() -> DescriptorPool {
-    match pool_cell().read() {
-        Ok(p) => p.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
+    if let Some(p) = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+        return p.clone();
     }
+    write_pool().as_ref().cloned().unwrap_or_else(build_pool)
+}
+
+/// Drops the shared pool (clones still held stay valid); the next use rebuilds it.
+pub fn release() {
+    *POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
 }
 
 /// An `Any` whose payload type is not in the pool: kept with its type URL, payload dropped.
@@ -180,12 +193,10 @@ fn is_placeholder(desc: &MessageDescriptor) -> bool {
 
 /// Adds an empty message for each name to the shared pool; returns the updated pool.
 fn register_placeholders(names: &BTreeSet<String>) -> Result<DescriptorPool, JsonError> {
-    let mut guard = match pool_cell().write() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut guard = write_pool();
+    let Some(pool) = guard.as_mut() else { return Err(JsonError::invalid("", "descriptor pool unavailable")) };
     for name in names {
-        if guard.get_message_by_name(name).is_some() {
+        if pool.get_message_by_name(name).is_some() {
             continue;
         }
         let (package, message) = match name.rsplit_once('.') {
@@ -199,9 +210,9 @@ fn register_placeholders(names: &BTreeSet<String>) -> Result<DescriptorPool, Jso
             syntax: Some("proto3".to_owned()),
             ..Default::default()
         };
-        guard.add_file_descriptor_proto(file).map_err(|e| JsonError::invalid("", format!("cannot register opaque type {name}: {e}")))?;
+        pool.add_file_descriptor_proto(file).map_err(|e| JsonError::invalid("", format!("cannot register opaque type {name}: {e}")))?;
     }
-    Ok(guard.clone())
+    Ok(pool.clone())
 }
 
 /// The message name in a type URL: `type.googleapis.com/a.b.C` -> `a.b.C`.
