@@ -1,5 +1,9 @@
 //! A downstream socket with the bytes already read while sniffing put back in
 //! front, so the HTTP server or TCP proxy sees the connection from its first byte.
+//!
+//! For HTTP/1 it can also follow request framing on the raw bytes
+//! ([`MessageTracker`]) and queue a verdict per request head, which the request handler
+//! takes in order (hyper serves the requests of an HTTP/1 connection strictly in order).
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,11 +19,34 @@ use tokio::net::TcpStream;
 pub struct PrefixedIo {
     prefix: Bytes,
     inner: TcpStream,
+    tracker: Option<(MessageTracker, HeadVerdicts)>,
 }
+
+/// Verdicts on request heads, oldest first. (hyper wants the connection's I/O to be
+/// `Send`, for upgrades; the lock is never contended.)
+pub type HeadVerdicts = Arc<Mutex<VecDeque<HeadVerdict>>>;
 
 impl PrefixedIo {
     pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        PrefixedIo { prefix, inner }
+        PrefixedIo { prefix, inner, tracker: None }
+    }
+
+    /// Judges HTTP/1 request heads from here on (including the prefix), pushing a
+    /// verdict per head to `verdicts`.
+    pub fn track_http1(&mut self, max_head: usize, verdicts: HeadVerdicts) {
+        self.tracker = Some((MessageTracker::new(max_head), verdicts));
+    }
+
+    fn observe(&mut self, read: &[u8]) {
+        let Some((tracker, verdicts)) = self.tracker.as_mut() else { return };
+        tracker.feed(read, &mut |v| {
+            if let Ok(mut q) = verdicts.lock() {
+                q.push_back(v);
+            }
+        });
+        if tracker.is_opaque() {
+            self.tracker = None;
+        }
     }
 
     pub fn inner(&self) -> &TcpStream {
@@ -61,13 +88,19 @@ impl PrefixedIo {
 
 impl AsyncRead for PrefixedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
+        let before = buf.filled().len();
+        let polled = if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        };
+        if polled.is_ready() && self.tracker.is_some() {
+            self.observe(&buf.filled()[before..]);
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        polled
     }
 }
 
@@ -90,70 +123,5 @@ impl AsyncWrite for PrefixedIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The downstream stream as the HTTP server reads it. For HTTP/1 it follows request
-/// framing on the raw bytes ([`MessageTracker`]) and queues a verdict per request
-/// head, which the request handler takes in order (hyper serves HTTP/1 requests of a
-/// connection strictly in order).
-pub struct DownstreamIo {
-    io: PrefixedIo,
-    tracker: Option<MessageTracker>,
-    verdicts: HeadVerdicts,
-}
-
-/// Verdicts on request heads, oldest first. (hyper wants the connection's I/O to be
-/// `Send`, for upgrades; the lock is never contended.)
-pub type HeadVerdicts = Arc<Mutex<VecDeque<HeadVerdict>>>;
-
-impl DownstreamIo {
-    pub fn new(io: PrefixedIo, track_http1: Option<(usize, HeadVerdicts)>) -> Self {
-        match track_http1 {
-            Some((max_head, verdicts)) => DownstreamIo { io, tracker: Some(MessageTracker::new(max_head)), verdicts },
-            None => DownstreamIo { io, tracker: None, verdicts: HeadVerdicts::default() },
-        }
-    }
-}
-
-impl AsyncRead for DownstreamIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(tracker)) = (&polled, this.tracker.as_mut()) {
-            let verdicts = &this.verdicts;
-            tracker.feed(&buf.filled()[before..], &mut |v| {
-                if let Ok(mut q) = verdicts.lock() {
-                    q.push_back(v);
-                }
-            });
-            if tracker.is_opaque() {
-                this.tracker = None;
-            }
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for DownstreamIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use istio_compat::model::listener::Codec;
 
 use super::proxy::{self, ConnCtx};
-use crate::io::{DownstreamIo, PrefixedIo};
+use crate::io::PrefixedIo;
 use crate::runtime::LocalExec;
 
 /// Envoy's defaults for HTTP/2 flow control are large (256 MiB); these keep memory
@@ -68,8 +68,9 @@ pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
         Codec::Auto => builder,
     };
     // HTTP/1 (anything that did not start with the h2 preface): judge request heads.
-    let track = (!io.prefix().starts_with(protocols::sniff::H2_PREFACE) && codec != Codec::Http2).then(|| (max_header_bytes, cx.head_verdicts.clone()));
-    let io = DownstreamIo::new(io, track);
+    if !io.prefix().starts_with(protocols::sniff::H2_PREFACE) && codec != Codec::Http2 {
+        io.track_http1(max_header_bytes, cx.head_verdicts.clone());
+    }
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
