@@ -61,8 +61,26 @@ fn main() {
     if let Err(e) = prost_reflect::DescriptorPool::from_file_descriptor_set(set.clone()) {
         panic!("descriptor set does not link: {e}");
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("envoy_descriptor_set.bin");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    let out = out_dir.join("envoy_descriptor_set.bin");
     std::fs::write(&out, set.encode_to_vec()).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+    istio_types(&local, &out_dir);
+}
+
+/// prost structs for Istio's workload API (`proto/istio/**`), from the same compiler.
+fn istio_types(local: &Path, out_dir: &Path) {
+    let files = ["istio/workload/workload.proto", "istio/security/authorization.proto"];
+    let mut compiler = protox::Compiler::new([local]).unwrap_or_else(|e| panic!("protox: {e}"));
+    compiler.include_imports(true).include_source_info(true);
+    for f in files {
+        compiler.open_file(f).unwrap_or_else(|e| panic!("compiling {f}: {e}"));
+    }
+    let fds = compiler.file_descriptor_set();
+    prost_build::Config::new()
+        .out_dir(out_dir)
+        .enable_type_names()
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("prost-build for Istio's workload API: {e}"));
 }
 
 /// Files under `dir`, as paths relative to the include root `root`.

@@ -10,3 +10,16 @@ pub mod type_url;
 
 /// The Envoy v3 API as prost structs.
 pub use envoy_types::pb;
+
+/// Istio's workload API (`istio.workload`, `istio.security`) as prost structs; the
+/// .proto files are in `proto/istio/`, with the upstream path and commit they match.
+pub mod istio {
+    #[allow(clippy::all, missing_docs)]
+    pub mod workload {
+        include!(concat!(env!("OUT_DIR"), "/istio.workload.rs"));
+    }
+    #[allow(clippy::all, missing_docs)]
+    pub mod security {
+        include!(concat!(env!("OUT_DIR"), "/istio.security.rs"));
+    }
+}
