@@ -1,11 +1,16 @@
 //! The ADS transport and the protobuf types it carries.
 //!
 //! Owns: the Envoy v3 API types (re-exported from `envoy-types`), the descriptor pool
-//! and proto3 JSON codec for them ([`protojson`]), and type URLs. The ADS client
-//! itself (SotW and Delta streams, ACK/NACK, reconnect) lands with the xDS issue.
+//! and proto3 JSON codec for them ([`protojson`]), type URLs, Istio's workload API
+//! types ([`istio`]), and the ADS client ([`ads`]: state of the world and Delta,
+//! ACK/NACK, subscriptions, reconnect) over its gRPC [`transport`], with the node
+//! identities istiod expects ([`node`]).
 //! Does not own: what a listener, route or cluster means (`istio-compat`).
 
+pub mod ads;
+pub mod node;
 pub mod protojson;
+pub mod transport;
 pub mod type_url;
 
 /// The Envoy v3 API as prost structs.
