@@ -2,12 +2,14 @@
 //! origin servers whose behaviour is chosen by path ([`origin::Origin`]), real
 //! clients (curl, h2load, Python grpcio) with parsed output ([`clients`], [`grpc`]),
 //! configuration builders ([`config`]), access log and metrics parsers, and network
-//! namespaces for the tests that need root ([`netns`]).
+//! namespaces for the tests that need root ([`netns`]), and a test ADS server serving
+//! resources and istiod's config dumps over xDS ([`ads_server`]).
 //!
 //! Everything a test starts is stopped on drop, also when the test panics; every
 //! port comes from [`ports::free_port`], so tests run in parallel.
 
 pub mod access_log;
+pub mod ads_server;
 pub mod binary;
 pub mod clients;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod proxy;
 pub mod wait;
 
 pub use access_log::AccessLogEntry;
+pub use ads_server::AdsServer;
 pub use clients::{curl, h2load, Curl, CurlResponse};
 pub use config::{bootstrap, cluster, h2_cluster, hcm, http_bootstrap, http_listener, merge, route_all_to, yaml};
 pub use grpc::{grpc_client, GrpcServer};

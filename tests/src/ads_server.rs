@@ -1,0 +1,386 @@
+//! A test ADS server (tonic, envoy-types' server trait): serves resources the test
+//! puts in it, or those of a real istiod config dump from the shared corpus, over
+//! state-of-the-world and Delta streams, and records every request the client sends
+//! (versions, nonces, NACK details, subscriptions) for the test to assert on.
+//!
+//! It behaves as istiod does where it matters to a client: a response per type on
+//! subscription and on every change, a fresh nonce per response, Delta sends only what
+//! differs from what the client said it holds, and a stream can be closed on command
+//! (routine close or error) to exercise reconnects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use xds_client::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer};
+use xds_client::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource};
+use xds_client::pb::google::protobuf::Any;
+
+/// A request the client sent, as the test sees it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub delta: bool,
+    pub type_url: String,
+    pub version_info: String,
+    pub response_nonce: String,
+    pub resource_names: Vec<String>,
+    pub unsubscribe: Vec<String>,
+    pub initial_versions: HashMap<String, String>,
+    /// The NACK message, if this request was a NACK.
+    pub error: Option<String>,
+    pub node_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Store {
+    /// type URL -> name -> (version, body)
+    resources: BTreeMap<String, BTreeMap<String, (String, Any)>>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    /// Bumped on every change: streams re-send what changed.
+    generation: watch::Sender<u64>,
+    nonce: AtomicU64,
+    requests: Mutex<Vec<Recorded>>,
+    /// Streams to close: the status each open stream ends with on the next close command.
+    close: watch::Sender<Option<Status>>,
+    streams_opened: AtomicU64,
+}
+
+/// The running server; stops with the value.
+pub struct AdsServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdsServer {
+    /// Starts on 127.0.0.1 (an ephemeral port, or `port` when given).
+    pub fn start_on(port: u16) -> Self {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            generation: watch::channel(0).0,
+            nonce: AtomicU64::new(0),
+            requests: Mutex::new(Vec::new()),
+            close: watch::channel(None).0,
+            streams_opened: AtomicU64::new(0),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let svc_shared = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("test ADS runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind test ADS server");
+                tx.send(listener.local_addr().expect("local addr")).expect("report address");
+                let svc =
+                    AggregatedDiscoveryServiceServer::new(Ads { shared: svc_shared }).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+        });
+        let addr = rx.recv().expect("test ADS server started");
+        AdsServer { addr, shared, shutdown: Some(stop_tx), thread: Some(thread) }
+    }
+
+    pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds or replaces a resource (version: a counter) and pushes.
+    pub fn set(&self, type_url: &str, name: &str, body: Any) {
+        {
+            let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+            let version = format!("v{}", self.shared.nonce.fetch_add(1, Ordering::SeqCst) + 1);
+            store.resources.entry(type_url.to_owned()).or_default().insert(name.to_owned(), (version, body));
+        }
+        self.push();
+    }
+
+    /// Sets many resources at once, then pushes once.
+    pub fn set_all(&self, items: Vec<(String, String, Any)>) {
+        {
+            let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+            for (type_url, name, body) in items {
+                let version = format!("v{}", self.shared.nonce.fetch_add(1, Ordering::SeqCst) + 1);
+                store.resources.entry(type_url).or_default().insert(name, (version, body));
+            }
+        }
+        self.push();
+    }
+
+    pub fn remove(&self, type_url: &str, name: &str) {
+        {
+            let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = store.resources.get_mut(type_url) {
+                m.remove(name);
+            }
+        }
+        self.push();
+    }
+
+    fn push(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Ends every open stream with `status` (OK-like codes are istiod's routine close).
+    pub fn close_streams(&self, status: Status) {
+        self.shared.close.send_replace(Some(status));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn streams_opened(&self) -> u64 {
+        self.shared.streams_opened.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AdsServer {
+    fn drop(&mut self) {
+        // End the open streams first: tonic's graceful shutdown waits for them.
+        self.shared.close.send_replace(Some(Status::unavailable("test ADS server stopping")));
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Ads {
+    shared: Arc<Shared>,
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn next_nonce(shared: &Shared) -> String {
+    format!("n{}", shared.nonce.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+fn record(shared: &Shared, r: Recorded) {
+    shared.requests.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let shared = self.shared.clone();
+        shared.streams_opened.fetch_add(1, Ordering::SeqCst);
+        shared.close.send_replace(None);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            // type URL -> requested names (empty: wildcard)
+            let mut subscriptions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut sent_generation: BTreeMap<String, u64> = BTreeMap::new();
+            let mut generation = shared.generation.subscribe();
+            let mut close = shared.close.subscribe();
+            loop {
+                tokio::select! {
+                    req = inbound.next() => {
+                        let Some(Ok(req)) = req else { return };
+                        record(&shared, Recorded {
+                            delta: false,
+                            type_url: req.type_url.clone(),
+                            version_info: req.version_info.clone(),
+                            response_nonce: req.response_nonce.clone(),
+                            resource_names: req.resource_names.clone(),
+                            unsubscribe: Vec::new(),
+                            initial_versions: HashMap::new(),
+                            error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                            node_id: req.node.as_ref().map(|n| n.id.clone()),
+                        });
+                        let changed = subscriptions.get(&req.type_url) != Some(&req.resource_names);
+                        subscriptions.insert(req.type_url.clone(), req.resource_names.clone());
+                        // Answer a new subscription (or changed names); an ACK/NACK needs no answer.
+                        if req.response_nonce.is_empty() || changed {
+                            let g = *generation.borrow();
+                            sent_generation.insert(req.type_url.clone(), g);
+                            if tx.send(Ok(sotw_response(&shared, &req.type_url, &req.resource_names))).await.is_err() { return; }
+                        }
+                    }
+                    changed = generation.changed() => {
+                        if changed.is_err() { return; }
+                        let g = *generation.borrow();
+                        for (type_url, names) in &subscriptions {
+                            if sent_generation.get(type_url) == Some(&g) { continue; }
+                            sent_generation.insert(type_url.clone(), g);
+                            if tx.send(Ok(sotw_response(&shared, type_url, names))).await.is_err() { return; }
+                        }
+                    }
+                    changed = close.changed() => {
+                        if changed.is_err() { return; }
+                        let status = close.borrow().clone();
+                        if let Some(status) = status {
+                            if status.code() != tonic::Code::Ok {
+                                let _ = tx.send(Err(status)).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let shared = self.shared.clone();
+        shared.streams_opened.fetch_add(1, Ordering::SeqCst);
+        shared.close.send_replace(None);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            // type URL -> (wildcard, names)
+            let mut subscriptions: BTreeMap<String, (bool, BTreeSet<String>)> = BTreeMap::new();
+            // type URL -> name -> version the client holds
+            let mut held: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+            let mut generation = shared.generation.subscribe();
+            let mut close = shared.close.subscribe();
+            loop {
+                tokio::select! {
+                    req = inbound.next() => {
+                        let Some(Ok(req)) = req else { return };
+                        record(&shared, Recorded {
+                            delta: true,
+                            type_url: req.type_url.clone(),
+                            version_info: String::new(),
+                            response_nonce: req.response_nonce.clone(),
+                            resource_names: req.resource_names_subscribe.clone(),
+                            unsubscribe: req.resource_names_unsubscribe.clone(),
+                            initial_versions: req.initial_resource_versions.clone(),
+                            error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                            node_id: req.node.as_ref().map(|n| n.id.clone()),
+                        });
+                        let entry = subscriptions.entry(req.type_url.clone()).or_default();
+                        let first = req.response_nonce.is_empty() && !req.initial_resource_versions.is_empty() || !held.contains_key(&req.type_url);
+                        for n in &req.resource_names_subscribe {
+                            if n == "*" { entry.0 = true; } else { entry.1.insert(n.clone()); }
+                        }
+                        for n in &req.resource_names_unsubscribe {
+                            if n == "*" { entry.0 = false; } else { entry.1.remove(n); }
+                            if let Some(h) = held.get_mut(&req.type_url) { h.remove(n); }
+                        }
+                        let h = held.entry(req.type_url.clone()).or_default();
+                        if first {
+                            h.extend(req.initial_resource_versions.clone());
+                        }
+                        // A NACKed resource is not held by the client: forget what we sent.
+                        if req.error_detail.is_some() {
+                            continue;
+                        }
+                        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() || first {
+                            if let Some(resp) = delta_response(&shared, &req.type_url, &subscriptions[&req.type_url], h, true) {
+                                if tx.send(Ok(resp)).await.is_err() { return; }
+                            }
+                        }
+                    }
+                    changed = generation.changed() => {
+                        if changed.is_err() { return; }
+                        for (type_url, sub) in &subscriptions {
+                            let h = held.entry(type_url.clone()).or_default();
+                            if let Some(resp) = delta_response(&shared, type_url, sub, h, false) {
+                                if tx.send(Ok(resp)).await.is_err() { return; }
+                            }
+                        }
+                    }
+                    changed = close.changed() => {
+                        if changed.is_err() { return; }
+                        let status = close.borrow().clone();
+                        if let Some(status) = status {
+                            if status.code() != tonic::Code::Ok {
+                                let _ = tx.send(Err(status)).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn sotw_response(shared: &Shared, type_url: &str, names: &[String]) -> DiscoveryResponse {
+    let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
+    let resources = store
+        .resources
+        .get(type_url)
+        .map(|m| m.iter().filter(|(n, _)| names.is_empty() || names.contains(n)).map(|(_, (_, body))| body.clone()).collect())
+        .unwrap_or_default();
+    DiscoveryResponse {
+        version_info: format!("g{}", *shared.generation.borrow()),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce: next_nonce(shared),
+        ..Default::default()
+    }
+}
+
+/// What changed for this client since `held`; `None` when nothing did (unless `always`).
+fn delta_response(
+    shared: &Shared,
+    type_url: &str,
+    sub: &(bool, BTreeSet<String>),
+    held: &mut HashMap<String, String>,
+    always: bool,
+) -> Option<DeltaDiscoveryResponse> {
+    let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
+    let empty = BTreeMap::new();
+    let current = store.resources.get(type_url).unwrap_or(&empty);
+    let wanted = |n: &str| sub.0 || sub.1.contains(n);
+    let mut resources = Vec::new();
+    for (name, (version, body)) in current.iter().filter(|(n, _)| wanted(n)) {
+        if held.get(name) != Some(version) {
+            resources.push(Resource { name: name.clone(), version: version.clone(), resource: Some(body.clone()), ..Default::default() });
+            held.insert(name.clone(), version.clone());
+        }
+    }
+    let removed: Vec<String> = held.keys().filter(|n| !current.contains_key(*n) || !wanted(n)).cloned().collect();
+    for n in &removed {
+        held.remove(n);
+    }
+    if resources.is_empty() && removed.is_empty() && !always {
+        return None;
+    }
+    Some(DeltaDiscoveryResponse {
+        system_version_info: format!("g{}", *shared.generation.borrow()),
+        resources,
+        type_url: type_url.to_owned(),
+        removed_resources: removed,
+        nonce: next_nonce(shared),
+        ..Default::default()
+    })
+}
