@@ -202,7 +202,7 @@ fn sotw_nack_keeps_the_last_accepted_version_and_names_the_resource() {
     // The next good push is ACKed with its own version again.
     server.remove(CLUSTER, "bad-1");
     assert_eventually("ACK after the fix", T, || {
-        let last = server.requests().into_iter().filter(|r| r.type_url == CLUSTER).last().unwrap();
+        let last = server.requests().into_iter().rfind(|r| r.type_url == CLUSTER).unwrap();
         if last.error.is_none() && last.version_info != good_version {
             Ok(())
         } else {
