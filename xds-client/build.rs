@@ -76,11 +76,7 @@ fn istio_types(local: &Path, out_dir: &Path) {
         compiler.open_file(f).unwrap_or_else(|e| panic!("compiling {f}: {e}"));
     }
     let fds = compiler.file_descriptor_set();
-    prost_build::Config::new()
-        .out_dir(out_dir)
-        .enable_type_names()
-        .compile_fds(fds)
-        .unwrap_or_else(|e| panic!("prost-build for Istio's workload API: {e}"));
+    prost_build::Config::new().out_dir(out_dir).enable_type_names().compile_fds(fds).unwrap_or_else(|e| panic!("prost-build for Istio's workload API: {e}"));
 }
 
 /// Files under `dir`, as paths relative to the include root `root`.

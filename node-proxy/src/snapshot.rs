@@ -33,9 +33,10 @@ impl Snapshot {
             .iter()
             .map(|(name, c)| {
                 let old = previous.and_then(|p| p.clusters.get(name));
-                let config = Arc::new(c.clone());
-                // Unchanged config: keep the very same state (pools stay warm, counters go on).
-                if let Some(old) = old.filter(|o| *o.config == *config) {
+                let config = c.clone();
+                // Unchanged config (the same shared resource, or an equal one): keep the
+                // very same state (load, ejections, counters go on).
+                if let Some(old) = old.filter(|o| Arc::ptr_eq(&o.config, &config) || *o.config == *config) {
                     return (name.clone(), old.clone());
                 }
                 let state = ClusterState::new(config, old.map(|o| &**o));
@@ -48,8 +49,8 @@ impl Snapshot {
         Snapshot {
             version: previous.map_or(1, |p| p.version + 1),
             loaded_at: SystemTime::now(),
-            listeners: model.listeners.iter().map(|(n, l)| (n.clone(), Arc::new(l.clone()))).collect(),
-            routes: model.routes.iter().map(|(n, r)| (n.clone(), Arc::new(r.clone()))).collect(),
+            listeners: model.listeners.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
+            routes: model.routes.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
             clusters,
             model: Arc::new(model),
             source,

@@ -226,7 +226,12 @@ fn names_of(interest: &Interest) -> Vec<String> {
     }
 }
 
-async fn sotw_session<H: Handler>(config: &AdsConfig, client: &mut Client, handler: &mut H, states: &mut BTreeMap<String, TypeState>) -> Result<(), (AdsError, bool)> {
+async fn sotw_session<H: Handler>(
+    config: &AdsConfig,
+    client: &mut Client,
+    handler: &mut H,
+    states: &mut BTreeMap<String, TypeState>,
+) -> Result<(), (AdsError, bool)> {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
     let mut first = true;
     let mut node = || {
@@ -298,7 +303,12 @@ async fn sotw_session<H: Handler>(config: &AdsConfig, client: &mut Client, handl
     }
 }
 
-async fn delta_session<H: Handler>(config: &AdsConfig, client: &mut Client, handler: &mut H, states: &mut BTreeMap<String, TypeState>) -> Result<(), (AdsError, bool)> {
+async fn delta_session<H: Handler>(
+    config: &AdsConfig,
+    client: &mut Client,
+    handler: &mut H,
+    states: &mut BTreeMap<String, TypeState>,
+) -> Result<(), (AdsError, bool)> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
     let mut first = true;
     let mut node = || {
@@ -348,7 +358,8 @@ async fn delta_session<H: Handler>(config: &AdsConfig, client: &mut Client, hand
         }
         let offered: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let removed = response.removed_resources.clone();
-        let mut rejections = handler.apply(&type_url, Update::Delta { system_version: response.system_version_info.clone(), resources, removed: removed.clone() });
+        let mut rejections =
+            handler.apply(&type_url, Update::Delta { system_version: response.system_version_info.clone(), resources, removed: removed.clone() });
         rejections.extend(malformed);
         let state = states.entry(type_url.clone()).or_default();
         state.nonce = response.nonce.clone();
@@ -387,7 +398,13 @@ async fn delta_session<H: Handler>(config: &AdsConfig, client: &mut Client, hand
                 state.resource_versions.remove(name);
             }
             state.interest = Some(wanted);
-            let req = DeltaDiscoveryRequest { node: node(), type_url: t, resource_names_subscribe: subscribe, resource_names_unsubscribe: unsubscribe, ..Default::default() };
+            let req = DeltaDiscoveryRequest {
+                node: node(),
+                type_url: t,
+                resource_names_subscribe: subscribe,
+                resource_names_unsubscribe: unsubscribe,
+                ..Default::default()
+            };
             tx.send(req).await.map_err(|_| (AdsError::SendFailed, healthy))?;
         }
     }

@@ -53,12 +53,7 @@ fn common_metadata(id: &NodeIdentity) -> BTreeMap<String, Value> {
 }
 
 fn node(id_string: String, metadata: BTreeMap<String, Value>) -> Node {
-    Node {
-        id: id_string,
-        metadata: Some(Struct { fields: metadata.into_iter().collect() }),
-        user_agent_name: "node-proxy".to_owned(),
-        ..Default::default()
-    }
+    Node { id: id_string, metadata: Some(Struct { fields: metadata.into_iter().collect() }), user_agent_name: "node-proxy".to_owned(), ..Default::default() }
 }
 
 /// `ztunnel~IP~pod.ns~ns.svc.cluster.local`: istiod's workload-API generator.

@@ -10,6 +10,7 @@ pub mod retry;
 pub mod route;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,14 +19,16 @@ pub use common::Name;
 pub use listener::Listener;
 pub use route::RouteTable;
 
-/// Everything the proxy serves, keyed by resource name.
+/// Everything the proxy serves, keyed by resource name. Resources are shared
+/// (`Arc`): a new model after an update shares every resource that did not change,
+/// so the runtime can tell what changed by pointer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     #[serde(default)]
-    pub listeners: BTreeMap<Name, Listener>,
+    pub listeners: BTreeMap<Name, Arc<Listener>>,
     /// Route configurations referenced by name (RDS) from listeners.
     #[serde(default)]
-    pub routes: BTreeMap<Name, RouteTable>,
+    pub routes: BTreeMap<Name, Arc<RouteTable>>,
     #[serde(default)]
-    pub clusters: BTreeMap<Name, Cluster>,
+    pub clusters: BTreeMap<Name, Arc<Cluster>>,
 }

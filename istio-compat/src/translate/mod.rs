@@ -18,6 +18,7 @@ mod route;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use prost::Message;
 use serde::Serialize;
@@ -182,7 +183,7 @@ impl Translation {
         let mut cx = Context::new("listener", &listener::name_of(l));
         let result = listener::translate(l, &mut cx);
         self.absorb(type_url::LISTENER, cx, result, |m, v| {
-            m.listeners.insert(v.name.clone(), v);
+            m.listeners.insert(v.name.clone(), Arc::new(v));
         });
     }
 
@@ -195,7 +196,7 @@ impl Translation {
         }
         self.absorb(type_url::ROUTE_CONFIGURATION, cx, result, |m, v| {
             if !v.name.is_empty() {
-                m.routes.insert(v.name.clone(), v);
+                m.routes.insert(v.name.clone(), Arc::new(v));
             }
         });
     }
@@ -204,7 +205,7 @@ impl Translation {
         let mut cx = Context::new("cluster", &c.name);
         let result = cluster::translate(c, &mut cx);
         self.absorb(type_url::CLUSTER, cx, result, |m, v| {
-            m.clusters.insert(v.name.clone(), v);
+            m.clusters.insert(v.name.clone(), Arc::new(v));
         });
     }
 
@@ -223,7 +224,7 @@ impl Translation {
         for cluster in self.model.clusters.values_mut() {
             if let Discovery::Eds { service_name } = &cluster.discovery {
                 if let Some(e) = endpoints.remove(service_name) {
-                    cluster.priorities = e;
+                    Arc::make_mut(cluster).priorities = e;
                 }
             }
         }
