@@ -67,6 +67,14 @@ impl Cluster {
         }
     }
 
+    /// The EDS service name its endpoints come under, for an EDS cluster.
+    pub fn eds_service_name(&self) -> Option<&Name> {
+        match &self.discovery {
+            Discovery::Eds { service_name } => Some(service_name),
+            _ => None,
+        }
+    }
+
     /// All endpoints, every priority and locality.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.priorities.iter().flatten().flat_map(|l| l.endpoints.iter())

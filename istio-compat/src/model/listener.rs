@@ -111,6 +111,17 @@ pub struct ConnectionInfo<'a> {
 }
 
 impl Listener {
+    /// Names of the route configurations (RDS) its HTTP filter chains use.
+    pub fn rds_names(&self) -> impl Iterator<Item = &Name> {
+        self.filter_chains.iter().chain(self.default_filter_chain.iter()).filter_map(|chain| match &chain.kind {
+            ChainKind::Http(hcm) => match &hcm.routes {
+                RouteSource::Rds(name) => Some(name),
+                RouteSource::Inline(_) => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Envoy's filter chain selection: at each criterion in turn (destination port,
     /// destination IP, server name, transport protocol, application protocols,
     /// direct source IP, source type, source IP, source port) keep the chains with the

@@ -8,6 +8,7 @@ pub mod fault;
 pub mod listener;
 pub mod retry;
 pub mod route;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

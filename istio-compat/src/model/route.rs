@@ -46,6 +46,24 @@ struct DomainIndex {
 }
 
 impl RouteTable {
+    /// Every cluster a route of this table may send to (named, weighted, mirrored);
+    /// clusters chosen by a request header are not known in advance.
+    pub fn cluster_names(&self) -> std::collections::BTreeSet<&Name> {
+        let mut names = std::collections::BTreeSet::new();
+        for route in self.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()) {
+            let Action::Forward(f) = &route.action else { continue };
+            match &f.cluster {
+                ClusterSpecifier::Cluster(n) => {
+                    names.insert(n);
+                }
+                ClusterSpecifier::Weighted(w) => names.extend(w.clusters.iter().map(|c| &c.name)),
+                ClusterSpecifier::Header(_) => {}
+            }
+            names.extend(f.mirrors.iter().map(|m| &m.cluster));
+        }
+        names
+    }
+
     /// A table of these virtual hosts, indexed.
     pub fn new(name: &str, virtual_hosts: Vec<VirtualHost>) -> Self {
         RouteTable { name: name.into(), virtual_hosts, ..Default::default() }.index()

@@ -15,6 +15,7 @@ mod common;
 mod coverage;
 mod listener;
 mod route;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -166,35 +167,73 @@ pub(crate) fn extension_type(any: &Any) -> String {
     name.to_owned()
 }
 
+/// One resource's translation: the model value, or why the resource is rejected; and
+/// what of it is not supported either way. xDS applies resources one by one through these.
+#[derive(Debug)]
+pub struct One<T> {
+    pub result: Result<T, Rejected>,
+    pub unsupported: Vec<Unsupported>,
+}
+
+fn one<T>(type_url: &str, cx: Context, result: Result<T, Invalid>) -> One<T> {
+    let result = result.map_err(|e| Rejected {
+        reason: if e.path.is_empty() { e.reason } else { format!("{}: {}", e.path, e.reason) },
+        resource: cx.resource,
+        type_url: type_url.to_owned(),
+    });
+    One { result, unsupported: cx.unsupported }
+}
+
+/// Endpoints by priority, as a `ClusterLoadAssignment` gives them.
+pub type Priorities = Vec<Vec<crate::model::cluster::LocalityEndpoints>>;
+
+pub fn listener(l: &PbListener) -> One<crate::model::Listener> {
+    let mut cx = Context::new("listener", &listener::name_of(l));
+    let result = listener::translate(l, &mut cx);
+    one(type_url::LISTENER, cx, result)
+}
+
+pub fn route_configuration(rc: &RouteConfiguration) -> One<crate::model::RouteTable> {
+    let mut cx = Context::new("route", &rc.name);
+    let result = route::translate(rc, "", &mut cx);
+    if rc.name.is_empty() {
+        // Only RDS names reach a route table here; an unnamed one can only be inline.
+        cx.report("name", "envoy.config.route.v3.RouteConfiguration (unnamed, not referenceable)", Effect::Ignored);
+    }
+    one(type_url::ROUTE_CONFIGURATION, cx, result)
+}
+
+pub fn cluster(c: &PbCluster) -> One<crate::model::cluster::Cluster> {
+    let mut cx = Context::new("cluster", &c.name);
+    let result = cluster::translate(c, &mut cx);
+    one(type_url::CLUSTER, cx, result)
+}
+
+/// The endpoints of a `ClusterLoadAssignment` (named by its `cluster_name`, the EDS service name).
+pub fn load_assignment(cla: &ClusterLoadAssignment) -> One<Priorities> {
+    let mut cx = Context::new("endpoints", &cla.cluster_name);
+    coverage::check_message(cla, &cx.resource, "", &mut cx.unsupported);
+    let result = cluster::load_assignment(cla, "");
+    one(type_url::CLUSTER_LOAD_ASSIGNMENT, cx, result)
+}
+
 impl Translation {
-    fn absorb<T>(&mut self, type_url: &str, cx: Context, result: Result<T, Invalid>, insert: impl FnOnce(&mut Model, T)) {
-        self.unsupported.extend(cx.unsupported);
-        match result {
+    fn absorb<T>(&mut self, one: One<T>, insert: impl FnOnce(&mut Model, T)) {
+        self.unsupported.extend(one.unsupported);
+        match one.result {
             Ok(v) => insert(&mut self.model, v),
-            Err(e) => self.rejected.push(Rejected {
-                resource: cx.resource,
-                type_url: type_url.to_owned(),
-                reason: if e.path.is_empty() { e.reason } else { format!("{}: {}", e.path, e.reason) },
-            }),
+            Err(r) => self.rejected.push(r),
         }
     }
 
     pub fn add_listener(&mut self, l: &PbListener) {
-        let mut cx = Context::new("listener", &listener::name_of(l));
-        let result = listener::translate(l, &mut cx);
-        self.absorb(type_url::LISTENER, cx, result, |m, v| {
+        self.absorb(listener(l), |m, v| {
             m.listeners.insert(v.name.clone(), Arc::new(v));
         });
     }
 
     pub fn add_route_configuration(&mut self, rc: &RouteConfiguration) {
-        let mut cx = Context::new("route", &rc.name);
-        let result = route::translate(rc, "", &mut cx);
-        if rc.name.is_empty() {
-            // Only RDS names reach a route table here; an unnamed one can only be inline.
-            cx.report("name", "envoy.config.route.v3.RouteConfiguration (unnamed, not referenceable)", Effect::Ignored);
-        }
-        self.absorb(type_url::ROUTE_CONFIGURATION, cx, result, |m, v| {
+        self.absorb(route_configuration(rc), |m, v| {
             if !v.name.is_empty() {
                 m.routes.insert(v.name.clone(), Arc::new(v));
             }
@@ -202,25 +241,20 @@ impl Translation {
     }
 
     pub fn add_cluster(&mut self, c: &PbCluster) {
-        let mut cx = Context::new("cluster", &c.name);
-        let result = cluster::translate(c, &mut cx);
-        self.absorb(type_url::CLUSTER, cx, result, |m, v| {
+        self.absorb(cluster(c), |m, v| {
             m.clusters.insert(v.name.clone(), Arc::new(v));
         });
     }
 
     /// Endpoints for the EDS clusters whose service name is `cla.cluster_name`.
-    pub fn add_load_assignment(&mut self, cla: &ClusterLoadAssignment, pending: &mut BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>) {
-        let mut cx = Context::new("endpoints", &cla.cluster_name);
-        coverage::check_message(cla, &cx.resource, "", &mut cx.unsupported);
-        let result = cluster::load_assignment(cla, "");
-        self.absorb(type_url::CLUSTER_LOAD_ASSIGNMENT, cx, result, |_, v| {
+    pub fn add_load_assignment(&mut self, cla: &ClusterLoadAssignment, pending: &mut BTreeMap<Name, Priorities>) {
+        self.absorb(load_assignment(cla), |_, v| {
             pending.insert(cla.cluster_name.as_str().into(), v);
         });
     }
 
     /// Gives each EDS cluster the endpoints found for its service name.
-    fn attach_endpoints(&mut self, mut endpoints: BTreeMap<Name, Vec<Vec<crate::model::cluster::LocalityEndpoints>>>) {
+    fn attach_endpoints(&mut self, mut endpoints: BTreeMap<Name, Priorities>) {
         for cluster in self.model.clusters.values_mut() {
             if let Discovery::Eds { service_name } = &cluster.discovery {
                 if let Some(e) = endpoints.remove(service_name) {
