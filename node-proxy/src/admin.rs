@@ -25,6 +25,7 @@ use crate::drain::Drain;
 use crate::logging::LogControl;
 use crate::snapshot::{Live, Snapshot};
 use crate::telemetry::metrics::Metrics;
+use crate::xds::Xds;
 
 /// Readiness as drop guards: ready when every guard has been dropped.
 #[derive(Default)]
@@ -71,6 +72,8 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub drain: Arc<Drain>,
     pub logs: Arc<LogControl>,
+    /// The xDS state, when configuration comes from istiod.
+    pub xds: Option<Xds>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,7 +155,7 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 };
             }
-            let dump = config_dump(&snapshot);
+            let dump = config_dump(&snapshot, state.xds.as_ref(), query_param(&req, "include_eds").is_some());
             // The descriptor pool was only built for this dump: drop it again.
             xds_client::protojson::release();
             crate::app::return_free_memory();
@@ -191,28 +194,47 @@ fn any<T: Message + prost::Name>(m: &T) -> Any {
     Any { type_url: T::type_url(), value: m.encode_to_vec() }
 }
 
-/// Envoy's admin `ConfigDump` of the loaded configuration.
-fn config_dump(snapshot: &Snapshot) -> Result<serde_json::Value, xds_client::protojson::JsonError> {
+/// Envoy's admin `ConfigDump`: the static configuration and, with xDS, every dynamic
+/// resource with its version, last update and rejection (endpoints with `include_eds`,
+/// as Envoy).
+fn config_dump(snapshot: &Snapshot, xds: Option<&Xds>, include_eds: bool) -> Result<serde_json::Value, xds_client::protojson::JsonError> {
     let source = &snapshot.source;
-    if let Some(dump) = &source.dump {
+    if let (Some(dump), None) = (&source.dump, xds) {
         return xds_client::protojson::to_json(dump);
     }
     let last_updated = Some(timestamp(snapshot.loaded_at));
     let mut configs = Vec::new();
+    let sr = source.bootstrap.as_ref().and_then(|b| b.static_resources.clone()).unwrap_or_default();
     if let Some(b) = &source.bootstrap {
         configs.push(any(&admin::BootstrapConfigDump { bootstrap: Some(b.clone()), last_updated }));
-        let sr = b.static_resources.clone().unwrap_or_default();
-        configs.push(any(&admin::ListenersConfigDump {
-            version_info: String::new(),
-            static_listeners: sr.listeners.iter().map(|l| admin::listeners_config_dump::StaticListener { listener: Some(any(l)), last_updated }).collect(),
-            dynamic_listeners: Vec::new(),
-        }));
-        configs.push(any(&admin::ClustersConfigDump {
-            version_info: String::new(),
-            static_clusters: sr.clusters.iter().map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(any(c)), last_updated }).collect(),
-            dynamic_active_clusters: Vec::new(),
-            dynamic_warming_clusters: Vec::new(),
-        }));
+    }
+    let mut listeners = admin::ListenersConfigDump {
+        static_listeners: sr.listeners.iter().map(|l| admin::listeners_config_dump::StaticListener { listener: Some(any(l)), last_updated }).collect(),
+        ..Default::default()
+    };
+    let mut clusters = admin::ClustersConfigDump {
+        static_clusters: sr.clusters.iter().map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(any(c)), last_updated }).collect(),
+        ..Default::default()
+    };
+    match xds.map(Xds::dump) {
+        Some(d) => {
+            clusters.version_info = d.clusters.version_info;
+            clusters.dynamic_active_clusters = d.clusters.dynamic_active_clusters;
+            clusters.dynamic_warming_clusters = d.clusters.dynamic_warming_clusters;
+            listeners.version_info = d.listeners.version_info;
+            listeners.dynamic_listeners = d.listeners.dynamic_listeners;
+            configs.push(any(&clusters));
+            if include_eds {
+                configs.push(any(&d.endpoints));
+            }
+            configs.push(any(&listeners));
+            configs.push(any(&d.routes));
+        }
+        None if source.bootstrap.is_some() => {
+            configs.push(any(&listeners));
+            configs.push(any(&clusters));
+        }
+        None => {}
     }
     xds_client::protojson::to_json(&admin::ConfigDump { configs })
 }

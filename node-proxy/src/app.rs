@@ -13,11 +13,12 @@ use istio_compat::model::listener::{AccessLog, AccessLogFormat};
 use crate::admin::{self, AdminState, Port, Readiness};
 use crate::config;
 use crate::drain::Drain;
-use crate::listener::{self, Options};
+use crate::listener::{self, ListenerManager, Options};
 use crate::logging::LogControl;
 use crate::runtime::{Shared, Worker};
 use crate::snapshot::{Live, Snapshot};
 use crate::telemetry::metrics::Metrics;
+use crate::xds::{Xds, XdsSettings};
 
 /// Everything `node-proxy run` needs to know.
 #[derive(Clone, Debug)]
@@ -32,6 +33,9 @@ pub struct Settings {
     pub access_log: Option<(String, AccessLogFormat)>,
     /// SO_MARK for upstream connections.
     pub upstream_mark: Option<u32>,
+    /// Take listeners, routes, clusters and endpoints from istiod (added to `config`'s
+    /// static resources when both are given).
+    pub xds: Option<XdsSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +52,13 @@ pub enum StartError {
 
 /// Runs the proxy until it is told to stop. Returns once drained.
 pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
-    let loaded = match &settings.config {
-        Some(path) => config::load_file(path)?,
-        None => config::load_default()?,
+    let loaded = match (&settings.config, &settings.xds) {
+        (Some(path), _) => config::load_file(path)?,
+        // From istiod alone: nothing static.
+        (None, Some(xds)) => {
+            config::Loaded { model: Default::default(), source: config::ConfigSource { origin: format!("xDS {}", xds.address), ..Default::default() } }
+        }
+        (None, None) => config::load_default()?,
     };
     tracing::info!(
         origin = %loaded.source.origin,
@@ -63,16 +71,18 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     // The Envoy descriptor pool (~30 MB) is only needed to read JSON/YAML: give it back.
     xds_client::protojson::release();
     return_free_memory();
-    let snapshot = Snapshot::build(loaded.model, Arc::new(loaded.source), None);
+    let static_model = loaded.model.clone();
+    let source = Arc::new(loaded.source);
+    let snapshot = Snapshot::build(loaded.model, source.clone(), None);
     for missing in snapshot.missing_routes() {
         tracing::warn!(route = %missing, "a listener references route configuration {missing}, which is not loaded: its requests get 404 NR");
     }
-    let listeners: Vec<_> = snapshot.listeners.values().cloned().collect();
     let live = Arc::new(Live::new(snapshot));
     let workers = settings.workers.max(1);
-    let bound = listener::bind_all(&listeners, workers)?;
-    for b in &bound {
-        tracing::info!(listener = %b.name, address = %b.address, workers, "listening");
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+    let mut listeners = ListenerManager::new(senders);
+    for l in live.load().listeners.values().filter(|l| l.bind_to_port) {
+        listeners.activate(listener::bind(l, workers)?);
     }
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
@@ -80,15 +90,31 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let config_guard = readiness.guard("config");
     let workers_guard = readiness.guard("workers");
     let drain = Arc::new(Drain::default());
+    let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
         live: live.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         drain: drain.clone(),
         active_faults: AtomicU32::new(0),
         upstream_mark: settings.upstream_mark,
     });
-    let state =
-        Arc::new(AdminState { live: live.clone(), metrics: shared.metrics.clone(), readiness: readiness.clone(), drain: drain.clone(), logs: Arc::new(logs) });
+    // With xDS, the listener manager belongs to the stream's state: it binds and stops
+    // listeners as they come and go. Without, it holds the static listeners until exit.
+    let (xds, xds_ready, static_listeners) = match &settings.xds {
+        Some(x) => {
+            let (xds, ready) = Xds::new(listeners, static_model, source, live.clone(), metrics.clone(), x.initial_fetch_timeout);
+            (Some(xds), Some(ready), None)
+        }
+        None => (None, None, Some(listeners)),
+    };
+    let state = Arc::new(AdminState {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        drain: drain.clone(),
+        logs: Arc::new(logs),
+        xds: xds.clone(),
+    });
 
     let ports = [
         (Some(settings.admin_address), Port::Admin, "admin"),
@@ -106,17 +132,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         }
     }
 
-    // Workers: each takes its socket of every listener.
-    let mut per_worker: Vec<Vec<(istio_compat::model::Name, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
-    for b in bound {
-        for (i, socket) in b.sockets.into_iter().enumerate() {
-            per_worker[i].push((b.name.clone(), socket));
-        }
-    }
     let default_access_log = settings.access_log.clone().map(|(path, format)| Arc::new(AccessLog { path, format }));
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut threads = Vec::new();
-    for (id, sockets) in per_worker.into_iter().enumerate() {
+    for (id, commands) in receivers.into_iter().enumerate() {
         let shared = shared.clone();
         let default_access_log = default_access_log.clone();
         let started = started_tx.clone();
@@ -132,15 +151,9 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
             local.block_on(&rt, async move {
                 let worker = Worker::new(id, shared.clone());
                 let options = Rc::new(Options { default_access_log });
-                let mut accepts = Vec::new();
-                for (name, socket) in sockets {
-                    accepts.push(tokio::task::spawn_local(listener::accept_loop(worker.clone(), name, socket, options.clone())));
-                }
                 let _ = started.send(());
                 let reaper = tokio::task::spawn_local(reap_idle(worker.clone()));
-                for a in accepts {
-                    let _ = a.await;
-                }
+                listener::serve_commands(worker.clone(), commands, options).await;
                 // Draining: in-flight connections finish on this thread.
                 shared.drain.wait_closed(Duration::from_secs(3600)).await;
                 reaper.abort();
@@ -162,9 +175,22 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
             tokio::spawn(admin::serve(l, port, state.clone()));
         }
         crate::control::resolve_all(&live).await;
-        drop(config_guard);
+        if let (Some(xds), Some(settings)) = (xds, &settings.xds) {
+            tracing::info!(address = %settings.address, node = %xds_client::node::sidecar(&settings.identity).id, protocol = ?settings.protocol, "taking configuration from istiod");
+            let drain = drain.clone();
+            let stream = settings.envoy_stream();
+            tokio::spawn(async move { xds.run(stream, async move { drain.signaled().await }).await });
+        }
+        // Ready once istiod's first listeners and clusters are live (or the initial
+        // fetch timeout passed), as Envoy's init manager.
+        tokio::spawn(async move {
+            if let Some(mut ready) = xds_ready {
+                let _ = ready.wait_for(|r| *r).await;
+            }
+            drop(config_guard);
+            tracing::info!("ready");
+        });
         tokio::spawn(crate::control::run(live.clone()));
-        tracing::info!("ready");
         wait_for_shutdown(&drain).await;
         tracing::info!(open_connections = drain.open_connections(), timeout = ?settings.drain_timeout, "draining");
         drain.start();
@@ -172,6 +198,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         if left > 0 {
             tracing::warn!(open_connections = left, "drain timeout: closing remaining connections");
         }
+        drop(static_listeners);
     });
     // Workers still busy after the drain timeout are abandoned with the process.
     drop(threads);

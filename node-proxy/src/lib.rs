@@ -4,7 +4,7 @@
 //! ([`http`]), the TCP proxy ([`tcp`]), upstream clusters, load balancing and pools
 //! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
 //! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
-//! telemetry ([`telemetry`]) and graceful shutdown ([`drain`]). [`app`] wires them.
+//! telemetry ([`telemetry`]) graceful shutdown ([`drain`]) and configuration from istiod ([`xds`]). [`app`] wires them.
 
 pub mod admin;
 pub mod app;
@@ -20,3 +20,4 @@ pub mod snapshot;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;
+pub mod xds;

@@ -27,32 +27,114 @@ pub enum BindError {
     Bind { name: Name, address: SocketAddr, source: io::Error, hint: &'static str },
 }
 
-/// A listener's sockets, one per worker.
+/// A listener's sockets, one per worker, bound but not yet accepting.
 pub struct Bound {
     pub name: Name,
     pub address: SocketAddr,
     pub sockets: Vec<std::net::TcpListener>,
 }
 
-/// Binds every `bind_to_port` listener of the snapshot, `workers` sockets each.
-pub fn bind_all(listeners: &[Arc<Listener>], workers: usize) -> Result<Vec<Bound>, BindError> {
-    let mut bound = Vec::new();
-    for l in listeners.iter().filter(|l| l.bind_to_port) {
-        let mut sockets = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            sockets.push(bind_reuseport(l.address).map_err(|source| {
-                let hint = match source.kind() {
-                    io::ErrorKind::AddrInUse => ": another process listens there (ss -ltnp)",
-                    io::ErrorKind::PermissionDenied => ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
-                    io::ErrorKind::AddrNotAvailable => ": no interface has that address",
-                    _ => "",
-                };
-                BindError::Bind { name: l.name.clone(), address: l.address, source, hint }
-            })?);
-        }
-        bound.push(Bound { name: l.name.clone(), address: l.address, sockets });
+/// Binds `workers` SO_REUSEPORT sockets for a `bind_to_port` listener.
+pub fn bind(l: &Listener, workers: usize) -> Result<Bound, BindError> {
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        sockets.push(bind_reuseport(l.address).map_err(|source| {
+            let hint = match source.kind() {
+                io::ErrorKind::AddrInUse => ": another process listens there (ss -ltnp)",
+                io::ErrorKind::PermissionDenied => ": ports below 1024 need root or CAP_NET_BIND_SERVICE",
+                io::ErrorKind::AddrNotAvailable => ": no interface has that address",
+                _ => "",
+            };
+            BindError::Bind { name: l.name.clone(), address: l.address, source, hint }
+        })?);
     }
-    Ok(bound)
+    Ok(Bound { name: l.name.clone(), address: l.address, sockets })
+}
+
+/// What the listener manager tells a worker.
+pub enum WorkerCommand {
+    /// Accept on this socket for listener `name`; `id` names this generation of it.
+    Listen { id: u64, name: Name, socket: std::net::TcpListener },
+    /// Stop accepting on generation `id` (connections already accepted go on).
+    Stop { id: u64 },
+}
+
+/// Which listeners the workers accept on: binds, hands each worker its socket, and
+/// stops listeners that went away. Owned by whoever changes the configuration.
+pub struct ListenerManager {
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>,
+    accepting: std::collections::HashMap<Name, (u64, SocketAddr)>,
+    next_id: u64,
+}
+
+impl ListenerManager {
+    pub fn new(workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>) -> Self {
+        ListenerManager { workers, accepting: Default::default(), next_id: 1 }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether the workers accept for `name` on `address` already.
+    pub fn is_accepting(&self, name: &str, address: SocketAddr) -> bool {
+        self.accepting.get(name).is_some_and(|(_, a)| *a == address)
+    }
+
+    /// Makes the workers accept on `bound` (replacing the listener's previous sockets).
+    pub fn activate(&mut self, bound: Bound) {
+        self.stop(&bound.name);
+        let id = self.next_id;
+        self.next_id += 1;
+        for (worker, socket) in self.workers.iter().zip(bound.sockets) {
+            let _ = worker.send(WorkerCommand::Listen { id, name: bound.name.clone(), socket });
+        }
+        tracing::info!(listener = %bound.name, address = %bound.address, workers = self.workers.len(), "listening");
+        self.accepting.insert(bound.name, (id, bound.address));
+    }
+
+    /// Stops accepting for `name`.
+    pub fn stop(&mut self, name: &str) {
+        if let Some((id, address)) = self.accepting.remove(name) {
+            for worker in &self.workers {
+                let _ = worker.send(WorkerCommand::Stop { id });
+            }
+            tracing::info!(listener = %name, %address, "stopped listening");
+        }
+    }
+
+    /// Stops every listener not in `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<Name> = self.accepting.keys().filter(|n| !keep(n)).cloned().collect();
+        for name in gone {
+            self.stop(&name);
+        }
+    }
+}
+
+/// A worker's side of the listener manager: runs accept loops as told, until draining.
+pub async fn serve_commands(worker: Rc<Worker>, mut commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>, options: Rc<Options>) {
+    let mut accepting: std::collections::HashMap<u64, tokio::task::JoinHandle<()>> = Default::default();
+    let drain = worker.shared.drain.clone();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(WorkerCommand::Listen { id, name, socket }) => {
+                    accepting.insert(id, tokio::task::spawn_local(accept_loop(worker.clone(), name, socket, options.clone())));
+                }
+                Some(WorkerCommand::Stop { id }) => {
+                    if let Some(task) = accepting.remove(&id) {
+                        task.abort();
+                    }
+                }
+                None => break,
+            },
+            _ = drain.signaled() => break,
+        }
+    }
+    for (_, task) in accepting {
+        let _ = task.await;
+    }
 }
 
 pub fn bind_reuseport(address: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -72,6 +72,95 @@ struct RunArgs {
     /// Format of --access-log: Istio's default text or its JSON encoding.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     access_log_format: LogFormat,
+    #[command(flatten)]
+    xds: XdsArgs,
+}
+
+/// Configuration from istiod. The environment names are the ones Istio's ztunnel
+/// DaemonSet sets, so the node proxy drops into the same deployment contract.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "xDS from istiod")]
+struct XdsArgs {
+    /// istiod's address: `https://istiod.istio-system.svc:15012` (TLS, token) or
+    /// `http://HOST:15010` (plaintext). Without it, configuration comes from --config alone.
+    #[arg(long, env = "XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// Istio's root certificate (PEM) to trust for istiod.
+    #[arg(long, env = "XDS_ROOT_CA", default_value = "/var/run/secrets/istio/root-cert.pem")]
+    xds_root_cert: PathBuf,
+    /// The name to verify in istiod's certificate (default: the address's host).
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    xds_server_name: Option<String>,
+    /// Projected service-account token sent to istiod (audience istio-ca).
+    #[arg(long, env = "AUTH_TOKEN", default_value = "/var/run/secrets/tokens/istio-token")]
+    token_path: PathBuf,
+    /// Istio's cluster id (the `clusterid` header and CLUSTER_ID node metadata).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// The mesh's DNS domain.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// State of the world or incremental (Delta) ADS for the Envoy resources.
+    #[arg(long, value_enum, env = "XDS_PROTOCOL", default_value_t = XdsProtocol::Sotw)]
+    xds_protocol: XdsProtocol,
+    /// How long a resource may warm (and start-up may wait for istiod) before it goes live anyway.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    initial_fetch_timeout: Duration,
+    /// This pod's name (the Downward API's metadata.name).
+    #[arg(long, env = "POD_NAME", default_value = "node-proxy")]
+    pod_name: String,
+    /// This pod's namespace: istiod builds the Envoy resources for a proxy in it.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pod_namespace: String,
+    /// This pod's IP (status.podIP).
+    #[arg(long, env = "INSTANCE_IP")]
+    instance_ip: Option<String>,
+    /// The Kubernetes node this proxy serves (spec.nodeName).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "")]
+    service_account: String,
+    /// The Istio version istiod should generate for.
+    #[arg(long, env = "ISTIO_VERSION", default_value = "1.28.0")]
+    istio_version: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdsProtocol {
+    Sotw,
+    Delta,
+}
+
+impl XdsArgs {
+    fn settings(self) -> Option<node_proxy::xds::XdsSettings> {
+        let address = self.xds_address?;
+        let https = address.starts_with("https://");
+        let identity = xds_client::node::NodeIdentity {
+            ips: vec![self.instance_ip.unwrap_or_else(|| "127.0.0.1".to_owned())],
+            pod_name: self.pod_name,
+            namespace: self.pod_namespace,
+            dns_domain: self.cluster_domain,
+            cluster_id: self.cluster_id.clone(),
+            istio_version: self.istio_version,
+            service_account: self.service_account,
+            node_name: self.node_name,
+            labels: Default::default(),
+        };
+        Some(node_proxy::xds::XdsSettings {
+            address,
+            // Root certificate and token only go with TLS (Istio sends no token in plaintext).
+            root_cert: https.then_some(self.xds_root_cert),
+            server_name: self.xds_server_name,
+            token_path: https.then_some(self.token_path),
+            cluster_id: Some(self.cluster_id),
+            protocol: match self.xds_protocol {
+                XdsProtocol::Sotw => xds_client::ads::Protocol::StateOfTheWorld,
+                XdsProtocol::Delta => xds_client::ads::Protocol::Delta,
+            },
+            identity,
+            initial_fetch_timeout: self.initial_fetch_timeout,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -159,6 +248,7 @@ fn run(args: RunArgs) -> ExitCode {
             (path, format)
         }),
         upstream_mark: args.upstream_mark,
+        xds: args.xds.settings(),
     };
     match app::run(settings, logs) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::{Stream, StreamExt};
@@ -21,6 +22,92 @@ use tonic::{Request, Response, Status, Streaming};
 use xds_client::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer};
 use xds_client::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource};
 use xds_client::pb::google::protobuf::Any;
+
+/// An Envoy resource given as canonical protojson (e.g. from the [`crate::config`]
+/// builders), encoded as the `Any` istiod would send.
+pub fn any_from_json<M: prost::Message + Default + prost::Name>(value: serde_json::Value) -> Any {
+    let decoded = xds_client::protojson::from_json::<M>(value).unwrap_or_else(|e| panic!("test resource is not a valid {}: {e}", M::full_name()));
+    Any { type_url: M::type_url(), value: decoded.message.encode_to_vec() }
+}
+
+/// Every dynamic (and static) listener, route configuration, cluster and endpoint
+/// assignment of an Envoy admin config dump (istiod's output as a proxy holds it),
+/// as `(type URL, name, resource)` for [`AdsServer::set_all`].
+pub fn resources_of_config_dump(path: &std::path::Path) -> Vec<(String, String, Any)> {
+    use xds_client::pb::envoy::admin::v3 as admin;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let value = xds_client::protojson::parse_yaml_or_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dump = xds_client::protojson::from_json::<admin::ConfigDump>(value).unwrap_or_else(|e| panic!("{}: {e}", path.display())).message;
+    let mut out = Vec::new();
+    let mut push = |type_url: &str, name: String, any: Option<Any>| {
+        if let Some(any) = any {
+            out.push((type_url.to_owned(), name, any));
+        }
+    };
+    for config in &dump.configs {
+        let name = xds_client::protojson::type_name(&config.type_url);
+        let bytes = config.value.as_slice();
+        match name {
+            "envoy.admin.v3.ListenersConfigDump" => {
+                let d = admin::ListenersConfigDump::decode(bytes).expect("ListenersConfigDump");
+                for l in d.dynamic_listeners {
+                    push(xds_client::type_url::LISTENER, l.name, l.active_state.and_then(|s| s.listener));
+                }
+            }
+            "envoy.admin.v3.ClustersConfigDump" => {
+                let d = admin::ClustersConfigDump::decode(bytes).expect("ClustersConfigDump");
+                for c in d.dynamic_active_clusters {
+                    let name = c.cluster.as_ref().map(resource_name::<xds_client::pb::envoy::config::cluster::v3::Cluster>).unwrap_or_default();
+                    push(xds_client::type_url::CLUSTER, name, c.cluster);
+                }
+            }
+            "envoy.admin.v3.RoutesConfigDump" => {
+                let d = admin::RoutesConfigDump::decode(bytes).expect("RoutesConfigDump");
+                for r in d.dynamic_route_configs {
+                    let name = r.route_config.as_ref().map(resource_name::<xds_client::pb::envoy::config::route::v3::RouteConfiguration>).unwrap_or_default();
+                    push(xds_client::type_url::ROUTE_CONFIGURATION, name, r.route_config);
+                }
+            }
+            "envoy.admin.v3.EndpointsConfigDump" => {
+                let d = admin::EndpointsConfigDump::decode(bytes).expect("EndpointsConfigDump");
+                for e in d.dynamic_endpoint_configs {
+                    let name =
+                        e.endpoint_config.as_ref().map(resource_name::<xds_client::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>).unwrap_or_default();
+                    push(xds_client::type_url::CLUSTER_LOAD_ASSIGNMENT, name, e.endpoint_config);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `name` (or `cluster_name`) field of an encoded resource.
+fn resource_name<M: prost::Message + Default + NamedResource>(any: &Any) -> String {
+    M::decode(any.value.as_slice()).map(|m| m.resource_name()).unwrap_or_default()
+}
+
+trait NamedResource {
+    fn resource_name(&self) -> String;
+}
+
+impl NamedResource for xds_client::pb::envoy::config::cluster::v3::Cluster {
+    fn resource_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl NamedResource for xds_client::pb::envoy::config::route::v3::RouteConfiguration {
+    fn resource_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl NamedResource for xds_client::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    fn resource_name(&self) -> String {
+        self.cluster_name.clone()
+    }
+}
 
 /// A request the client sent, as the test sees it.
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ pub mod ads_server;
 pub mod binary;
 pub mod clients;
 pub mod config;
+pub mod corpus;
 pub mod grpc;
 pub mod metrics;
 pub mod netns;

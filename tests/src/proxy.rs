@@ -99,12 +99,25 @@ impl Proxy {
         proxy.wait_ready(Duration::from_secs(20))
     }
 
+    /// Starts the proxy with no configuration file, taking everything from the ADS
+    /// server at `ads_url` (`--xds-address`); `opts.extra_args` add to the xDS flags.
+    /// Waits until ready (istiod's first listeners and clusters live).
+    pub fn start_xds(ads_url: &str, mut opts: ProxyOptions) -> Proxy {
+        let mut args: Vec<String> = vec!["--xds-address".into(), ads_url.into(), "--pod-name".into(), "node-proxy-test".into()];
+        args.append(&mut opts.extra_args);
+        opts.extra_args = args;
+        let proxy = Proxy::spawn("", &opts);
+        proxy.wait_ready(Duration::from_secs(30))
+    }
+
     /// Starts the process without waiting for readiness.
     pub fn spawn(config: &str, opts: &ProxyOptions) -> Proxy {
         let bin = crate::binary::node_proxy_bin();
         let dir = tempfile::Builder::new().prefix("node-proxy-test-").tempdir().expect("temp dir");
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        // An empty configuration: the proxy runs from xDS alone.
+        let config_args = if config.is_empty() { Vec::new() } else { vec!["--config".to_owned(), config_path.display().to_string()] };
         let admin = opts.admin_address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port())));
         let mut argv: Vec<String> = Vec::new();
         if let Some(ns) = &opts.netns {
@@ -112,10 +125,9 @@ impl Proxy {
         }
         argv.extend(opts.wrapper.iter().cloned());
         argv.push(bin.display().to_string());
+        argv.extend(config_args);
         argv.extend(
             [
-                "--config",
-                &config_path.display().to_string(),
                 "--workers",
                 &opts.workers.to_string(),
                 "--admin-address",
@@ -146,7 +158,7 @@ impl Proxy {
             dir,
             config_path,
             admin,
-            listeners: listeners_of(config),
+            listeners: if config.is_empty() { Vec::new() } else { listeners_of(config) },
             stdout,
             stderr,
             readers,

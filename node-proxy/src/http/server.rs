@@ -38,10 +38,7 @@ pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
     // request, so an idle connection does not keep a slot of that size (hyper keeps
     // one per HTTP/1 connection).
     let service = service_fn(move |req| {
-        let f = proxy::handle(svc_cx.clone(), req);
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| tracing::warn!("handle future size {}", std::mem::size_of_val(&f)));
-        let fut = Box::pin(f);
+        let fut = Box::pin(proxy::handle(svc_cx.clone(), req));
         async move { Ok::<_, Infallible>(fut.await) }
     });
 

@@ -243,6 +243,71 @@ pub struct Metrics {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: prometheus_client::metrics::gauge::Gauge,
     pub downstream_rq_total: Counter,
+    pub xds: XdsMetrics,
+}
+
+/// The xDS client's health, in the spirit of Envoy's `control_plane.*` and
+/// per-subscription `update_*` statistics, labelled by type URL instead of by prefix.
+pub struct XdsMetrics {
+    /// 1 while a stream to istiod is up (Envoy: `control_plane.connected_state`).
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// Responses received per type (Envoy: `update_attempt`).
+    pub update_attempt: Family<TypeLabel, Counter>,
+    /// Responses applied whole (Envoy: `update_success`).
+    pub update_success: Family<TypeLabel, Counter>,
+    /// Responses with at least one rejected resource (Envoy: `update_rejected`).
+    pub update_rejected: Family<TypeLabel, Counter>,
+    /// From receipt of a response to the new snapshot being live, in milliseconds.
+    pub update_duration_ms: Family<TypeLabel, Histogram, fn() -> Histogram>,
+    /// Resources held per type and state (active, warming).
+    pub resources: Family<ResourceLabels, prometheus_client::metrics::gauge::Gauge>,
+    /// Encoded size of the resources held per type (the snapshot's size on the wire).
+    pub resource_bytes: Family<TypeLabel, prometheus_client::metrics::gauge::Gauge>,
+    /// The live snapshot's version (increments on every applied change).
+    pub snapshot_version: prometheus_client::metrics::gauge::Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TypeLabel {
+    pub type_url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub type_url: String,
+    pub state: &'static str,
+}
+
+fn apply_histogram() -> Histogram {
+    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0])
+}
+
+impl XdsMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = XdsMetrics {
+            connected: Default::default(),
+            update_attempt: Default::default(),
+            update_success: Default::default(),
+            update_rejected: Default::default(),
+            update_duration_ms: Family::new_with_constructor(apply_histogram as fn() -> Histogram),
+            resources: Default::default(),
+            resource_bytes: Default::default(),
+            snapshot_version: Default::default(),
+        };
+        registry.register("envoy_control_plane_connected_state", "1 while the xDS stream to istiod is connected", m.connected.clone());
+        registry.register("node_proxy_xds_update_attempt", "xDS responses received, per type", m.update_attempt.clone());
+        registry.register("node_proxy_xds_update_success", "xDS responses applied whole, per type", m.update_success.clone());
+        registry.register("node_proxy_xds_update_rejected", "xDS responses with rejected resources (NACKed), per type", m.update_rejected.clone());
+        registry.register(
+            "node_proxy_xds_update_duration_milliseconds",
+            "Time from receiving an xDS response to its snapshot being live",
+            m.update_duration_ms.clone(),
+        );
+        registry.register("node_proxy_xds_resources", "xDS resources held, per type and state", m.resources.clone());
+        registry.register("node_proxy_xds_resource_bytes", "Encoded size of the xDS resources held, per type", m.resource_bytes.clone());
+        registry.register("node_proxy_snapshot_version", "Version of the live configuration snapshot", m.snapshot_version.clone());
+        m
+    }
 }
 
 /// What one finished request adds to the metrics.
@@ -279,6 +344,7 @@ impl Metrics {
         registry.register("envoy_http_downstream_cx", "Downstream connections accepted", downstream_cx_total.clone());
         registry.register("envoy_http_downstream_cx_active", "Downstream connections open", downstream_cx_active.clone());
         registry.register("envoy_http_downstream_rq", "Downstream requests", downstream_rq_total.clone());
+        let xds = XdsMetrics::register(&mut registry);
         Metrics {
             registry,
             requests_total,
@@ -292,6 +358,7 @@ impl Metrics {
             downstream_cx_total,
             downstream_cx_active,
             downstream_rq_total,
+            xds,
         }
     }
 

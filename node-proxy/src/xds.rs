@@ -1,0 +1,843 @@
+//! Configuration from istiod over ADS: the Envoy resources (LDS, RDS, CDS, EDS) of a
+//! sidecar-type stream, validated and translated one by one, warmed, and applied as
+//! one new snapshot per response.
+//!
+//! Owns: which resources are held (active, warming, and the last failure of each),
+//! warming (an EDS cluster waits for its endpoints; a route table waits for clusters
+//! that are still warming; a listener waits for its route tables; each at most the
+//! initial fetch timeout, as Envoy's `initial_fetch_timeout`), removal of route tables
+//! and endpoints no longer referenced (Envoy's unsubscribe), binding new listeners
+//! before accepting them (a failed bind is a NACK), and the dynamic half of
+//! `/config_dump`. Does not own: the stream (`xds_client::ads`) or what a resource
+//! means (`istio_compat::translate`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use istio_compat::model::cluster::Cluster;
+use istio_compat::model::{Listener, Model, Name, RouteTable};
+use istio_compat::translate::{self, One, Priorities};
+use prost::Message;
+use xds_client::ads::{self, Event, Handler, Interest, Rejection, Update};
+use xds_client::pb::envoy::admin::v3 as admin;
+use xds_client::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use xds_client::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_client::pb::envoy::config::listener::v3::Listener as PbListener;
+use xds_client::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_client::pb::google::protobuf::{Any, Timestamp};
+use xds_client::type_url;
+
+use crate::config::ConfigSource;
+use crate::listener::{self, Bound, ListenerManager};
+use crate::snapshot::Live;
+use crate::telemetry::metrics::{Metrics, ResourceLabels, TypeLabel};
+
+/// How to reach istiod and who to be.
+#[derive(Clone, Debug)]
+pub struct XdsSettings {
+    /// `https://istiod.istio-system.svc:15012` or `http://…:15010`.
+    pub address: String,
+    pub root_cert: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub token_path: Option<PathBuf>,
+    pub cluster_id: Option<String>,
+    pub protocol: ads::Protocol,
+    pub identity: xds_client::node::NodeIdentity,
+    /// How long a resource may warm (and start-up may wait) before going live anyway.
+    pub initial_fetch_timeout: Duration,
+}
+
+impl XdsSettings {
+    fn ads_config(&self, node: xds_client::pb::envoy::config::core::v3::Node, protocol: ads::Protocol) -> ads::AdsConfig {
+        let mut transport = xds_client::transport::TransportConfig::new(&self.address);
+        transport.root_cert = self.root_cert.clone();
+        transport.server_name = self.server_name.clone();
+        transport.token_path = self.token_path.clone();
+        transport.cluster_id = self.cluster_id.clone();
+        ads::AdsConfig { transport, node, protocol, backoff: ads::Backoff::default() }
+    }
+
+    /// The sidecar-type stream carrying Envoy resources.
+    pub fn envoy_stream(&self) -> ads::AdsConfig {
+        self.ads_config(xds_client::node::sidecar(&self.identity), self.protocol)
+    }
+}
+
+/// A resource as held: its translation and where it came from.
+struct Held<T> {
+    version: String,
+    last_updated: SystemTime,
+    /// When it started warming (or went live).
+    since: Instant,
+    raw: Any,
+    value: Arc<T>,
+}
+
+/// The last update of a resource that was rejected.
+struct Failure {
+    version: String,
+    at: SystemTime,
+    reason: String,
+    raw: Option<Any>,
+}
+
+/// The resources of one type.
+struct Kind<T> {
+    type_url: &'static str,
+    active: BTreeMap<Name, Held<T>>,
+    warming: BTreeMap<Name, Held<T>>,
+    failures: BTreeMap<Name, Failure>,
+    /// The last version_info (state of the world) or system version (Delta) received.
+    version: String,
+    /// Whether a response of this type arrived yet.
+    received: bool,
+}
+
+impl<T> Kind<T> {
+    fn new(type_url: &'static str) -> Self {
+        Kind { type_url, active: BTreeMap::new(), warming: BTreeMap::new(), failures: BTreeMap::new(), version: String::new(), received: false }
+    }
+
+    /// The newest accepted version of `name`: warming if there is one, else active.
+    fn latest(&self, name: &str) -> Option<&Held<T>> {
+        self.warming.get(name).or_else(|| self.active.get(name))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        self.active.keys().chain(self.warming.keys())
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        let a = self.active.remove(name).is_some();
+        let w = self.warming.remove(name).is_some();
+        self.failures.remove(name);
+        a || w
+    }
+
+    fn bytes(&self) -> usize {
+        self.active.values().chain(self.warming.values()).map(|h| h.raw.value.len()).sum()
+    }
+}
+
+/// A cluster with its endpoints attached, and what it was made from.
+struct Attached {
+    config: Arc<Cluster>,
+    endpoints: Option<Arc<Priorities>>,
+    cluster: Arc<Cluster>,
+}
+
+/// A resource of an update that is not taken, and why.
+struct Refused {
+    name: Name,
+    version: String,
+    /// The resource as received, when it decoded.
+    raw: Option<Any>,
+    reason: String,
+}
+
+/// An update, decoded and translated.
+struct Decoded<T> {
+    accepted: Vec<Candidate<T>>,
+    refused: Vec<Refused>,
+    /// Names a Delta response removes.
+    removed: Vec<String>,
+    /// State of the world: the update holds every resource of its type.
+    full: bool,
+    version: String,
+}
+
+/// A decoded and translated resource, before it is placed.
+struct Candidate<T> {
+    name: Name,
+    version: String,
+    raw: Any,
+    value: T,
+}
+
+/// Everything the Envoy-resource stream holds.
+pub struct EnvoyState {
+    listeners: Kind<Listener>,
+    routes: Kind<RouteTable>,
+    clusters: Kind<Cluster>,
+    endpoints: Kind<Priorities>,
+    /// Sockets of listeners bound but not yet accepting (warming).
+    pending_sockets: HashMap<Name, Bound>,
+    /// Clusters with their endpoints attached, reused while neither changes.
+    attached: HashMap<Name, Attached>,
+    manager: ListenerManager,
+    static_model: Model,
+    source: Arc<ConfigSource>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    warm_timeout: Duration,
+    started: Instant,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// The shared handle: the ADS handler, the warming timer and the admin port use it.
+#[derive(Clone)]
+pub struct Xds(Arc<Mutex<EnvoyState>>);
+
+/// Why a resource type is not taken.
+const UNKNOWN_TYPE: &str = "node-proxy does not take this resource type on the Envoy stream";
+
+impl Xds {
+    pub fn new(
+        manager: ListenerManager,
+        static_model: Model,
+        source: Arc<ConfigSource>,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        warm_timeout: Duration,
+    ) -> (Xds, tokio::sync::watch::Receiver<bool>) {
+        let (ready, ready_rx) = tokio::sync::watch::channel(false);
+        let state = EnvoyState {
+            listeners: Kind::new(type_url::LISTENER),
+            routes: Kind::new(type_url::ROUTE_CONFIGURATION),
+            clusters: Kind::new(type_url::CLUSTER),
+            endpoints: Kind::new(type_url::CLUSTER_LOAD_ASSIGNMENT),
+            pending_sockets: HashMap::new(),
+            attached: HashMap::new(),
+            manager,
+            static_model,
+            source,
+            live,
+            metrics,
+            warm_timeout,
+            started: Instant::now(),
+            ready,
+        };
+        (Xds(Arc::new(Mutex::new(state))), ready_rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, EnvoyState> {
+        // A panic while holding the lock leaves consistent data (every update is
+        // applied to the store before the snapshot is built): carry on with it.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the stream until `shutdown`, and the warming timer beside it.
+    pub async fn run(self, config: ads::AdsConfig, shutdown: impl std::future::Future<Output = ()>) {
+        let timer = {
+            let xds = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    xds.lock().on_tick();
+                }
+            })
+        };
+        let mut handler = EnvoyHandler(self);
+        ads::run(config, &mut handler, shutdown).await;
+        timer.abort();
+    }
+
+    /// The dynamic resources for `/config_dump`, as Envoy's admin messages.
+    pub fn dump(&self) -> Dump {
+        self.lock().dump()
+    }
+}
+
+/// The dynamic halves of Envoy's admin config dumps (the static fields are empty).
+pub struct Dump {
+    pub clusters: admin::ClustersConfigDump,
+    pub endpoints: admin::EndpointsConfigDump,
+    pub listeners: admin::ListenersConfigDump,
+    pub routes: admin::RoutesConfigDump,
+}
+
+struct EnvoyHandler(Xds);
+
+impl Handler for EnvoyHandler {
+    fn apply(&mut self, type_url: &str, update: Update) -> Vec<Rejection> {
+        self.0.lock().apply(type_url, update)
+    }
+
+    fn subscriptions(&self) -> Vec<(String, Interest)> {
+        self.0.lock().subscriptions()
+    }
+
+    fn event(&mut self, event: Event<'_>) {
+        let state = self.0.lock();
+        let m = &state.metrics.xds;
+        match event {
+            Event::Connecting { address } => tracing::debug!(%address, "connecting to istiod"),
+            Event::Connected => {
+                m.connected.set(1);
+                tracing::info!("xDS stream to istiod connected");
+            }
+            Event::Disconnected { error, retry_in } => {
+                m.connected.set(0);
+                tracing::warn!(?retry_in, "xDS stream to istiod lost: {error}; serving the last good configuration");
+            }
+            Event::Received { type_url, resources, removed } => tracing::debug!(type_url, resources, removed, "xDS response"),
+            Event::Acked { type_url, version } => tracing::debug!(type_url, version, "xDS ACK"),
+            Event::Nacked { type_url, version, rejections } => {
+                for r in rejections {
+                    tracing::warn!(type_url, version, resource = %r.name, "xDS resource rejected: {}", r.reason);
+                }
+            }
+        }
+    }
+}
+
+fn decode<M: Message + Default + prost::Name>(any: &Any) -> Result<M, String> {
+    let want = M::type_url();
+    if any.type_url != want && xds_client::protojson::type_name(&any.type_url) != M::full_name() {
+        return Err(format!("expected a {want}, got {}", any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
+}
+
+fn log_unsupported(unsupported: &[translate::Unsupported]) {
+    for u in unsupported {
+        tracing::warn!("{u}");
+    }
+}
+
+/// Decodes and translates every resource of an update; returns the candidates, the
+/// rejections, and (Delta) the removed names.
+fn candidates<M, T>(update: Update, name_of: impl Fn(&M) -> &str, translate: impl Fn(&M) -> One<T>) -> Decoded<T>
+where
+    M: Message + Default + prost::Name,
+{
+    let (items, removed, full, version) = match update {
+        Update::Full { version, resources } => (resources.into_iter().map(|a| (None, version.clone(), a)).collect::<Vec<_>>(), Vec::new(), true, version),
+        Update::Delta { system_version, resources, removed } => {
+            (resources.into_iter().map(|r| (Some(r.name), r.version, r.body)).collect(), removed, false, system_version)
+        }
+    };
+    let mut out = Vec::new();
+    let mut rejected = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, (given, version, raw)) in items.into_iter().enumerate() {
+        let fallback = given.clone().unwrap_or_else(|| format!("resources[{i}]"));
+        let message = match decode::<M>(&raw) {
+            Ok(m) => m,
+            Err(reason) => {
+                // Bytes that do not decode cannot be shown in /config_dump either.
+                rejected.push(Refused { name: Name::from(fallback), version, raw: None, reason });
+                continue;
+            }
+        };
+        let name = name_of(&message).to_owned();
+        if let Some(given) = &given {
+            if *given != name {
+                rejected.push(Refused {
+                    name: Name::from(given.as_str()),
+                    version,
+                    raw: Some(raw),
+                    reason: format!("the resource is named {name:?}, not {given:?}"),
+                });
+                continue;
+            }
+        }
+        if name.is_empty() {
+            rejected.push(Refused { name: Name::from(fallback), version, raw: Some(raw), reason: "the resource has no name".to_owned() });
+            continue;
+        }
+        if !seen.insert(name.clone()) {
+            rejected.push(Refused { name: Name::from(name.as_str()), version, raw: Some(raw), reason: "duplicate resource name in one response".to_owned() });
+            continue;
+        }
+        let one = translate(&message);
+        log_unsupported(&one.unsupported);
+        match one.result {
+            Ok(value) => out.push(Candidate { name: Name::from(name.as_str()), version, raw, value }),
+            Err(r) => rejected.push(Refused { name: Name::from(name.as_str()), version, raw: Some(raw), reason: r.reason }),
+        }
+    }
+    Decoded { accepted: out, refused: rejected, removed, full, version }
+}
+
+impl EnvoyState {
+    fn apply(&mut self, type_url: &str, update: Update) -> Vec<Rejection> {
+        let start = Instant::now();
+        let label = TypeLabel { type_url: type_url.to_owned() };
+        self.metrics.xds.update_attempt.get_or_create(&label).inc();
+        let rejections = match type_url {
+            type_url::CLUSTER => self.apply_clusters(update),
+            type_url::CLUSTER_LOAD_ASSIGNMENT => self.apply_endpoints(update),
+            type_url::ROUTE_CONFIGURATION => self.apply_routes(update),
+            type_url::LISTENER => self.apply_listeners(update),
+            _ => {
+                let names = match update {
+                    Update::Full { resources, .. } => resources.iter().enumerate().map(|(i, _)| format!("resources[{i}]")).collect(),
+                    Update::Delta { resources, .. } => resources.into_iter().map(|r| r.name).collect::<Vec<_>>(),
+                };
+                let mut r: Vec<Rejection> = names.into_iter().map(|name| Rejection { name, reason: UNKNOWN_TYPE.to_owned() }).collect();
+                if r.is_empty() {
+                    r.push(Rejection { name: type_url.to_owned(), reason: UNKNOWN_TYPE.to_owned() });
+                }
+                r
+            }
+        };
+        self.settle(false);
+        if rejections.is_empty() {
+            self.metrics.xds.update_success.get_or_create(&label).inc();
+        } else {
+            self.metrics.xds.update_rejected.get_or_create(&label).inc();
+        }
+        self.metrics.xds.update_duration_ms.get_or_create(&label).observe(start.elapsed().as_secs_f64() * 1000.0);
+        rejections
+    }
+
+    /// Records rejections as failures and turns them into NACK entries.
+    fn reject<T>(kind: &mut Kind<T>, refused: Vec<Refused>) -> Vec<Rejection> {
+        let at = SystemTime::now();
+        refused
+            .into_iter()
+            .map(|Refused { name, version, raw, reason }| {
+                let r = Rejection { name: name.to_string(), reason: reason.clone() };
+                kind.failures.insert(name, Failure { version, at, reason, raw });
+                r
+            })
+            .collect()
+    }
+
+    fn held<T>(c: Candidate<T>) -> (Name, Held<T>) {
+        (c.name, Held { version: c.version, last_updated: SystemTime::now(), since: Instant::now(), raw: c.raw, value: Arc::new(c.value) })
+    }
+
+    /// State of the world for LDS/CDS: what the response does not name is gone,
+    /// except resources whose update was just rejected (the last good one stays).
+    fn sotw_removals<T>(kind: &mut Kind<T>, kept: &BTreeSet<Name>) {
+        let gone: Vec<Name> = kind.names().filter(|n| !kept.contains(*n)).cloned().collect();
+        for name in gone {
+            kind.remove(&name);
+        }
+    }
+
+    fn apply_clusters(&mut self, update: Update) -> Vec<Rejection> {
+        let Decoded { accepted: cands, refused: rejected, removed, full, version } = candidates::<PbCluster, _>(update, |c| &c.name, translate::cluster);
+        self.clusters.received = true;
+        self.clusters.version = version;
+        if full {
+            let kept = cands.iter().map(|c| c.name.clone()).chain(rejected.iter().map(|r| r.name.clone())).collect();
+            Self::sotw_removals(&mut self.clusters, &kept);
+        }
+        for name in removed {
+            self.clusters.remove(&name);
+        }
+        for c in cands {
+            self.clusters.failures.remove(&c.name);
+            // An unchanged cluster keeps its place (and its live state).
+            if let Some(h) = self.clusters.active.get_mut(&c.name) {
+                if *h.value == c.value {
+                    h.version = c.version;
+                    h.raw = c.raw;
+                    self.clusters.warming.remove(&c.name);
+                    continue;
+                }
+            }
+            let (name, held) = Self::held(c);
+            self.clusters.warming.insert(name, held);
+        }
+        Self::reject(&mut self.clusters, rejected)
+    }
+
+    fn apply_endpoints(&mut self, update: Update) -> Vec<Rejection> {
+        let Decoded { accepted: cands, refused: rejected, removed, version, .. } =
+            candidates::<ClusterLoadAssignment, _>(update, |c| &c.cluster_name, translate::load_assignment);
+        self.endpoints.received = true;
+        self.endpoints.version = version;
+        // State of the world for EDS names only what changed; removal is by unsubscribing.
+        for name in removed {
+            self.endpoints.remove(&name);
+        }
+        for c in cands {
+            self.endpoints.failures.remove(&c.name);
+            let (name, held) = Self::held(c);
+            self.endpoints.active.insert(name, held);
+        }
+        Self::reject(&mut self.endpoints, rejected)
+    }
+
+    fn apply_routes(&mut self, update: Update) -> Vec<Rejection> {
+        let Decoded { accepted: cands, refused: rejected, removed, version, .. } =
+            candidates::<RouteConfiguration, _>(update, |r| &r.name, translate::route_configuration);
+        self.routes.received = true;
+        self.routes.version = version;
+        for name in removed {
+            self.routes.remove(&name);
+        }
+        for c in cands {
+            self.routes.failures.remove(&c.name);
+            if let Some(h) = self.routes.active.get_mut(&c.name) {
+                if *h.value == c.value {
+                    h.version = c.version;
+                    h.raw = c.raw;
+                    self.routes.warming.remove(&c.name);
+                    continue;
+                }
+            }
+            let (name, held) = Self::held(c);
+            self.routes.warming.insert(name, held);
+        }
+        Self::reject(&mut self.routes, rejected)
+    }
+
+    fn apply_listeners(&mut self, update: Update) -> Vec<Rejection> {
+        let Decoded { accepted: cands, refused: mut rejected, removed, full, version } = candidates::<PbListener, _>(update, |l| &l.name, translate::listener);
+        self.listeners.received = true;
+        self.listeners.version = version;
+        let mut accepted = Vec::new();
+        // Addresses taken by listeners that stay (static ones, and dynamic ones this
+        // response does not replace).
+        let replaced: BTreeSet<Name> = cands.iter().map(|c| c.name.clone()).collect();
+        let mut taken: HashMap<std::net::SocketAddr, Name> = HashMap::new();
+        for l in self.static_model.listeners.values().filter(|l| l.bind_to_port) {
+            taken.insert(l.address, l.name.clone());
+        }
+        for name in self.listeners.names() {
+            // State of the world keeps only the listeners whose update was rejected;
+            // Delta keeps all but the removed ones.
+            let stays = if full { rejected.iter().any(|r| &r.name == name) } else { !removed.iter().any(|r| r.as_str() == name.as_ref()) };
+            if replaced.contains(name) || !stays {
+                continue;
+            }
+            if let Some(h) = self.listeners.latest(name) {
+                if h.value.bind_to_port {
+                    taken.insert(h.value.address, name.clone());
+                }
+            }
+        }
+        // Listeners that come back unchanged keep their addresses: a new listener
+        // clashing with one of them is the one rejected, whatever the order.
+        let (mut cands, changed): (Vec<_>, Vec<_>) = cands
+            .into_iter()
+            .partition(|c| self.listeners.active.get(&c.name).is_some_and(|h| *h.value == c.value) && !self.listeners.warming.contains_key(&c.name));
+        cands.extend(changed);
+        for c in cands {
+            if c.value.bind_to_port {
+                if let Some(other) = taken.get(&c.value.address).filter(|o| **o != c.name) {
+                    let reason = format!("address {} is already used by listener {other}", c.value.address);
+                    rejected.push(Refused { name: c.name.clone(), version: c.version.clone(), raw: Some(c.raw.clone()), reason });
+                    continue;
+                }
+                taken.insert(c.value.address, c.name.clone());
+            }
+            accepted.push(c);
+        }
+        if full {
+            let kept = accepted.iter().map(|c| c.name.clone()).chain(rejected.iter().map(|r| r.name.clone())).collect();
+            Self::sotw_removals(&mut self.listeners, &kept);
+        }
+        for name in removed {
+            self.listeners.remove(&name);
+        }
+        for c in accepted {
+            if let Some(h) = self.listeners.active.get_mut(&c.name) {
+                if *h.value == c.value {
+                    h.version = c.version;
+                    h.raw = c.raw;
+                    self.listeners.warming.remove(&c.name);
+                    self.pending_sockets.remove(&c.name);
+                    self.listeners.failures.remove(&c.name);
+                    continue;
+                }
+            }
+            // Bind before accepting the resource: a port that cannot be bound is a NACK.
+            if c.value.bind_to_port {
+                let already =
+                    self.manager.is_accepting(&c.name, c.value.address) || self.pending_sockets.get(&c.name).is_some_and(|b| b.address == c.value.address);
+                if !already {
+                    match listener::bind(&c.value, self.manager.workers()) {
+                        Ok(bound) => {
+                            self.pending_sockets.insert(c.name.clone(), bound);
+                        }
+                        Err(e) => {
+                            rejected.push(Refused { name: c.name.clone(), version: c.version.clone(), raw: Some(c.raw.clone()), reason: e.to_string() });
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.listeners.failures.remove(&c.name);
+            let (name, held) = Self::held(c);
+            self.listeners.warming.insert(name, held);
+        }
+        Self::reject(&mut self.listeners, rejected)
+    }
+
+    /// Periodic: lets resources that warmed too long go live, and declares start-up
+    /// done after the initial fetch timeout.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let since = self.clusters.warming.values().map(|h| h.since).chain(self.routes.warming.values().map(|h| h.since));
+        let any_expired = since.chain(self.listeners.warming.values().map(|h| h.since)).any(|s| now.duration_since(s) >= self.warm_timeout);
+        let startup_over = !*self.ready.borrow() && now.duration_since(self.started) >= self.warm_timeout;
+        if any_expired || startup_over {
+            self.settle(true);
+        }
+    }
+
+    /// Promotes what has warmed (or, with `expire`, warmed too long), drops what is no
+    /// longer referenced, and publishes the snapshot.
+    fn settle(&mut self, expire: bool) {
+        let now = Instant::now();
+        let timeout = self.warm_timeout;
+        let overdue = move |since: Instant| expire && now.duration_since(since) >= timeout;
+        loop {
+            let mut changed = false;
+            // Clusters: an EDS cluster waits for its endpoints.
+            let ready: Vec<Name> = self
+                .clusters
+                .warming
+                .iter()
+                .filter(|(_, h)| h.value.eds_service_name().is_none_or(|s| self.endpoints.active.contains_key(s)) || overdue(h.since))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in ready {
+                if let Some(h) = self.clusters.warming.remove(&name) {
+                    if overdue(h.since) && h.value.eds_service_name().is_some_and(|s| !self.endpoints.active.contains_key(s)) {
+                        tracing::warn!(cluster = %name, ?timeout, "no endpoints arrived within the initial fetch timeout: the cluster goes live without endpoints");
+                    }
+                    self.clusters.active.insert(name, h);
+                    changed = true;
+                }
+            }
+            // Route tables wait for clusters that are still warming for the first time.
+            let warming_only = |n: &Name| self.clusters.warming.contains_key(n) && !self.clusters.active.contains_key(n);
+            let ready: Vec<Name> = self
+                .routes
+                .warming
+                .iter()
+                .filter(|(_, h)| !h.value.cluster_names().into_iter().any(warming_only) || overdue(h.since))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in ready {
+                if let Some(h) = self.routes.warming.remove(&name) {
+                    self.routes.active.insert(name, h);
+                    changed = true;
+                }
+            }
+            // Listeners wait for their route tables.
+            let has_route = |n: &Name| self.routes.active.contains_key(n) || self.static_model.routes.contains_key(n);
+            let ready: Vec<Name> =
+                self.listeners.warming.iter().filter(|(_, h)| h.value.rds_names().all(has_route) || overdue(h.since)).map(|(n, _)| n.clone()).collect();
+            for name in ready {
+                if let Some(h) = self.listeners.warming.remove(&name) {
+                    if let Some(bound) = self.pending_sockets.remove(&name) {
+                        self.manager.activate(bound);
+                    }
+                    self.listeners.active.insert(name, h);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        self.unsubscribed();
+        self.publish();
+        let initial = self.clusters.received && self.listeners.received;
+        let warm = self.clusters.warming.is_empty() && self.listeners.warming.is_empty() && self.routes.warming.is_empty();
+        // As Envoy's init manager: ready once the first listeners and clusters have
+        // warmed (each waits at most the initial fetch timeout), or, if istiod has not
+        // answered at all, once that timeout has passed.
+        if (initial && warm) || (!initial && now.duration_since(self.started) >= self.warm_timeout) {
+            self.ready.send_if_modified(|r| !std::mem::replace(r, true));
+        }
+    }
+
+    /// Drops route tables no listener uses and endpoints no cluster uses (Envoy
+    /// unsubscribes from them; so does the stream, through `subscriptions`).
+    fn unsubscribed(&mut self) {
+        let rds: BTreeSet<Name> =
+            self.listeners.names().filter_map(|n| self.listeners.latest(n)).flat_map(|h| h.value.rds_names().cloned().collect::<Vec<_>>()).collect();
+        let unused: Vec<Name> = self.routes.names().filter(|n| !rds.contains(*n)).cloned().collect();
+        for n in unused {
+            self.routes.remove(&n);
+        }
+        let eds: BTreeSet<Name> = self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().cloned()).collect();
+        let unused: Vec<Name> = self.endpoints.names().filter(|n| !eds.contains(*n)).cloned().collect();
+        for n in unused {
+            self.endpoints.remove(&n);
+        }
+        self.pending_sockets.retain(|n, _| self.listeners.warming.contains_key(n));
+    }
+
+    /// Builds the model from the static part and the active resources, and swaps it in
+    /// if anything changed.
+    fn publish(&mut self) {
+        let mut model = self.static_model.clone();
+        for (n, h) in &self.listeners.active {
+            model.listeners.insert(n.clone(), h.value.clone());
+        }
+        for (n, h) in &self.routes.active {
+            model.routes.insert(n.clone(), h.value.clone());
+        }
+        let mut attached = HashMap::with_capacity(self.clusters.active.len());
+        for (n, h) in &self.clusters.active {
+            let endpoints = h.value.eds_service_name().and_then(|s| self.endpoints.active.get(s)).map(|e| e.value.clone());
+            let cluster = match self.attached.remove(n) {
+                Some(a) if Arc::ptr_eq(&a.config, &h.value) && opt_ptr_eq(&a.endpoints, &endpoints) => a.cluster,
+                _ => match &endpoints {
+                    Some(e) => {
+                        let mut c = (*h.value).clone();
+                        c.priorities = (**e).clone();
+                        Arc::new(c)
+                    }
+                    None => h.value.clone(),
+                },
+            };
+            model.clusters.insert(n.clone(), cluster.clone());
+            attached.insert(n.clone(), Attached { config: h.value.clone(), endpoints, cluster });
+        }
+        self.attached = attached;
+        self.update_gauges();
+        let live = self.live.load();
+        if same_model(&live.model, &model) {
+            return;
+        }
+        // Listeners that left the model stop accepting; their connections go on.
+        let snapshot = self.live.update(model, self.source.clone());
+        self.manager.retain(|n| snapshot.listeners.get(n).is_some_and(|l| l.bind_to_port));
+        self.metrics.xds.snapshot_version.set(snapshot.version as i64);
+        for missing in snapshot.missing_routes() {
+            tracing::debug!(route = %missing, "a listener references route configuration {missing}, not (yet) received: its requests get 404 NR");
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics.xds;
+        let set = |type_url: &str, active: usize, warming: usize, bytes: usize| {
+            m.resources.get_or_create(&ResourceLabels { type_url: type_url.to_owned(), state: "active" }).set(active as i64);
+            m.resources.get_or_create(&ResourceLabels { type_url: type_url.to_owned(), state: "warming" }).set(warming as i64);
+            m.resource_bytes.get_or_create(&TypeLabel { type_url: type_url.to_owned() }).set(bytes as i64);
+        };
+        set(self.listeners.type_url, self.listeners.active.len(), self.listeners.warming.len(), self.listeners.bytes());
+        set(self.routes.type_url, self.routes.active.len(), self.routes.warming.len(), self.routes.bytes());
+        set(self.clusters.type_url, self.clusters.active.len(), self.clusters.warming.len(), self.clusters.bytes());
+        set(self.endpoints.type_url, self.endpoints.active.len(), 0, self.endpoints.bytes());
+    }
+
+    fn subscriptions(&self) -> Vec<(String, Interest)> {
+        let eds: BTreeSet<String> =
+            self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().map(|s| s.to_string())).collect();
+        let rds: BTreeSet<String> = self
+            .listeners
+            .names()
+            .filter_map(|n| self.listeners.latest(n))
+            .flat_map(|h| h.value.rds_names().map(|s| s.to_string()).collect::<Vec<_>>())
+            .collect();
+        vec![
+            (type_url::CLUSTER.to_owned(), Interest::Wildcard),
+            (type_url::CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::Names(eds)),
+            (type_url::LISTENER.to_owned(), Interest::Wildcard),
+            (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::Names(rds)),
+        ]
+    }
+
+    fn dump(&self) -> Dump {
+        let ts = |t: SystemTime| {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Some(Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
+        };
+        let error = |f: &Failure| admin::UpdateFailureState {
+            failed_configuration: f.raw.clone(),
+            last_update_attempt: ts(f.at),
+            details: f.reason.clone(),
+            version_info: f.version.clone(),
+        };
+        let status = |kind_failed: bool| if kind_failed { admin::ClientResourceStatus::Nacked as i32 } else { admin::ClientResourceStatus::Acked as i32 };
+
+        // Listeners.
+        let mut names: BTreeSet<&Name> = self.listeners.names().collect();
+        names.extend(self.listeners.failures.keys());
+        let state = |h: &Held<Listener>| admin::listeners_config_dump::DynamicListenerState {
+            version_info: h.version.clone(),
+            listener: Some(h.raw.clone()),
+            last_updated: ts(h.last_updated),
+        };
+        let dynamic_listeners = names
+            .into_iter()
+            .map(|n| admin::listeners_config_dump::DynamicListener {
+                name: n.to_string(),
+                active_state: self.listeners.active.get(n).map(state),
+                warming_state: self.listeners.warming.get(n).map(state),
+                draining_state: None,
+                error_state: self.listeners.failures.get(n).map(error),
+                client_status: status(self.listeners.failures.contains_key(n)),
+            })
+            .collect();
+        let listeners = admin::ListenersConfigDump { version_info: self.listeners.version.clone(), static_listeners: Vec::new(), dynamic_listeners };
+
+        // Clusters: active and warming; a rejected cluster shows its error with the
+        // last good one (or alone, as Envoy lists it among the active ones).
+        let cluster = |n: &Name, h: Option<&Held<Cluster>>| admin::clusters_config_dump::DynamicCluster {
+            version_info: h.map(|h| h.version.clone()).unwrap_or_default(),
+            cluster: h.map(|h| h.raw.clone()),
+            last_updated: h.and_then(|h| ts(h.last_updated)),
+            error_state: self.clusters.failures.get(n).map(error),
+            client_status: status(self.clusters.failures.contains_key(n)),
+        };
+        let mut active_names: BTreeSet<&Name> = self.clusters.active.keys().collect();
+        active_names.extend(self.clusters.failures.keys().filter(|n| !self.clusters.warming.contains_key(*n)));
+        let clusters = admin::ClustersConfigDump {
+            version_info: self.clusters.version.clone(),
+            static_clusters: Vec::new(),
+            dynamic_active_clusters: active_names.into_iter().map(|n| cluster(n, self.clusters.active.get(n))).collect(),
+            dynamic_warming_clusters: self.clusters.warming.iter().map(|(n, h)| cluster(n, Some(h))).collect(),
+        };
+
+        // Route configurations and endpoints.
+        let mut names: BTreeSet<&Name> = self.routes.names().collect();
+        names.extend(self.routes.failures.keys());
+        let routes = admin::RoutesConfigDump {
+            static_route_configs: Vec::new(),
+            dynamic_route_configs: names
+                .into_iter()
+                .map(|n| {
+                    let h = self.routes.latest(n);
+                    admin::routes_config_dump::DynamicRouteConfig {
+                        version_info: h.map(|h| h.version.clone()).unwrap_or_default(),
+                        route_config: h.map(|h| h.raw.clone()),
+                        last_updated: h.and_then(|h| ts(h.last_updated)),
+                        error_state: self.routes.failures.get(n).map(error),
+                        client_status: status(self.routes.failures.contains_key(n)),
+                    }
+                })
+                .collect(),
+        };
+        let mut names: BTreeSet<&Name> = self.endpoints.names().collect();
+        names.extend(self.endpoints.failures.keys());
+        let endpoints = admin::EndpointsConfigDump {
+            static_endpoint_configs: Vec::new(),
+            dynamic_endpoint_configs: names
+                .into_iter()
+                .map(|n| {
+                    let h = self.endpoints.active.get(n);
+                    admin::endpoints_config_dump::DynamicEndpointConfig {
+                        version_info: h.map(|h| h.version.clone()).unwrap_or_default(),
+                        endpoint_config: h.map(|h| h.raw.clone()),
+                        last_updated: h.and_then(|h| ts(h.last_updated)),
+                        error_state: self.endpoints.failures.get(n).map(error),
+                        client_status: status(self.endpoints.failures.contains_key(n)),
+                    }
+                })
+                .collect(),
+        };
+        Dump { clusters, endpoints, listeners, routes }
+    }
+}
+
+fn opt_ptr_eq<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Whether two models hold the very same resources (by pointer, then by value).
+fn same_model(a: &Model, b: &Model) -> bool {
+    fn same<T: PartialEq>(x: &BTreeMap<Name, Arc<T>>, y: &BTreeMap<Name, Arc<T>>) -> bool {
+        x.len() == y.len() && x.iter().zip(y.iter()).all(|((n1, v1), (n2, v2))| n1 == n2 && (Arc::ptr_eq(v1, v2) || v1 == v2))
+    }
+    same(&a.listeners, &b.listeners) && same(&a.routes, &b.routes) && same(&a.clusters, &b.clusters)
+}
