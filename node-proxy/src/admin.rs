@@ -25,6 +25,7 @@ use crate::drain::Drain;
 use crate::logging::LogControl;
 use crate::snapshot::{Live, Snapshot};
 use crate::telemetry::metrics::Metrics;
+use crate::xds::workload::WorkloadXds;
 use crate::xds::Xds;
 
 /// Readiness as drop guards: ready when every guard has been dropped.
@@ -74,6 +75,8 @@ pub struct AdminState {
     pub logs: Arc<LogControl>,
     /// The xDS state, when configuration comes from istiod.
     pub xds: Option<Xds>,
+    /// The workload API stream's state, when it runs.
+    pub workloads: Option<WorkloadXds>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -164,6 +167,10 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        (Port::Admin, "/workloads") => match &state.workloads {
+            Some(w) => json(serde_json::to_string_pretty(&w.dump()).unwrap_or_default()),
+            None => text(StatusCode::NOT_FOUND, "the workload API stream is not running (start with --xds-address)\n"),
+        },
         (Port::Admin, "/logging") => {
             if let Some(level) = query_param(&req, "level") {
                 if req.method() != Method::POST {
@@ -180,7 +187,10 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
             state.drain.start();
             text(StatusCode::OK, "OK\n")
         }
-        (Port::Admin, "/") => text(StatusCode::OK, "node-proxy admin: /ready /config_dump[?format=model] /stats/prometheus /logging[?level=] /quitquitquit\n"),
+        (Port::Admin, "/") => text(
+            StatusCode::OK,
+            "node-proxy admin: /ready /config_dump[?format=model|include_eds] /workloads /stats/prometheus /logging[?level=] /quitquitquit\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -18,6 +18,7 @@ use crate::logging::LogControl;
 use crate::runtime::{Shared, Worker};
 use crate::snapshot::{Live, Snapshot};
 use crate::telemetry::metrics::Metrics;
+use crate::xds::workload::{LiveWorkloads, WorkloadXds};
 use crate::xds::{Xds, XdsSettings};
 
 /// Everything `node-proxy run` needs to know.
@@ -91,13 +92,16 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let workers_guard = readiness.guard("workers");
     let drain = Arc::new(Drain::default());
     let metrics = Arc::new(Metrics::new());
+    let workloads = Arc::new(LiveWorkloads::default());
     let shared = Arc::new(Shared {
         live: live.clone(),
         metrics: metrics.clone(),
         drain: drain.clone(),
         active_faults: AtomicU32::new(0),
         upstream_mark: settings.upstream_mark,
+        workloads: workloads.clone(),
     });
+    let workload_xds = settings.xds.as_ref().filter(|x| x.workload_api).map(|_| WorkloadXds::new(workloads, metrics.clone()));
     // With xDS, the listener manager belongs to the stream's state: it binds and stops
     // listeners as they come and go. Without, it holds the static listeners until exit.
     let (xds, xds_ready, static_listeners) = match &settings.xds {
@@ -114,6 +118,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         drain: drain.clone(),
         logs: Arc::new(logs),
         xds: xds.clone(),
+        workloads: workload_xds.clone(),
     });
 
     let ports = [
@@ -177,9 +182,15 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         crate::control::resolve_all(&live).await;
         if let (Some(xds), Some(settings)) = (xds, &settings.xds) {
             tracing::info!(address = %settings.address, node = %xds_client::node::sidecar(&settings.identity).id, protocol = ?settings.protocol, "taking configuration from istiod");
-            let drain = drain.clone();
             let stream = settings.envoy_stream();
-            tokio::spawn(async move { xds.run(stream, async move { drain.signaled().await }).await });
+            let stop = drain.clone();
+            tokio::spawn(async move { xds.run(stream, async move { stop.signaled().await }).await });
+            if let Some(w) = workload_xds {
+                let stream = settings.workload_stream();
+                let stop = drain.clone();
+                tracing::info!(node = %xds_client::node::ztunnel(&settings.identity).id, "taking Istio's workload API from istiod");
+                tokio::spawn(async move { w.run(stream, async move { stop.signaled().await }).await });
+            }
         }
         // Ready once istiod's first listeners and clusters are live (or the initial
         // fetch timeout passed), as Envoy's init manager.

@@ -120,6 +120,10 @@ struct XdsArgs {
     node_name: String,
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "")]
     service_account: String,
+    /// Also take Istio's workload API (workloads, services, L4 authorization) on a
+    /// ztunnel-type Delta stream.
+    #[arg(long, env = "XDS_WORKLOAD_API", default_value_t = true, action = clap::ArgAction::Set)]
+    xds_workload_api: bool,
     /// The Istio version istiod should generate for.
     #[arg(long, env = "ISTIO_VERSION", default_value = "1.28.0")]
     istio_version: String,
@@ -159,6 +163,7 @@ impl XdsArgs {
             },
             identity,
             initial_fetch_timeout: self.initial_fetch_timeout,
+            workload_api: self.xds_workload_api,
         })
     }
 }

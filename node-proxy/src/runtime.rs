@@ -27,6 +27,8 @@ pub struct Shared {
     pub active_faults: AtomicU32,
     /// SO_MARK on upstream sockets.
     pub upstream_mark: Option<u32>,
+    /// Istio's workload API view (empty without xDS).
+    pub workloads: Arc<crate::xds::workload::LiveWorkloads>,
 }
 
 /// One worker's state.

@@ -114,7 +114,8 @@ fn dash(v: Option<&str>) -> &str {
     }
 }
 
-fn rfc3339_millis(t: SystemTime) -> String {
+/// `2026-12-02T13:44:22.736Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

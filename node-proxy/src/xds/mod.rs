@@ -34,6 +34,8 @@ use crate::listener::{self, Bound, ListenerManager};
 use crate::snapshot::Live;
 use crate::telemetry::metrics::{Metrics, ResourceLabels, TypeLabel};
 
+pub mod workload;
+
 /// How to reach istiod and who to be.
 #[derive(Clone, Debug)]
 pub struct XdsSettings {
@@ -47,6 +49,8 @@ pub struct XdsSettings {
     pub identity: xds_client::node::NodeIdentity,
     /// How long a resource may warm (and start-up may wait) before going live anyway.
     pub initial_fetch_timeout: Duration,
+    /// Also open the ztunnel-type stream for Istio's workload API.
+    pub workload_api: bool,
 }
 
 impl XdsSettings {
@@ -62,6 +66,11 @@ impl XdsSettings {
     /// The sidecar-type stream carrying Envoy resources.
     pub fn envoy_stream(&self) -> ads::AdsConfig {
         self.ads_config(xds_client::node::sidecar(&self.identity), self.protocol)
+    }
+
+    /// The ztunnel-type stream carrying the workload API (Delta only, as istiod serves it).
+    pub fn workload_stream(&self) -> ads::AdsConfig {
+        self.ads_config(xds_client::node::ztunnel(&self.identity), ads::Protocol::Delta)
     }
 }
 
@@ -261,24 +270,32 @@ impl Handler for EnvoyHandler {
     }
 
     fn event(&mut self, event: Event<'_>) {
-        let state = self.0.lock();
-        let m = &state.metrics.xds;
-        match event {
-            Event::Connecting { address } => tracing::debug!(%address, "connecting to istiod"),
-            Event::Connected => {
-                m.connected.set(1);
-                tracing::info!("xDS stream to istiod connected");
+        let metrics = self.0.lock().metrics.clone();
+        log_event("Envoy resources", event, Some(&metrics.xds.connected));
+    }
+}
+
+/// Logs a stream event; `connected` follows the stream's state.
+fn log_event(stream: &str, event: Event<'_>, connected: Option<&prometheus_client::metrics::gauge::Gauge>) {
+    match event {
+        Event::Connecting { address } => tracing::debug!(%address, stream, "connecting to istiod"),
+        Event::Connected => {
+            if let Some(g) = connected {
+                g.set(1);
             }
-            Event::Disconnected { error, retry_in } => {
-                m.connected.set(0);
-                tracing::warn!(?retry_in, "xDS stream to istiod lost: {error}; serving the last good configuration");
+            tracing::info!(stream, "xDS stream to istiod connected");
+        }
+        Event::Disconnected { error, retry_in } => {
+            if let Some(g) = connected {
+                g.set(0);
             }
-            Event::Received { type_url, resources, removed } => tracing::debug!(type_url, resources, removed, "xDS response"),
-            Event::Acked { type_url, version } => tracing::debug!(type_url, version, "xDS ACK"),
-            Event::Nacked { type_url, version, rejections } => {
-                for r in rejections {
-                    tracing::warn!(type_url, version, resource = %r.name, "xDS resource rejected: {}", r.reason);
-                }
+            tracing::warn!(?retry_in, stream, "xDS stream to istiod lost: {error}; serving the last good configuration");
+        }
+        Event::Received { type_url, resources, removed } => tracing::debug!(type_url, resources, removed, "xDS response"),
+        Event::Acked { type_url, version } => tracing::debug!(type_url, version, "xDS ACK"),
+        Event::Nacked { type_url, version, rejections } => {
+            for r in rejections {
+                tracing::warn!(type_url, version, resource = %r.name, "xDS resource rejected: {}", r.reason);
             }
         }
     }
