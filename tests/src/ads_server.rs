@@ -109,6 +109,16 @@ impl NamedResource for xds_client::pb::envoy::config::endpoint::v3::ClusterLoadA
     }
 }
 
+/// A resource's version, as istiod makes it: a hash of its content, so a restarted
+/// server gives an unchanged resource the same version and a changed one another.
+fn content_version(body: &Any) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.type_url.hash(&mut h);
+    body.value.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 /// A request the client sent, as the test sees it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -139,6 +149,8 @@ struct Shared {
     /// Streams to close: the status each open stream ends with on the next close command.
     close: watch::Sender<Option<Status>>,
     streams_opened: AtomicU64,
+    /// Set when the server stops: new streams are refused.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The running server; stops with the value.
@@ -159,6 +171,7 @@ impl AdsServer {
             requests: Mutex::new(Vec::new()),
             close: watch::channel(None).0,
             streams_opened: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -194,11 +207,11 @@ impl AdsServer {
         format!("http://{}", self.addr)
     }
 
-    /// Adds or replaces a resource (version: a counter) and pushes.
+    /// Adds or replaces a resource (version: a hash of its content) and pushes.
     pub fn set(&self, type_url: &str, name: &str, body: Any) {
         {
             let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
-            let version = format!("v{}", self.shared.nonce.fetch_add(1, Ordering::SeqCst) + 1);
+            let version = content_version(&body);
             store.resources.entry(type_url.to_owned()).or_default().insert(name.to_owned(), (version, body));
         }
         self.push();
@@ -209,7 +222,7 @@ impl AdsServer {
         {
             let mut store = self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
             for (type_url, name, body) in items {
-                let version = format!("v{}", self.shared.nonce.fetch_add(1, Ordering::SeqCst) + 1);
+                let version = content_version(&body);
                 store.resources.entry(type_url).or_default().insert(name, (version, body));
             }
         }
@@ -247,6 +260,7 @@ impl AdsServer {
 impl Drop for AdsServer {
     fn drop(&mut self) {
         // End the open streams first: tonic's graceful shutdown waits for them.
+        self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.close.send_replace(Some(Status::unavailable("test ADS server stopping")));
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
@@ -281,6 +295,10 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let shared = self.shared.clone();
+        if shared.stopping.load(Ordering::SeqCst) {
+            // A client reconnecting while the server stops would hold its shutdown.
+            return Err(Status::unavailable("test ADS server stopping"));
+        }
         shared.streams_opened.fetch_add(1, Ordering::SeqCst);
         shared.close.send_replace(None);
         let mut inbound = request.into_inner();
@@ -345,6 +363,10 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let shared = self.shared.clone();
+        if shared.stopping.load(Ordering::SeqCst) {
+            // A client reconnecting while the server stops would hold its shutdown.
+            return Err(Status::unavailable("test ADS server stopping"));
+        }
         shared.streams_opened.fetch_add(1, Ordering::SeqCst);
         shared.close.send_replace(None);
         let mut inbound = request.into_inner();

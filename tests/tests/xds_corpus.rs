@@ -144,3 +144,92 @@ fn istiod_sidecar_listeners_and_routes_serve_requests_through_the_redirect() {
     let access = proxy.wait_access_log("a request routed to productpage", |e| e.upstream_cluster == PRODUCTPAGE);
     assert_eq!(access.code, 200);
 }
+
+/// istiod's gateway route tables (`gateway_routes_retry_policy.json`: an Istio Gateway
+/// with a VirtualService, prefix `/get`; `k8s_gateway_routes.json`: a Kubernetes
+/// Gateway HTTPRoute, `path_separated_prefix /get`), both for host
+/// `httpbin.example.com`, with istiod's retry policy and `include_request_attempt_count`,
+/// served over ADS behind two gateway-style listeners; the httpbin cluster is an EDS
+/// cluster with one live and one dead endpoint. Also istiod's waypoint resources
+/// (`waypoint_config_dump.json`): its cluster is taken, its internal listener NACKed.
+#[test]
+fn istiod_gateway_routes_route_by_host_and_path_with_their_retry_policy() {
+    let Some(corpus) = corpus::dir() else { return };
+    let dumps = corpus.join("istio-envoy-configdump");
+    const HTTPBIN: &str = "outbound|8000||httpbin.default.svc.cluster.local";
+    let ads = AdsServer::start();
+    let httpbin = Origin::start("httpbin");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+
+    let mut resources = Vec::new();
+    for file in ["gateway_routes_retry_policy.json", "k8s_gateway_routes.json", "waypoint_config_dump.json"] {
+        resources.extend(resources_of_config_dump(&dumps.join(file)));
+    }
+    let names: Vec<(String, String)> = resources.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+    assert!(
+        names.contains(&(ROUTE_CONFIGURATION.to_owned(), "http.8080".to_owned())) && names.contains(&(ROUTE_CONFIGURATION.to_owned(), "http.80".to_owned())),
+        "{names:?}"
+    );
+    let (p8080, p80) = (free_port(), free_port());
+    let gateway = |name: &str, port: u16, rds: &str| {
+        let l = serde_json::json!({
+            "name": name,
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+            "filter_chains": [{ "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": name,
+                    "rds": { "route_config_name": rds, "config_source": { "ads": {}, "resource_api_version": "V3" } },
+                    "http_filters": [tests::config::router_filter()],
+                },
+            }] }],
+        });
+        (LISTENER.to_owned(), name.to_owned(), ads_server::any_from_json::<xds_client::pb::envoy::config::listener::v3::Listener>(l))
+    };
+    resources.push(gateway("gateway-8080", p8080, "http.8080"));
+    resources.push(gateway("gateway-80", p80, "http.80"));
+    let cluster = serde_json::json!({
+        "name": HTTPBIN, "type": "EDS", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
+        "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" }, "service_name": HTTPBIN },
+    });
+    resources.push((CLUSTER.to_owned(), HTTPBIN.to_owned(), ads_server::any_from_json::<Cluster>(cluster)));
+    let ep = |a: std::net::SocketAddr| serde_json::json!({ "endpoint": { "address": { "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } } } });
+    let cla = serde_json::json!({ "cluster_name": HTTPBIN, "endpoints": [{ "lb_endpoints": [ep(httpbin.addr()), ep(dead_addr)] }] });
+    resources.push((CLUSTER_LOAD_ASSIGNMENT.to_owned(), HTTPBIN.to_owned(), ads_server::any_from_json::<ClusterLoadAssignment>(cla)));
+    ads.set_all(resources);
+    let proxy = Proxy::start_xds(&ads.url(), ProxyOptions { extra_args: ["--initial-fetch-timeout", "2s"].map(str::to_owned).to_vec(), ..Default::default() });
+
+    // Host and path as istiod routed them; every request answered although one
+    // endpoint refuses connections (retry_on connect-failure, previous_hosts), and the
+    // attempt count istiod asked for tells which were retried.
+    let get = |port: u16, host: &str, path: &str| Curl::new(&format!("http://127.0.0.1:{port}{path}")).host(host).run();
+    let mut attempts = Vec::new();
+    for port in [p8080, p80] {
+        for _ in 0..6 {
+            let r = get(port, "httpbin.example.com", "/get/anything");
+            assert_eq!((r.status, r.origin()), (200, Some("httpbin")), "{}", r.text());
+            attempts.push(r.json()["headers"]["x-envoy-attempt-count"][0].as_str().unwrap_or("-").to_owned());
+        }
+    }
+    assert!(attempts.iter().all(|a| a == "1" || a == "2"), "{attempts:?}");
+    assert!(attempts.iter().any(|a| a == "2"), "round robin over a dead endpoint and never a retry? {attempts:?}");
+    // Another host: no virtual host; 404.
+    assert_eq!(get(p8080, "other.example.com", "/get").status, 404);
+    // Prefix `/get` matches `/getx`; the HTTPRoute's path_separated_prefix does not.
+    assert_eq!(get(p8080, "httpbin.example.com", "/getx").status, 200);
+    assert_eq!(get(p80, "httpbin.example.com", "/getx").status, 404);
+
+    // The waypoint's resources: its EDS cluster taken; its internal listener, and the
+    // endpoints that point at it (an Envoy internal address), NACKed with the reason.
+    let nacks: Vec<String> = ads.requests().into_iter().filter_map(|r| r.error).collect();
+    assert!(nacks.iter().any(|e| e.contains("main_internal: internal_listener: Envoy internal listeners are not supported")), "{nacks:?}");
+    assert!(nacks.iter().all(|e| e.contains("Envoy internal")), "{nacks:?}");
+    let dump: Value = serde_json::from_str(&proxy.admin_get("/config_dump").body).expect("config_dump is JSON");
+    let clusters =
+        dump["configs"].as_array().into_iter().flatten().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with("ClustersConfigDump"))).expect("clusters");
+    let active: Vec<&str> = clusters["dynamic_active_clusters"].as_array().into_iter().flatten().filter_map(|c| c["cluster"]["name"].as_str()).collect();
+    assert!(active.contains(&"inbound-vip|8000|http|httpbin.default.svc.cluster.local") && active.contains(&HTTPBIN), "{active:?}");
+}

@@ -305,9 +305,42 @@ fn pushes_under_load_fail_no_request() {
     let s = clients::parse_h2load(&out);
     assert!(s.done > 1000, "too few requests to mean anything: {out}");
     assert_eq!((s.failed, s.errored, s.timeout), (0, 0, 0), "{out}");
-    assert_eq!(s.status_2xx, s.done, "{out}");
+    // (With -D, h2load may count a response that completes at the deadline in the
+    // status codes but not in `done`.)
+    assert_eq!((s.status_3xx, s.status_4xx, s.status_5xx), (0, 0, 0), "{out}");
+    assert!(s.status_2xx >= s.done, "{out}");
     // Every push was applied.
     m.wait_for("a", "v4");
     assert!(a2.request_count() > 0, "the endpoint pushed under load got no request");
     assert!(m.b.request_count() > 0, "the weighted route never sent to cb");
+}
+
+/// istiod restarts: the proxy keeps serving what it holds while istiod is away, then
+/// resynchronises with the new istiod (Delta: announcing the versions it holds).
+#[test]
+fn an_istiod_restart_keeps_the_last_good_config_and_resyncs() {
+    let Mesh { proxy, ads, a, b, port } = mesh("delta");
+    let ads_port = ads.addr().port();
+    let streams = ads.streams_opened();
+    assert!(streams >= 2, "the Envoy-resource and workload API streams");
+    drop(ads);
+    let get = || curl(&format!("http://127.0.0.1:{port}/echo"));
+    eventually("the proxy to notice istiod is gone", || (proxy.metric("envoy_control_plane_connected_state", &[]) == 0.0).then_some(()));
+    for _ in 0..5 {
+        let r = get();
+        assert_eq!((r.status, r.origin(), r.header("x-route")), (200, Some("a"), Some("v1")), "istiod away: the last good configuration must keep serving");
+    }
+    // A new istiod on the same address, whose configuration moved on meanwhile.
+    let ads = AdsServer::start_on(ads_port);
+    set_cluster(&ads, eds_cluster("ca", "1s"));
+    set_cluster(&ads, eds_cluster("cb", "1s"));
+    set_cla(&ads, "ca", &[a.addr()]);
+    set_cla(&ads, "cb", &[b.addr()]);
+    set_routes(&ads, routes(json!({ "cluster": "cb" }), "v2"));
+    set_listener(&ads, rds_listener("main", port, "main"));
+    let m = Mesh { proxy, ads, a, b, port };
+    m.wait_for("b", "v2");
+    let reconnect = m.ads.requests().into_iter().find(|r| r.delta && r.type_url == CLUSTER).expect("a Delta CDS request after the restart");
+    assert_eq!(reconnect.initial_versions.len(), 2, "the reconnecting stream announces the clusters it holds: {reconnect:?}");
+    assert_eq!(m.proxy.metric("envoy_control_plane_connected_state", &[]), 1.0);
 }
