@@ -137,6 +137,15 @@ struct Attached {
     cluster: Arc<Cluster>,
 }
 
+/// The EDS and RDS names the held clusters and listeners use, and the subscriptions
+/// they make.
+#[derive(Default)]
+struct Wanted {
+    eds: BTreeSet<Name>,
+    rds: BTreeSet<Name>,
+    subscriptions: Vec<(String, Interest)>,
+}
+
 /// A resource of an update that is not taken, and why.
 struct Refused {
     name: Name,
@@ -173,8 +182,14 @@ pub struct EnvoyState {
     endpoints: Kind<Priorities>,
     /// Sockets of listeners bound but not yet accepting (warming).
     pending_sockets: HashMap<Name, Bound>,
-    /// Clusters with their endpoints attached, reused while neither changes.
-    attached: HashMap<Name, Attached>,
+    /// Clusters with their endpoints attached, reused while neither changes; keyed by
+    /// the address of the cluster's `Arc` (held alive in the entry), cheaper to hash
+    /// than its name.
+    attached: HashMap<usize, Attached>,
+    /// What the held clusters and listeners ask for over EDS and RDS, recomputed only
+    /// when clusters or listeners change (an endpoint update costs what it changes).
+    wanted: Wanted,
+    topology_changed: bool,
     manager: ListenerManager,
     static_model: Model,
     source: Arc<ConfigSource>,
@@ -209,6 +224,8 @@ impl Xds {
             endpoints: Kind::new(type_url::CLUSTER_LOAD_ASSIGNMENT),
             pending_sockets: HashMap::new(),
             attached: HashMap::new(),
+            wanted: Wanted::default(),
+            topology_changed: true,
             manager,
             static_model,
             source,
@@ -218,6 +235,8 @@ impl Xds {
             started: Instant::now(),
             ready,
         };
+        let mut state = state;
+        state.refresh_wanted();
         (Xds(Arc::new(Mutex::new(state))), ready_rx)
     }
 
@@ -429,6 +448,7 @@ impl EnvoyState {
     }
 
     fn apply_clusters(&mut self, update: Update) -> Vec<Rejection> {
+        self.topology_changed = true;
         let Decoded { accepted: cands, refused: rejected, removed, full, version } = candidates::<PbCluster, _>(update, |c| &c.name, translate::cluster);
         self.clusters.received = true;
         self.clusters.version = version;
@@ -457,8 +477,12 @@ impl EnvoyState {
     }
 
     fn apply_endpoints(&mut self, update: Update) -> Vec<Rejection> {
-        let Decoded { accepted: cands, refused: rejected, removed, version, .. } =
+        let Decoded { accepted: mut cands, refused: mut rejected, removed, version, .. } =
             candidates::<ClusterLoadAssignment, _>(update, |c| &c.cluster_name, translate::load_assignment);
+        // As Envoy, assignments nobody asked for are ignored, valid or not.
+        let wanted = self.wanted_endpoints();
+        cands.retain(|c| wanted.contains(&c.name));
+        rejected.retain(|r| wanted.contains(&r.name) || r.raw.is_none());
         self.endpoints.received = true;
         self.endpoints.version = version;
         // State of the world for EDS names only what changed; removal is by unsubscribing.
@@ -474,8 +498,12 @@ impl EnvoyState {
     }
 
     fn apply_routes(&mut self, update: Update) -> Vec<Rejection> {
-        let Decoded { accepted: cands, refused: rejected, removed, version, .. } =
+        let Decoded { accepted: mut cands, refused: mut rejected, removed, version, .. } =
             candidates::<RouteConfiguration, _>(update, |r| &r.name, translate::route_configuration);
+        // As Envoy, route tables no listener asked for are ignored, valid or not.
+        let wanted = self.wanted_routes();
+        cands.retain(|c| wanted.contains(&c.name));
+        rejected.retain(|r| wanted.contains(&r.name) || r.raw.is_none());
         self.routes.received = true;
         self.routes.version = version;
         for name in removed {
@@ -498,6 +526,7 @@ impl EnvoyState {
     }
 
     fn apply_listeners(&mut self, update: Update) -> Vec<Rejection> {
+        self.topology_changed = true;
         let Decoded { accepted: cands, refused: mut rejected, removed, full, version } = candidates::<PbListener, _>(update, |l| &l.name, translate::listener);
         self.listeners.received = true;
         self.listeners.version = version;
@@ -649,7 +678,11 @@ impl EnvoyState {
                 break;
             }
         }
-        self.unsubscribed();
+        if self.topology_changed {
+            self.refresh_wanted();
+            self.unsubscribed();
+            self.topology_changed = false;
+        }
         self.publish();
         let initial = self.clusters.received && self.listeners.received;
         let warm = self.clusters.warming.is_empty() && self.listeners.warming.is_empty() && self.routes.warming.is_empty();
@@ -664,13 +697,12 @@ impl EnvoyState {
     /// Drops route tables no listener uses and endpoints no cluster uses (Envoy
     /// unsubscribes from them; so does the stream, through `subscriptions`).
     fn unsubscribed(&mut self) {
-        let rds: BTreeSet<Name> =
-            self.listeners.names().filter_map(|n| self.listeners.latest(n)).flat_map(|h| h.value.rds_names().cloned().collect::<Vec<_>>()).collect();
+        let rds = self.wanted_routes();
         let unused: Vec<Name> = self.routes.names().filter(|n| !rds.contains(*n)).cloned().collect();
         for n in unused {
             self.routes.remove(&n);
         }
-        let eds: BTreeSet<Name> = self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().cloned()).collect();
+        let eds = self.wanted_endpoints();
         let unused: Vec<Name> = self.endpoints.names().filter(|n| !eds.contains(*n)).cloned().collect();
         for n in unused {
             self.endpoints.remove(&n);
@@ -689,23 +721,35 @@ impl EnvoyState {
             model.routes.insert(n.clone(), h.value.clone());
         }
         let mut attached = HashMap::with_capacity(self.clusters.active.len());
-        for (n, h) in &self.clusters.active {
-            let endpoints = h.value.eds_service_name().and_then(|s| self.endpoints.active.get(s)).map(|e| e.value.clone());
-            let cluster = match self.attached.remove(n) {
-                Some(a) if Arc::ptr_eq(&a.config, &h.value) && opt_ptr_eq(&a.endpoints, &endpoints) => a.cluster,
-                _ => match &endpoints {
-                    Some(e) => {
-                        let mut c = (*h.value).clone();
-                        c.priorities = (**e).clone();
-                        Arc::new(c)
-                    }
-                    None => h.value.clone(),
-                },
-            };
-            model.clusters.insert(n.clone(), cluster.clone());
-            attached.insert(n.clone(), Attached { config: h.value.clone(), endpoints, cluster });
-        }
+        // In name order: the map is built in bulk, without a search per cluster.
+        let dynamic: BTreeMap<Name, Arc<Cluster>> = self
+            .clusters
+            .active
+            .iter()
+            .map(|(n, h)| {
+                let endpoints = h.value.eds_service_name().and_then(|s| self.endpoints.active.get(s)).map(|e| e.value.clone());
+                let key = Arc::as_ptr(&h.value) as usize;
+                let cluster = match self.attached.remove(&key) {
+                    Some(a) if Arc::ptr_eq(&a.config, &h.value) && opt_ptr_eq(&a.endpoints, &endpoints) => a.cluster,
+                    _ => match &endpoints {
+                        Some(e) => {
+                            let mut c = (*h.value).clone();
+                            c.priorities = (**e).clone();
+                            Arc::new(c)
+                        }
+                        None => h.value.clone(),
+                    },
+                };
+                attached.insert(key, Attached { config: h.value.clone(), endpoints, cluster: cluster.clone() });
+                (n.clone(), cluster)
+            })
+            .collect();
         self.attached = attached;
+        if model.clusters.is_empty() {
+            model.clusters = dynamic;
+        } else {
+            model.clusters.extend(dynamic);
+        }
         self.update_gauges();
         let live = self.live.load();
         if same_model(&live.model, &model) {
@@ -733,21 +777,32 @@ impl EnvoyState {
         set(self.endpoints.type_url, self.endpoints.active.len(), 0, self.endpoints.bytes());
     }
 
-    fn subscriptions(&self) -> Vec<(String, Interest)> {
-        let eds: BTreeSet<String> =
-            self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().map(|s| s.to_string())).collect();
-        let rds: BTreeSet<String> = self
-            .listeners
-            .names()
-            .filter_map(|n| self.listeners.latest(n))
-            .flat_map(|h| h.value.rds_names().map(|s| s.to_string()).collect::<Vec<_>>())
-            .collect();
-        vec![
+    /// The EDS service names of the clusters held (active or warming).
+    fn wanted_endpoints(&self) -> &BTreeSet<Name> {
+        &self.wanted.eds
+    }
+
+    /// The route tables the listeners held (active or warming) take over RDS.
+    fn wanted_routes(&self) -> &BTreeSet<Name> {
+        &self.wanted.rds
+    }
+
+    /// Recomputes [`Wanted`] after clusters or listeners changed.
+    fn refresh_wanted(&mut self) {
+        let eds: BTreeSet<Name> = self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().cloned()).collect();
+        let rds: BTreeSet<Name> =
+            self.listeners.names().filter_map(|n| self.listeners.latest(n)).flat_map(|h| h.value.rds_names().cloned().collect::<Vec<_>>()).collect();
+        let subscriptions = vec![
             (type_url::CLUSTER.to_owned(), Interest::Wildcard),
-            (type_url::CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::Names(eds)),
+            (type_url::CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::Names(eds.iter().map(|n| n.to_string()).collect())),
             (type_url::LISTENER.to_owned(), Interest::Wildcard),
-            (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::Names(rds)),
-        ]
+            (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::Names(rds.iter().map(|n| n.to_string()).collect())),
+        ];
+        self.wanted = Wanted { eds, rds, subscriptions };
+    }
+
+    fn subscriptions(&self) -> Vec<(String, Interest)> {
+        self.wanted.subscriptions.clone()
     }
 
     fn dump(&self) -> Dump {
