@@ -28,29 +28,39 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(model: Model, source: Arc<ConfigSource>, previous: Option<&Snapshot>) -> Snapshot {
-        let clusters = model
-            .clusters
-            .iter()
-            .map(|(name, c)| {
-                let old = previous.and_then(|p| p.clusters.get(name));
-                let config = c.clone();
-                // Unchanged config (the same shared resource, or an equal one): keep the
-                // very same state (load, ejections, counters go on).
-                if let Some(old) = old.filter(|o| Arc::ptr_eq(&o.config, &config) || *o.config == *config) {
-                    return (name.clone(), old.clone());
-                }
-                let state = ClusterState::new(config, old.map(|o| &**o));
-                if let Some(old) = old {
-                    state.inherit_stats(old);
-                }
-                (name.clone(), Arc::new(state))
-            })
-            .collect();
+        let clusters = model.clusters.iter().map(|(name, c)| (name.clone(), cluster_state(c, previous.and_then(|p| p.clusters.get(name))))).collect();
         Snapshot {
             version: previous.map_or(1, |p| p.version + 1),
             loaded_at: SystemTime::now(),
             listeners: model.listeners.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
             routes: model.routes.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
+            clusters,
+            model: Arc::new(model),
+            source,
+        }
+    }
+
+    /// The snapshot of `model`, which differs from `previous`'s only in the clusters
+    /// named in `changed`: everything else is shared, at a cost proportional to the
+    /// change (an endpoint update of a few clusters among thousands).
+    pub fn build_changed(model: Model, source: Arc<ConfigSource>, previous: &Snapshot, changed: &std::collections::BTreeSet<Name>) -> Snapshot {
+        let mut clusters = previous.clusters.clone();
+        for name in changed {
+            match model.clusters.get(name) {
+                Some(c) => {
+                    let state = cluster_state(c, previous.clusters.get(name));
+                    clusters.insert(name.clone(), state);
+                }
+                None => {
+                    clusters.remove(name);
+                }
+            }
+        }
+        Snapshot {
+            version: previous.version + 1,
+            loaded_at: SystemTime::now(),
+            listeners: previous.listeners.clone(),
+            routes: previous.routes.clone(),
             clusters,
             model: Arc::new(model),
             source,
@@ -97,6 +107,20 @@ impl Snapshot {
     }
 }
 
+/// A cluster's live state: the previous one when the configuration did not change (the
+/// same shared resource, or an equal one: load, ejections and counters go on), else a
+/// new one inheriting the previous one's statistics.
+fn cluster_state(config: &Arc<istio_compat::model::cluster::Cluster>, old: Option<&Arc<ClusterState>>) -> Arc<ClusterState> {
+    if let Some(old) = old.filter(|o| Arc::ptr_eq(&o.config, config) || *o.config == **config) {
+        return old.clone();
+    }
+    let state = ClusterState::new(config.clone(), old.map(|o| &**o));
+    if let Some(old) = old {
+        state.inherit_stats(old);
+    }
+    Arc::new(state)
+}
+
 /// The one live snapshot, shared by every worker.
 pub struct Live {
     current: ArcSwap<Snapshot>,
@@ -115,6 +139,15 @@ impl Live {
     pub fn update(&self, model: Model, source: Arc<ConfigSource>) -> Arc<Snapshot> {
         let previous = self.current.load_full();
         let next = Arc::new(Snapshot::build(model, source, Some(&previous)));
+        self.current.store(next.clone());
+        next
+    }
+
+    /// Swaps in a snapshot of `model`, which differs from the live one only in the
+    /// clusters named in `changed` ([`Snapshot::build_changed`]).
+    pub fn update_changed(&self, model: Model, source: Arc<ConfigSource>, changed: &std::collections::BTreeSet<Name>) -> Arc<Snapshot> {
+        let previous = self.current.load_full();
+        let next = Arc::new(Snapshot::build_changed(model, source, &previous, changed));
         self.current.store(next.clone());
         next
     }

@@ -142,6 +142,8 @@ struct Attached {
 #[derive(Default)]
 struct Wanted {
     eds: BTreeSet<Name>,
+    /// EDS service name -> the clusters (active or warming) that take it.
+    eds_users: BTreeMap<Name, Vec<Name>>,
     rds: BTreeSet<Name>,
     subscriptions: Vec<(String, Interest)>,
 }
@@ -190,6 +192,10 @@ pub struct EnvoyState {
     /// when clusters or listeners change (an endpoint update costs what it changes).
     wanted: Wanted,
     topology_changed: bool,
+    /// Something besides endpoints changed since the last publish: rebuild the model.
+    full_publish: bool,
+    /// EDS service names whose assignments changed since the last publish.
+    dirty_services: BTreeSet<Name>,
     manager: ListenerManager,
     static_model: Model,
     source: Arc<ConfigSource>,
@@ -226,6 +232,8 @@ impl Xds {
             attached: HashMap::new(),
             wanted: Wanted::default(),
             topology_changed: true,
+            full_publish: true,
+            dirty_services: BTreeSet::new(),
             manager,
             static_model,
             source,
@@ -449,6 +457,7 @@ impl EnvoyState {
 
     fn apply_clusters(&mut self, update: Update) -> Vec<Rejection> {
         self.topology_changed = true;
+        self.full_publish = true;
         let Decoded { accepted: cands, refused: rejected, removed, full, version } = candidates::<PbCluster, _>(update, |c| &c.name, translate::cluster);
         self.clusters.received = true;
         self.clusters.version = version;
@@ -488,9 +497,11 @@ impl EnvoyState {
         // State of the world for EDS names only what changed; removal is by unsubscribing.
         for name in removed {
             self.endpoints.remove(&name);
+            self.dirty_services.insert(Name::from(name.as_str()));
         }
         for c in cands {
             self.endpoints.failures.remove(&c.name);
+            self.dirty_services.insert(c.name.clone());
             let (name, held) = Self::held(c);
             self.endpoints.active.insert(name, held);
         }
@@ -498,6 +509,7 @@ impl EnvoyState {
     }
 
     fn apply_routes(&mut self, update: Update) -> Vec<Rejection> {
+        self.full_publish = true;
         let Decoded { accepted: mut cands, refused: mut rejected, removed, version, .. } =
             candidates::<RouteConfiguration, _>(update, |r| &r.name, translate::route_configuration);
         // As Envoy, route tables no listener asked for are ignored, valid or not.
@@ -527,6 +539,7 @@ impl EnvoyState {
 
     fn apply_listeners(&mut self, update: Update) -> Vec<Rejection> {
         self.topology_changed = true;
+        self.full_publish = true;
         let Decoded { accepted: cands, refused: mut rejected, removed, full, version } = candidates::<PbListener, _>(update, |l| &l.name, translate::listener);
         self.listeners.received = true;
         self.listeners.version = version;
@@ -677,6 +690,7 @@ impl EnvoyState {
             if !changed {
                 break;
             }
+            self.full_publish = true;
         }
         if self.topology_changed {
             self.refresh_wanted();
@@ -713,6 +727,12 @@ impl EnvoyState {
     /// Builds the model from the static part and the active resources, and swaps it in
     /// if anything changed.
     fn publish(&mut self) {
+        if !self.full_publish {
+            self.publish_endpoints();
+            return;
+        }
+        self.full_publish = false;
+        self.dirty_services.clear();
         let mut model = self.static_model.clone();
         for (n, h) in &self.listeners.active {
             model.listeners.insert(n.clone(), h.value.clone());
@@ -764,6 +784,42 @@ impl EnvoyState {
         }
     }
 
+    /// Only endpoint assignments changed since the last publish: the live model with
+    /// the clusters that use them replaced, at a cost proportional to the change.
+    fn publish_endpoints(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty_services);
+        if dirty.is_empty() {
+            return;
+        }
+        let live = self.live.load();
+        let mut model = (*live.model).clone();
+        let mut changed = BTreeSet::new();
+        for service in &dirty {
+            for name in self.wanted.eds_users.get(service).into_iter().flatten() {
+                // Warming clusters are not in the model; they are placed when promoted.
+                let Some(h) = self.clusters.active.get(name) else { continue };
+                let endpoints = self.endpoints.active.get(service).map(|e| e.value.clone());
+                let cluster = match &endpoints {
+                    Some(e) => {
+                        let mut c = (*h.value).clone();
+                        c.priorities = (**e).clone();
+                        Arc::new(c)
+                    }
+                    None => h.value.clone(),
+                };
+                self.attached.insert(Arc::as_ptr(&h.value) as usize, Attached { config: h.value.clone(), endpoints, cluster: cluster.clone() });
+                model.clusters.insert(name.clone(), cluster);
+                changed.insert(name.clone());
+            }
+        }
+        self.update_gauges();
+        if changed.is_empty() {
+            return;
+        }
+        let snapshot = self.live.update_changed(model, self.source.clone(), &changed);
+        self.metrics.xds.snapshot_version.set(snapshot.version as i64);
+    }
+
     fn update_gauges(&self) {
         let m = &self.metrics.xds;
         let set = |type_url: &str, active: usize, warming: usize, bytes: usize| {
@@ -789,7 +845,13 @@ impl EnvoyState {
 
     /// Recomputes [`Wanted`] after clusters or listeners changed.
     fn refresh_wanted(&mut self) {
-        let eds: BTreeSet<Name> = self.clusters.names().filter_map(|n| self.clusters.latest(n)).filter_map(|h| h.value.eds_service_name().cloned()).collect();
+        let mut eds_users: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
+        for name in self.clusters.names() {
+            if let Some(service) = self.clusters.latest(name).and_then(|h| h.value.eds_service_name()) {
+                eds_users.entry(service.clone()).or_default().push(name.clone());
+            }
+        }
+        let eds: BTreeSet<Name> = eds_users.keys().cloned().collect();
         let rds: BTreeSet<Name> =
             self.listeners.names().filter_map(|n| self.listeners.latest(n)).flat_map(|h| h.value.rds_names().cloned().collect::<Vec<_>>()).collect();
         let subscriptions = vec![
@@ -798,7 +860,7 @@ impl EnvoyState {
             (type_url::LISTENER.to_owned(), Interest::Wildcard),
             (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::Names(rds.iter().map(|n| n.to_string()).collect())),
         ];
-        self.wanted = Wanted { eds, rds, subscriptions };
+        self.wanted = Wanted { eds, eds_users, rds, subscriptions };
     }
 
     fn subscriptions(&self) -> Vec<(String, Interest)> {
