@@ -700,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         finished = dt.datetime.now(dt.timezone.utc)
         md, tables = build_report(run, facts, started, finished, argv)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(md)
+        old = Path(args.out).read_text() if Path(args.out).is_file() else ""
+        Path(args.out).write_text(R.keep_foreign_sections(old, md))
         write_json(run, facts, started, finished, argv, args.json)
         log("")
         log(tables)

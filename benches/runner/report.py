@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from typing import Callable
 
@@ -184,3 +185,17 @@ def memory_table(records, contenders, peaks: dict, idle_count: int) -> list[str]
         row += [counts(records, "idle", c)]
         rows.append(row)
     return table(header, rows)
+
+
+# A section another program writes into the report (e.g. the xDS scale benchmark,
+# benches/benches/xds_scale.rs): `<!-- BEGIN name … -->` … `<!-- END name -->`.
+FOREIGN_SECTION = re.compile(r"<!-- BEGIN ([\w.-]+)\b[^>]*-->.*?<!-- END \1 -->\n?", re.S)
+
+
+def keep_foreign_sections(old: str, new: str) -> str:
+    """`new` with the sections of `old` that this runner does not write appended, so a
+    re-run regenerates its own tables without dropping other benchmarks' results."""
+    kept = [m.group(0).rstrip("\n") for m in FOREIGN_SECTION.finditer(old) if m.group(0) not in new]
+    if not kept:
+        return new
+    return new.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n"
