@@ -2,26 +2,10 @@
 //! listener, route configuration and cluster is either in the model or rejected with
 //! a reason, and everything unsupported is reported with resource, type URL and field.
 
-use std::path::PathBuf;
+mod common;
+use common::corpus_dir;
 
 use istio_compat::translate::{self, Effect};
-
-/// `$NODE_PROXY_CORPUS`, else `../shared/corpus` beside the repository. `None` (test
-/// skipped) outside CI when absent; under `CI=true` its absence fails the test.
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("NODE_PROXY_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("corpus not found at {}: set NODE_PROXY_CORPUS to the shared corpus folder", dir.display());
-    }
-    eprintln!("SKIPPED: corpus not found at {} (set NODE_PROXY_CORPUS)", dir.display());
-    None
-}
 
 /// Counts the resources of each kind in a config dump, independently of our decoder.
 fn count_resources(doc: &serde_json::Value) -> (usize, usize, usize) {

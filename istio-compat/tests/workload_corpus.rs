@@ -4,6 +4,8 @@
 //! without rejection into a policy equal to the golden, clause by clause. Property
 //! tests feed arbitrary messages (and arbitrary bytes) to the translators.
 
+mod common;
+use common::corpus_dir;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -17,23 +19,6 @@ use serde_json::{json, Map, Value};
 use xds_client::istio::security as sec;
 use xds_client::istio::workload as wl;
 use xds_client::protojson;
-
-/// `$NODE_PROXY_CORPUS`, else `../shared/corpus` beside the repository. `None` (test
-/// skipped) outside CI when absent; under `CI=true` its absence fails the test.
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("NODE_PROXY_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("corpus not found at {}: set NODE_PROXY_CORPUS to the shared corpus folder", dir.display());
-    }
-    eprintln!("SKIPPED: corpus not found at {} (set NODE_PROXY_CORPUS)", dir.display());
-    None
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

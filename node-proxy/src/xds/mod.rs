@@ -125,6 +125,35 @@ impl<T> Kind<T> {
         a || w
     }
 
+    /// Takes `c` in place if it equals the active version (only its version and raw form
+    /// change, so it keeps its live state and drops any warming successor); else hands it back.
+    fn keep_unchanged(&mut self, c: Candidate<T>) -> Option<Candidate<T>>
+    where
+        T: PartialEq,
+    {
+        self.failures.remove(&c.name);
+        match self.active.get_mut(&c.name) {
+            Some(h) if *h.value == c.value => {
+                h.version = c.version;
+                h.raw = c.raw;
+                self.warming.remove(&c.name);
+                None
+            }
+            _ => Some(c),
+        }
+    }
+
+    /// Takes `c`: in place if unchanged, else to warming.
+    fn place(&mut self, c: Candidate<T>)
+    where
+        T: PartialEq,
+    {
+        if let Some(c) = self.keep_unchanged(c) {
+            let (name, held) = EnvoyState::held(c);
+            self.warming.insert(name, held);
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.active.values().chain(self.warming.values()).map(|h| h.raw.value.len()).sum()
     }
@@ -328,6 +357,38 @@ fn log_event(stream: &str, event: Event<'_>, connected: Option<&prometheus_clien
     }
 }
 
+/// Drops the resources of an update nobody subscribed to (accepted or refused; a
+/// payload that did not decode has no name to judge by and is kept).
+fn retain_wanted<T>(accepted: &mut Vec<Candidate<T>>, refused: &mut Vec<Refused>, wanted: &BTreeSet<Name>) {
+    accepted.retain(|c| wanted.contains(&c.name));
+    refused.retain(|r| wanted.contains(&r.name) || r.raw.is_none());
+}
+
+/// Every resource of an update of a type the stream does not take, NACKed with `reason`
+/// (the type itself when the update holds none).
+pub(super) fn reject_all(type_url: &str, update: Update, reason: &str) -> Vec<Rejection> {
+    let names: Vec<String> = match update {
+        Update::Full { resources, .. } => (0..resources.len()).map(|i| format!("resources[{i}]")).collect(),
+        Update::Delta { resources, .. } => resources.into_iter().map(|r| r.name).collect(),
+    };
+    let mut r: Vec<Rejection> = names.into_iter().map(|name| Rejection { name, reason: reason.to_owned() }).collect();
+    if r.is_empty() {
+        r.push(Rejection { name: type_url.to_owned(), reason: reason.to_owned() });
+    }
+    r
+}
+
+/// Counts an applied update (taken or rejected) and the time it took, per type.
+pub(super) fn record_update(metrics: &Metrics, label: &TypeLabel, start: Instant, rejections: &[Rejection]) {
+    let m = &metrics.xds;
+    if rejections.is_empty() {
+        m.update_success.get_or_create(label).inc();
+    } else {
+        m.update_rejected.get_or_create(label).inc();
+    }
+    m.update_duration_ms.get_or_create(label).observe(start.elapsed().as_secs_f64() * 1000.0);
+}
+
 fn decode<M: Message + Default + prost::Name>(any: &Any) -> Result<M, String> {
     let want = M::type_url();
     if any.type_url != want && xds_client::protojson::type_name(&any.type_url) != M::full_name() {
@@ -407,25 +468,10 @@ impl EnvoyState {
             type_url::CLUSTER_LOAD_ASSIGNMENT => self.apply_endpoints(update),
             type_url::ROUTE_CONFIGURATION => self.apply_routes(update),
             type_url::LISTENER => self.apply_listeners(update),
-            _ => {
-                let names = match update {
-                    Update::Full { resources, .. } => resources.iter().enumerate().map(|(i, _)| format!("resources[{i}]")).collect(),
-                    Update::Delta { resources, .. } => resources.into_iter().map(|r| r.name).collect::<Vec<_>>(),
-                };
-                let mut r: Vec<Rejection> = names.into_iter().map(|name| Rejection { name, reason: UNKNOWN_TYPE.to_owned() }).collect();
-                if r.is_empty() {
-                    r.push(Rejection { name: type_url.to_owned(), reason: UNKNOWN_TYPE.to_owned() });
-                }
-                r
-            }
+            _ => reject_all(type_url, update, UNKNOWN_TYPE),
         };
         self.settle(false);
-        if rejections.is_empty() {
-            self.metrics.xds.update_success.get_or_create(&label).inc();
-        } else {
-            self.metrics.xds.update_rejected.get_or_create(&label).inc();
-        }
-        self.metrics.xds.update_duration_ms.get_or_create(&label).observe(start.elapsed().as_secs_f64() * 1000.0);
+        record_update(&self.metrics, &label, start, &rejections);
         rejections
     }
 
@@ -469,18 +515,7 @@ impl EnvoyState {
             self.clusters.remove(&name);
         }
         for c in cands {
-            self.clusters.failures.remove(&c.name);
-            // An unchanged cluster keeps its place (and its live state).
-            if let Some(h) = self.clusters.active.get_mut(&c.name) {
-                if *h.value == c.value {
-                    h.version = c.version;
-                    h.raw = c.raw;
-                    self.clusters.warming.remove(&c.name);
-                    continue;
-                }
-            }
-            let (name, held) = Self::held(c);
-            self.clusters.warming.insert(name, held);
+            self.clusters.place(c);
         }
         Self::reject(&mut self.clusters, rejected)
     }
@@ -489,9 +524,7 @@ impl EnvoyState {
         let Decoded { accepted: mut cands, refused: mut rejected, removed, version, .. } =
             candidates::<ClusterLoadAssignment, _>(update, |c| &c.cluster_name, translate::load_assignment);
         // As Envoy, assignments nobody asked for are ignored, valid or not.
-        let wanted = self.wanted_endpoints();
-        cands.retain(|c| wanted.contains(&c.name));
-        rejected.retain(|r| wanted.contains(&r.name) || r.raw.is_none());
+        retain_wanted(&mut cands, &mut rejected, self.wanted_endpoints());
         self.endpoints.received = true;
         self.endpoints.version = version;
         // State of the world for EDS names only what changed; removal is by unsubscribing.
@@ -513,26 +546,14 @@ impl EnvoyState {
         let Decoded { accepted: mut cands, refused: mut rejected, removed, version, .. } =
             candidates::<RouteConfiguration, _>(update, |r| &r.name, translate::route_configuration);
         // As Envoy, route tables no listener asked for are ignored, valid or not.
-        let wanted = self.wanted_routes();
-        cands.retain(|c| wanted.contains(&c.name));
-        rejected.retain(|r| wanted.contains(&r.name) || r.raw.is_none());
+        retain_wanted(&mut cands, &mut rejected, self.wanted_routes());
         self.routes.received = true;
         self.routes.version = version;
         for name in removed {
             self.routes.remove(&name);
         }
         for c in cands {
-            self.routes.failures.remove(&c.name);
-            if let Some(h) = self.routes.active.get_mut(&c.name) {
-                if *h.value == c.value {
-                    h.version = c.version;
-                    h.raw = c.raw;
-                    self.routes.warming.remove(&c.name);
-                    continue;
-                }
-            }
-            let (name, held) = Self::held(c);
-            self.routes.warming.insert(name, held);
+            self.routes.place(c);
         }
         Self::reject(&mut self.routes, rejected)
     }
@@ -589,16 +610,11 @@ impl EnvoyState {
             self.listeners.remove(&name);
         }
         for c in accepted {
-            if let Some(h) = self.listeners.active.get_mut(&c.name) {
-                if *h.value == c.value {
-                    h.version = c.version;
-                    h.raw = c.raw;
-                    self.listeners.warming.remove(&c.name);
-                    self.pending_sockets.remove(&c.name);
-                    self.listeners.failures.remove(&c.name);
-                    continue;
-                }
-            }
+            let name = c.name.clone();
+            let Some(c) = self.listeners.keep_unchanged(c) else {
+                self.pending_sockets.remove(&name);
+                continue;
+            };
             // Bind before accepting the resource: a port that cannot be bound is a NACK.
             if c.value.bind_to_port {
                 let already =
@@ -615,7 +631,6 @@ impl EnvoyState {
                     }
                 }
             }
-            self.listeners.failures.remove(&c.name);
             let (name, held) = Self::held(c);
             self.listeners.warming.insert(name, held);
         }

@@ -22,7 +22,7 @@ use xds_client::istio::workload::Address;
 use xds_client::pb::google::protobuf::Any;
 use xds_client::type_url;
 
-use super::{decode, log_event, log_unsupported, Failure};
+use super::{decode, log_event, log_unsupported, record_update, reject_all, Failure};
 use crate::telemetry::access_log::rfc3339_millis as rfc3339;
 use crate::telemetry::metrics::{Metrics, ResourceLabels, TypeLabel};
 
@@ -137,6 +137,12 @@ impl State {
         let start = std::time::Instant::now();
         let label = TypeLabel { type_url: type_url.to_owned() };
         self.metrics.xds.update_attempt.get_or_create(&label).inc();
+        let known = type_url == type_url::ADDRESS || type_url == type_url::AUTHORIZATION;
+        if !known {
+            let rejections = reject_all(type_url, update, "node-proxy does not take this resource type on the workload API stream");
+            record_update(&self.metrics, &label, start, &rejections);
+            return rejections;
+        }
         let (items, removed, full) = match update {
             Update::Full { version, resources } => {
                 (resources.into_iter().map(|body| Item { name: None, version: version.clone(), body }).collect(), Vec::new(), true)
@@ -145,29 +151,13 @@ impl State {
                 (resources.into_iter().map(|r| Item { name: Some(r.name), version: r.version, body: r.body }).collect::<Vec<_>>(), removed, false)
             }
         };
-        let rejections = match type_url {
-            type_url::ADDRESS => self.apply_type(type_url::ADDRESS, items, removed, full, |a: &Address| translate::address(a), |r| r.resource_name()),
-            type_url::AUTHORIZATION => self.apply_type(type_url::AUTHORIZATION, items, removed, full, translate::authorization, |p| p.key()),
-            other => {
-                let reason = "node-proxy does not take this resource type on the workload API stream".to_owned();
-                let mut r: Vec<Rejection> = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, it)| Rejection { name: it.name.clone().unwrap_or_else(|| format!("resources[{i}]")), reason: reason.clone() })
-                    .collect();
-                if r.is_empty() {
-                    r.push(Rejection { name: other.to_owned(), reason });
-                }
-                r
-            }
+        let rejections = if type_url == type_url::ADDRESS {
+            self.apply_type(type_url::ADDRESS, items, removed, full, |a: &Address| translate::address(a), |r| r.resource_name())
+        } else {
+            self.apply_type(type_url::AUTHORIZATION, items, removed, full, translate::authorization, |p| p.key())
         };
         self.publish();
-        if rejections.is_empty() {
-            self.metrics.xds.update_success.get_or_create(&label).inc();
-        } else {
-            self.metrics.xds.update_rejected.get_or_create(&label).inc();
-        }
-        self.metrics.xds.update_duration_ms.get_or_create(&label).observe(start.elapsed().as_secs_f64() * 1000.0);
+        record_update(&self.metrics, &label, start, &rejections);
         rejections
     }
 
