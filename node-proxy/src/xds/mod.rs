@@ -766,14 +766,7 @@ impl EnvoyState {
                 let key = Arc::as_ptr(&h.value) as usize;
                 let cluster = match self.attached.remove(&key) {
                     Some(a) if Arc::ptr_eq(&a.config, &h.value) && opt_ptr_eq(&a.endpoints, &endpoints) => a.cluster,
-                    _ => match &endpoints {
-                        Some(e) => {
-                            let mut c = (*h.value).clone();
-                            c.priorities = (**e).clone();
-                            Arc::new(c)
-                        }
-                        None => h.value.clone(),
-                    },
+                    _ => attach(&h.value, endpoints.as_deref()),
                 };
                 attached.insert(key, Attached { config: h.value.clone(), endpoints, cluster: cluster.clone() });
                 (n.clone(), cluster)
@@ -814,14 +807,7 @@ impl EnvoyState {
                 // Warming clusters are not in the model; they are placed when promoted.
                 let Some(h) = self.clusters.active.get(name) else { continue };
                 let endpoints = self.endpoints.active.get(service).map(|e| e.value.clone());
-                let cluster = match &endpoints {
-                    Some(e) => {
-                        let mut c = (*h.value).clone();
-                        c.priorities = (**e).clone();
-                        Arc::new(c)
-                    }
-                    None => h.value.clone(),
-                };
+                let cluster = attach(&h.value, endpoints.as_deref());
                 self.attached.insert(Arc::as_ptr(&h.value) as usize, Attached { config: h.value.clone(), endpoints, cluster: cluster.clone() });
                 model.clusters.insert(name.clone(), cluster);
                 changed.insert(name.clone());
@@ -972,6 +958,18 @@ impl EnvoyState {
                 .collect(),
         };
         Dump { clusters, endpoints, listeners, routes }
+    }
+}
+
+/// The cluster as the data path sees it: its configuration with the EDS endpoints in.
+fn attach(config: &Arc<Cluster>, endpoints: Option<&Priorities>) -> Arc<Cluster> {
+    match endpoints {
+        Some(e) => {
+            let mut c = (**config).clone();
+            c.priorities = e.clone();
+            Arc::new(c)
+        }
+        None => config.clone(),
     }
 }
 
