@@ -1072,6 +1072,10 @@ fn main() {
     };
     std::thread::sleep(Duration::from_secs(2));
     // Before any scrape: a scrape of 5,000 clusters' stats is megabytes the allocator may keep.
+    let rss_served_kib = status_kib(proxy.pid(), "VmRSS:");
+    // Settled: the proxy gives back the Envoy descriptor pool (used to check clusters
+    // and listeners) after 5 s without translation.
+    std::thread::sleep(Duration::from_secs(6));
     let rss_full_kib = status_kib(proxy.pid(), "VmRSS:");
     let samples = scrape(admin);
     let active = |t: &str| metric(&samples, "node_proxy_xds_resources", &[("type_url", t), ("state", "active")]);
@@ -1095,7 +1099,7 @@ fn main() {
     let endpoints_total = opts.services * opts.per_service;
     let delta_rss = (rss_full_kib as f64 - rss_empty_kib as f64) * 1024.0;
     log(format!(
-        "initial push applied and served in {:.3} s; VmRSS {rss_empty_kib} -> {rss_full_kib} KiB: {:.0} B per endpoint, {:.1} KiB per cluster",
+        "initial push applied and served in {:.3} s; VmRSS {rss_empty_kib} -> {rss_served_kib} KiB, settled {rss_full_kib} KiB: {:.0} B per endpoint, {:.1} KiB per cluster",
         served.as_secs_f64(),
         delta_rss / endpoints_total as f64,
         delta_rss / 1024.0 / opts.services as f64
@@ -1232,11 +1236,12 @@ fn main() {
     let _ = writeln!(w, "Other figures:\n");
     let _ = writeln!(
         w,
-        "- Proxy VmRSS: {} KiB with no configuration (connected, ready) → {} KiB with {} clusters / {} endpoints (2 s after the push was served, before any traffic or metrics scrape); {} KiB after all the load and churn (VmHWM {} KiB). Encoded size of the resources held (`node_proxy_xds_resource_bytes`): {} B, {:.0} B per endpoint.",
+        "- Proxy VmRSS: {} KiB with no configuration (connected, ready) → {} KiB with {} clusters / {} endpoints 2 s after the push was served, {} KiB at 8 s (settled: the Envoy descriptor pool, used to check clusters and listeners, is released after 5 s without translation; before any traffic or metrics scrape); {} KiB after all the load and churn (VmHWM {} KiB). Encoded size of the resources held (`node_proxy_xds_resource_bytes`): {} B, {:.0} B per endpoint.",
         fmt_int(rss_empty_kib as f64),
-        fmt_int(rss_full_kib as f64),
+        fmt_int(rss_served_kib as f64),
         fmt_int(s.opts.services as f64),
         fmt_int(endpoints_total as f64),
+        fmt_int(rss_full_kib as f64),
         fmt_int(rss_end_kib as f64),
         fmt_int(hwm_kib as f64),
         fmt_int(resource_bytes),
@@ -1354,7 +1359,7 @@ fn main() {
             "churn_fraction_per_s": s.opts.churn, "pushes_per_s": s.opts.batches, "clas_per_push": per_batch, "pinned": s.pinned,
             "gen_cpu": s.opts.gen_cpu, "server_cpu": s.opts.server_cpu },
         "initial": { "served_s": served.as_secs_f64(), "encoded_bytes": encoded, "resource_bytes_held": resource_bytes,
-            "rss_empty_kib": rss_empty_kib, "rss_full_kib": rss_full_kib, "rss_end_kib": rss_end_kib, "hwm_kib": hwm_kib,
+            "rss_empty_kib": rss_empty_kib, "rss_served_kib": rss_served_kib, "rss_full_kib": rss_full_kib, "rss_end_kib": rss_end_kib, "hwm_kib": hwm_kib,
             "apply": initial_apply.iter().map(|(n, h)| (n.to_string(), h.json())).collect::<serde_json::Map<_, _>>() },
         "figures": { "bytes_per_endpoint": per_endpoint, "kib_per_cluster": delta_rss / 1024.0 / s.opts.services as f64,
             "eds_apply_p50_ms": p50.map(|p| p.0), "eds_apply_p99_ms": p99.map(|p| p.0), "eds_apply_p99_bucket_ms": p99.map(|p| p.1),
@@ -1394,9 +1399,8 @@ fn write_section(path: &Path, section: &str) {
 /// `perf record` (DWARF call graphs: the release build has no frame pointers) of the
 /// proxy during one churn run with traffic; CPU by thread, the top self frames, and the
 /// top inclusive frames of node-proxy's own code.
-fn profile(s: &mut Setup, dir: &Path) -> String {
-    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let data = dir.join("xds-scale-churn.perf.data");
+/// `perf record` of the proxy during one run (with churn or without), into `data`.
+fn record(s: &mut Setup, data: &Path, churn: bool) -> PathBuf {
     let data_arg = data.display().to_string();
     let seconds = s.opts.duration;
     let pid = s.proxy.pid().to_string();
@@ -1410,19 +1414,31 @@ fn profile(s: &mut Setup, dir: &Path) -> String {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run perf: {e}"));
     std::thread::sleep(Duration::from_millis(500));
-    let m = s.measure(0, true, true, false);
+    let m = s.measure(0, churn, true, false);
     let status = rec.wait();
     let mut err = String::new();
     if let Some(mut e) = rec.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
     log(format!(
-        "perf record ({status:?}) during a churn run: {:.0} req/s, {} pushes, mean EDS apply {} ms; {}",
+        "perf record ({status:?}) during a {} run: {:.0} req/s, proxy {} µs/req, {} pushes, mean EDS apply {} ms; {}",
+        if churn { "churn" } else { "steady" },
         m.rps,
+        fmt_opt(m.cpu_us_per_req(), 1),
         m.pushes,
         fmt_opt(m.apply.mean(), 2),
         data.display()
     ));
+    data.to_owned()
+}
+
+fn profile(s: &mut Setup, dir: &Path) -> String {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    // A steady run too, recorded for comparison (`perf diff` of the two files shows
+    // what churn adds on the data path); only the churn run is summarised here.
+    record(s, &dir.join("xds-scale-steady.perf.data"), false);
+    let data = record(s, &dir.join("xds-scale-churn.perf.data"), true);
+    let data_arg = data.display().to_string();
     let report = |extra: &[&str], limit: usize, keep: &dyn Fn(&str) -> bool| -> String {
         let mut args = vec!["report", "--stdio", "-i", &data_arg, "-g", "none"];
         args.extend_from_slice(extra);

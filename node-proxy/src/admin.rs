@@ -153,7 +153,7 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
         (Port::Admin, "/config_dump") => {
             let snapshot = state.live.load();
             if query_param(&req, "format") == Some("model") {
-                return match serde_json::to_string_pretty(&*snapshot.model) {
+                return match serde_json::to_string_pretty(&snapshot.model()) {
                     Ok(s) => json(s),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 };
@@ -204,6 +204,40 @@ fn any<T: Message + prost::Name>(m: &T) -> Any {
     Any { type_url: T::type_url(), value: m.encode_to_vec() }
 }
 
+/// The resources of the static configuration, as `Any`s for a config dump.
+#[derive(Default)]
+struct Statics {
+    listeners: Vec<Any>,
+    clusters: Vec<Any>,
+    routes: Vec<Any>,
+}
+
+impl Statics {
+    /// Every resource a config dump file holds (static or, when it was taken, dynamic:
+    /// loaded from a file, they are all static here).
+    fn of_dump(dump: &admin::ConfigDump) -> Statics {
+        let mut s = Statics::default();
+        for config in &dump.configs {
+            let name = xds_client::protojson::type_name(&config.type_url);
+            let value = config.value.as_slice();
+            if name == <admin::ListenersConfigDump as prost::Name>::full_name() {
+                let Ok(d) = admin::ListenersConfigDump::decode(value) else { continue };
+                s.listeners.extend(d.static_listeners.into_iter().filter_map(|l| l.listener));
+                s.listeners.extend(d.dynamic_listeners.into_iter().filter_map(|l| l.active_state.and_then(|a| a.listener)));
+            } else if name == <admin::ClustersConfigDump as prost::Name>::full_name() {
+                let Ok(d) = admin::ClustersConfigDump::decode(value) else { continue };
+                s.clusters.extend(d.static_clusters.into_iter().filter_map(|c| c.cluster));
+                s.clusters.extend(d.dynamic_active_clusters.into_iter().filter_map(|c| c.cluster));
+            } else if name == <admin::RoutesConfigDump as prost::Name>::full_name() {
+                let Ok(d) = admin::RoutesConfigDump::decode(value) else { continue };
+                s.routes.extend(d.static_route_configs.into_iter().filter_map(|r| r.route_config));
+                s.routes.extend(d.dynamic_route_configs.into_iter().filter_map(|r| r.route_config));
+            }
+        }
+        s
+    }
+}
+
 /// Envoy's admin `ConfigDump`: the static configuration and, with xDS, every dynamic
 /// resource with its version, last update and rejection (endpoints with `include_eds`,
 /// as Envoy).
@@ -214,25 +248,34 @@ fn config_dump(snapshot: &Snapshot, xds: Option<&Xds>, include_eds: bool) -> Res
     }
     let last_updated = Some(timestamp(snapshot.loaded_at));
     let mut configs = Vec::new();
-    let sr = source.bootstrap.as_ref().and_then(|b| b.static_resources.clone()).unwrap_or_default();
     if let Some(b) = &source.bootstrap {
         configs.push(any(&admin::BootstrapConfigDump { bootstrap: Some(b.clone()), last_updated }));
     }
+    let statics = match (&source.bootstrap, &source.dump) {
+        (Some(b), _) => {
+            let sr = b.static_resources.clone().unwrap_or_default();
+            Statics { listeners: sr.listeners.iter().map(any).collect(), clusters: sr.clusters.iter().map(any).collect(), routes: Vec::new() }
+        }
+        (None, Some(dump)) => Statics::of_dump(dump),
+        (None, None) => Statics::default(),
+    };
     let mut listeners = admin::ListenersConfigDump {
-        static_listeners: sr.listeners.iter().map(|l| admin::listeners_config_dump::StaticListener { listener: Some(any(l)), last_updated }).collect(),
+        static_listeners: statics.listeners.into_iter().map(|l| admin::listeners_config_dump::StaticListener { listener: Some(l), last_updated }).collect(),
         ..Default::default()
     };
     let mut clusters = admin::ClustersConfigDump {
-        static_clusters: sr.clusters.iter().map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(any(c)), last_updated }).collect(),
+        static_clusters: statics.clusters.into_iter().map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(c), last_updated }).collect(),
         ..Default::default()
     };
     match xds.map(Xds::dump) {
-        Some(d) => {
+        Some(mut d) => {
             clusters.version_info = d.clusters.version_info;
             clusters.dynamic_active_clusters = d.clusters.dynamic_active_clusters;
             clusters.dynamic_warming_clusters = d.clusters.dynamic_warming_clusters;
             listeners.version_info = d.listeners.version_info;
             listeners.dynamic_listeners = d.listeners.dynamic_listeners;
+            d.routes.static_route_configs =
+                statics.routes.into_iter().map(|r| admin::routes_config_dump::StaticRouteConfig { route_config: Some(r), last_updated }).collect();
             configs.push(any(&clusters));
             if include_eds {
                 configs.push(any(&d.endpoints));

@@ -69,7 +69,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         unsupported = loaded.source.unsupported.len(),
         "configuration loaded"
     );
-    // The Envoy descriptor pool (~30 MB) is only needed to read JSON/YAML: give it back.
+    // The Envoy descriptor pool (~17 MB) is only needed to read JSON/YAML: give it back.
     xds_client::protojson::release();
     return_free_memory();
     let static_model = loaded.model.clone();

@@ -50,12 +50,14 @@ pub async fn run(live: Arc<Live>) {
     // Per DNS cluster: when to resolve next, and which cluster object that was for
     // (a replaced cluster starts without addresses and is resolved at once).
     let mut next_dns: HashMap<Arc<str>, (Instant, usize)> = HashMap::new();
+    let mut seen_version = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
         let snapshot = live.load();
         let now = Instant::now();
-        for (name, cluster) in &snapshot.clusters {
+        for name in &snapshot.timed {
+            let Some(cluster) = snapshot.clusters.get(name) else { continue };
             if let Some(od) = &cluster.config.outlier_detection {
                 let due = next_outlier.entry(name.clone()).or_insert_with(|| now + od.interval);
                 if *due <= now {
@@ -74,7 +76,10 @@ pub async fn run(live: Arc<Live>) {
                 tokio::spawn(resolve(cluster.clone()));
             }
         }
-        next_outlier.retain(|n, _| snapshot.clusters.contains_key(n));
-        next_dns.retain(|n, _| snapshot.clusters.contains_key(n));
+        if snapshot.version != seen_version {
+            seen_version = snapshot.version;
+            next_outlier.retain(|n, _| snapshot.timed.contains(n));
+            next_dns.retain(|n, _| snapshot.timed.contains(n));
+        }
     }
 }

@@ -1,60 +1,68 @@
 //! The live configuration: an immutable [`Snapshot`] behind an atomic pointer.
 //!
-//! An update builds a whole new snapshot (reusing cluster state by name, so load,
-//! ejections and counters survive) and swaps it in; a request holds the snapshot it
-//! started with until it ends.
+//! An update builds a new snapshot (reusing cluster state by name, so load, ejections
+//! and counters survive) and swaps it in; a request holds the snapshot it started
+//! with until it ends. The maps are persistent (`imbl`): a snapshot that differs from
+//! the previous one in a few clusters shares every other entry with it, so building
+//! it, and dropping the old one when its last request ends, costs what changed, not
+//! the size of the configuration.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use istio_compat::model::listener::{ChainKind, RouteSource};
-use istio_compat::model::{Listener, Model, Name, RouteTable};
+use istio_compat::model::{Cluster, Listener, Model, Name, RouteTable};
 
 use crate::config::ConfigSource;
 use crate::upstream::cluster::ClusterState;
 
+/// A persistent map by resource name.
+pub type Map<V> = imbl::HashMap<Name, Arc<V>>;
+
 pub struct Snapshot {
     pub version: u64,
     pub loaded_at: SystemTime,
-    pub model: Arc<Model>,
-    pub listeners: HashMap<Name, Arc<Listener>>,
-    pub routes: HashMap<Name, Arc<RouteTable>>,
-    pub clusters: HashMap<Name, Arc<ClusterState>>,
+    pub listeners: Map<Listener>,
+    pub routes: Map<RouteTable>,
+    pub clusters: Map<ClusterState>,
+    /// The clusters with timed work for the control thread ([`ClusterState::has_timed_work`]):
+    /// it visits these, not thousands of plain EDS clusters, on every tick.
+    pub timed: imbl::HashSet<Name>,
     /// Where the configuration came from, for `/config_dump`.
     pub source: Arc<ConfigSource>,
 }
 
 impl Snapshot {
     pub fn build(model: Model, source: Arc<ConfigSource>, previous: Option<&Snapshot>) -> Snapshot {
-        let clusters = model.clusters.iter().map(|(name, c)| (name.clone(), cluster_state(c, previous.and_then(|p| p.clusters.get(name))))).collect();
+        let clusters: Map<ClusterState> =
+            model.clusters.iter().map(|(name, c)| (name.clone(), cluster_state(c, previous.and_then(|p| p.clusters.get(name))))).collect();
+        let timed = clusters.iter().filter(|(_, c)| c.has_timed_work()).map(|(n, _)| n.clone()).collect();
         Snapshot {
             version: previous.map_or(1, |p| p.version + 1),
             loaded_at: SystemTime::now(),
-            listeners: model.listeners.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
-            routes: model.routes.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
+            listeners: model.listeners.into_iter().collect(),
+            routes: model.routes.into_iter().collect(),
             clusters,
-            model: Arc::new(model),
+            timed,
             source,
         }
     }
 
-    /// The snapshot of `model`, which differs from `previous`'s only in the clusters
-    /// named in `changed`: everything else is shared, at a cost proportional to the
-    /// change (an endpoint update of a few clusters among thousands).
-    pub fn build_changed(model: Model, source: Arc<ConfigSource>, previous: &Snapshot, changed: &std::collections::BTreeSet<Name>) -> Snapshot {
+    /// `previous` with the clusters in `changed` replaced (or added): everything else
+    /// is shared, at a cost proportional to the change (an endpoint update of a few
+    /// clusters among thousands).
+    pub fn with_clusters(previous: &Snapshot, changed: impl IntoIterator<Item = (Name, Arc<Cluster>)>) -> Snapshot {
         let mut clusters = previous.clusters.clone();
-        for name in changed {
-            match model.clusters.get(name) {
-                Some(c) => {
-                    let state = cluster_state(c, previous.clusters.get(name));
-                    clusters.insert(name.clone(), state);
-                }
-                None => {
-                    clusters.remove(name);
-                }
+        let mut timed = previous.timed.clone();
+        for (name, config) in changed {
+            let state = cluster_state(&config, previous.clusters.get(&name));
+            if state.has_timed_work() {
+                timed.insert(name.clone());
+            } else {
+                timed.remove(&name);
             }
+            clusters.insert(name, state);
         }
         Snapshot {
             version: previous.version + 1,
@@ -62,13 +70,31 @@ impl Snapshot {
             listeners: previous.listeners.clone(),
             routes: previous.routes.clone(),
             clusters,
-            model: Arc::new(model),
-            source,
+            timed,
+            source: previous.source.clone(),
         }
     }
 
     pub fn empty() -> Snapshot {
         Snapshot::build(Model::default(), Arc::new(ConfigSource::default()), None)
+    }
+
+    /// The configuration this snapshot serves, as a model (`/config_dump?format=model`).
+    pub fn model(&self) -> Model {
+        Model {
+            listeners: self.listeners.iter().map(|(n, l)| (n.clone(), l.clone())).collect(),
+            routes: self.routes.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
+            clusters: self.clusters.iter().map(|(n, c)| (n.clone(), c.config.clone())).collect(),
+        }
+    }
+
+    /// Whether this snapshot serves exactly `model`'s resources (compared by pointer,
+    /// then by value).
+    pub fn serves(&self, model: &Model) -> bool {
+        fn same<T: PartialEq, U>(ours: &Map<U>, theirs: &std::collections::BTreeMap<Name, Arc<T>>, config: impl Fn(&Arc<U>) -> &Arc<T>) -> bool {
+            ours.len() == theirs.len() && theirs.iter().all(|(n, v)| ours.get(n).map(&config).is_some_and(|o| Arc::ptr_eq(o, v) || **o == **v))
+        }
+        same(&self.listeners, &model.listeners, |l| l) && same(&self.routes, &model.routes, |r| r) && same(&self.clusters, &model.clusters, |c| &c.config)
     }
 
     /// The listener bound to `addr`, or the wildcard listener on its port, among
@@ -143,11 +169,11 @@ impl Live {
         next
     }
 
-    /// Swaps in a snapshot of `model`, which differs from the live one only in the
-    /// clusters named in `changed` ([`Snapshot::build_changed`]).
-    pub fn update_changed(&self, model: Model, source: Arc<ConfigSource>, changed: &std::collections::BTreeSet<Name>) -> Arc<Snapshot> {
+    /// Swaps in the live snapshot with the clusters in `changed` replaced
+    /// ([`Snapshot::with_clusters`]).
+    pub fn update_clusters(&self, changed: impl IntoIterator<Item = (Name, Arc<Cluster>)>) -> Arc<Snapshot> {
         let previous = self.current.load_full();
-        let next = Arc::new(Snapshot::build_changed(model, source, &previous, changed));
+        let next = Arc::new(Snapshot::with_clusters(&previous, changed));
         self.current.store(next.clone());
         next
     }

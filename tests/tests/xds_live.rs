@@ -344,3 +344,49 @@ fn an_istiod_restart_keeps_the_last_good_config_and_resyncs() {
     assert_eq!(reconnect.initial_versions.len(), 2, "the reconnecting stream announces the clusters it holds: {reconnect:?}");
     assert_eq!(m.proxy.metric("envoy_control_plane_connected_state", &[]), 1.0);
 }
+
+/// The `ClustersConfigDump` or `ListenersConfigDump` of a `/config_dump`.
+fn dump_of(proxy: &Proxy, suffix: &str) -> Value {
+    let dump: Value = serde_json::from_str(&proxy.admin_get("/config_dump").body).expect("config_dump is JSON");
+    dump["configs"].as_array().into_iter().flatten().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(suffix))).cloned().unwrap_or(Value::Null)
+}
+
+fn names_in(list: &Value, pointer: &str) -> Vec<String> {
+    list.as_array().into_iter().flatten().filter_map(|e| e.pointer(pointer).and_then(Value::as_str)).map(str::to_owned).collect()
+}
+
+#[test]
+fn static_clusters_and_listeners_cannot_be_replaced_over_xds() {
+    use tests::config::{cluster, http_bootstrap, route_all_to};
+    let ads = AdsServer::start();
+    let (a, b) = (Origin::start("a"), Origin::start("b"));
+    let (static_port, dynamic_port, clash_port) = (free_port(), free_port(), free_port());
+    // The file: listener `main` and STATIC cluster `ca` (origin a).
+    let config = http_bootstrap(static_port, route_all_to("ca", json!({})), vec![cluster("ca", &[a.addr()])]);
+    // istiod: its own `ca` (origin b), a `main` on another port, and listener `dyn` routing to `ca`.
+    set_cluster(&ads, eds_cluster("ca", "1s"));
+    set_cla(&ads, "ca", &[b.addr()]);
+    set_routes(&ads, routes(json!({ "cluster": "ca" }), "v1"));
+    set_listener(&ads, rds_listener("main", clash_port, "clash"));
+    set_listener(&ads, rds_listener("dyn", dynamic_port, "dyn"));
+    let opts = ProxyOptions { extra_args: vec!["--xds-address".into(), ads.url(), "--pod-name".into(), "node-proxy-test".into()], ..Default::default() };
+    let proxy = Proxy::spawn(&config, &opts).wait_ready(Duration::from_secs(30));
+
+    // As Envoy: the static ones stay; xDS updates to them are skipped, not NACKed.
+    eventually("the dynamic listener to serve", || (curl(&format!("http://127.0.0.1:{dynamic_port}/echo")).status == 200).then_some(()));
+    for port in [dynamic_port, static_port] {
+        let r = curl(&format!("http://127.0.0.1:{port}/echo"));
+        assert_eq!((r.status, r.origin()), (200, Some("a")), "port {port}: the static cluster ca must serve");
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", clash_port)).is_err(), "the xDS listener named like the static `main` must not be bound");
+    let nacks: Vec<Recorded> = ads.requests().into_iter().filter(|r| r.error.is_some()).collect();
+    assert!(nacks.is_empty(), "skipped updates are acknowledged: {nacks:?}");
+
+    // /config_dump shows both halves: the file's resources static, istiod's dynamic.
+    let clusters = dump_of(&proxy, "ClustersConfigDump");
+    assert_eq!(names_in(&clusters["static_clusters"], "/cluster/name"), ["ca"], "{clusters}");
+    assert!(names_in(&clusters["dynamic_active_clusters"], "/cluster/name").is_empty(), "{clusters}");
+    let listeners = dump_of(&proxy, "ListenersConfigDump");
+    assert_eq!(names_in(&listeners["static_listeners"], "/listener/name"), ["main"], "{listeners}");
+    assert_eq!(names_in(&listeners["dynamic_listeners"], "/name"), ["dyn"], "{listeners}");
+}

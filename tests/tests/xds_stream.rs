@@ -88,7 +88,7 @@ impl Handler for TestHandler {
     fn subscriptions(&self) -> Vec<(String, Interest)> {
         let seen = self.seen.lock().unwrap();
         let clusters = seen.resources.get(CLUSTER).cloned().unwrap_or_default();
-        vec![(CLUSTER.to_owned(), Interest::Wildcard), (CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::Names(clusters))]
+        vec![(CLUSTER.to_owned(), Interest::Wildcard), (CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::names(clusters))]
     }
 
     fn event(&mut self, event: Event<'_>) {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -30,10 +31,20 @@ pub enum Protocol {
 }
 
 /// Which resources of a type the client wants.
+///
+/// Names are shared: a handler that keeps returning the same set (the usual case,
+/// between topology changes) costs a pointer comparison per response, not a copy
+/// and comparison of thousands of names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interest {
     Wildcard,
-    Names(BTreeSet<String>),
+    Names(Arc<BTreeSet<String>>),
+}
+
+impl Interest {
+    pub fn names<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Interest {
+        Interest::Names(Arc::new(names.into_iter().map(Into::into).collect()))
+    }
 }
 
 /// A resource as delivered: Delta names and versions each; state-of-the-world

@@ -11,7 +11,9 @@
 //! It does not know what a listener or a route means; that is `istio-compat`.
 
 use std::collections::BTreeSet;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions};
 use serde_json::{Map, Value};
@@ -20,8 +22,9 @@ static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_d
 
 /// The descriptor pool, built on first use. Placeholder messages for opaque `Any`
 /// types are added to it as they are met, so it sits behind a lock; readers clone
-/// the (cheap, shared) pool. It takes ~30 MB, so the runtime [`release`]s it once a
-/// configuration is loaded; the next use builds it again.
+/// the (cheap, shared) pool. It takes ~17 MB, so the runtime [`release`]s it once a
+/// configuration is loaded, and an xDS client when it sits idle ([`release_if_idle`]);
+/// the next use builds it again.
 static POOL: RwLock<Option<DescriptorPool>> = RwLock::new(None);
 
 fn build_pool() -> DescriptorPool {
@@ -37,8 +40,21 @@ fn write_pool() -> std::sync::RwLockWriteGuard<'static, Option<DescriptorPool>> 
     guard
 }
 
+/// When the pool was last handed out, in milliseconds since [`epoch`].
+static LAST_USE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The pool of every Envoy v3 message (plus placeholders registered so far).
 pub fn pool() -> DescriptorPool {
+    LAST_USE_MS.store(now_ms(), Ordering::Relaxed);
     if let Some(p) = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
         return p.clone();
     }
@@ -48,6 +64,24 @@ pub fn pool() -> DescriptorPool {
 /// Drops the shared pool (clones still held stay valid); the next use rebuilds it.
 pub fn release() {
     *POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+}
+
+/// Drops the shared pool if it is built and was not used for `idle`; true when it
+/// did. A long-running client calls this now and then: the pool is worth keeping
+/// through a burst of updates (rebuilding it takes ~40 ms), not between pushes
+/// that come minutes apart.
+pub fn release_if_idle(idle: Duration) -> bool {
+    if POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+        return false;
+    }
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let mut guard = POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Checked under the write lock: a `pool()` that raced in has stamped its use.
+    if guard.is_none() || now_ms().saturating_sub(LAST_USE_MS.load(Ordering::Relaxed)) < idle_ms {
+        return false;
+    }
+    *guard = None;
+    true
 }
 
 /// An `Any` whose payload type is not in the pool: kept with its type URL, payload dropped.
@@ -398,5 +432,25 @@ mod tests {
         let v = parse_yaml_or_json("name: a\nconnect_timeout: 2s\n").unwrap();
         let c: Decoded<Cluster> = from_json(v).unwrap();
         assert_eq!(c.message.connect_timeout.unwrap().seconds, 2);
+    }
+
+    #[test]
+    fn an_idle_pool_is_released_and_comes_back_on_use() {
+        let held = pool();
+        // Just used: not idle for an hour.
+        assert!(!release_if_idle(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(20));
+        // Other tests may use the pool meanwhile (their use resets the clock) or find it
+        // released (they rebuild it): retry until this thread sees its own release.
+        let released = (0..50).any(|_| {
+            release_if_idle(Duration::from_millis(5)) || {
+                std::thread::sleep(Duration::from_millis(10));
+                false
+            }
+        });
+        assert!(released, "an idle pool was never released");
+        // A clone taken before stays valid, and the next use builds the pool again.
+        assert!(held.get_message_by_name("envoy.config.cluster.v3.Cluster").is_some());
+        assert!(pool().get_message_by_name("envoy.config.cluster.v3.Cluster").is_some());
     }
 }

@@ -164,6 +164,12 @@ impl ClusterState {
         matches!(self.config.discovery, Discovery::StrictDns { .. } | Discovery::LogicalDns { .. })
     }
 
+    /// Whether the control thread has timed work for it (outlier-detection intervals,
+    /// DNS refreshes).
+    pub fn has_timed_work(&self) -> bool {
+        self.config.outlier_detection.is_some() || self.is_dns()
+    }
+
     /// Feeds outlier detection with an attempt's outcome.
     pub fn record_outcome(&self, host: &Host, outcome: Outcome) {
         let Some(od) = &self.config.outlier_detection else { return };

@@ -102,11 +102,13 @@ struct Kind<T> {
     version: String,
     /// Whether a response of this type arrived yet.
     received: bool,
+    /// Encoded size of the resources held (active and warming), kept as they come and go.
+    bytes: usize,
 }
 
 impl<T> Kind<T> {
     fn new(type_url: &'static str) -> Self {
-        Kind { type_url, active: BTreeMap::new(), warming: BTreeMap::new(), failures: BTreeMap::new(), version: String::new(), received: false }
+        Kind { type_url, active: BTreeMap::new(), warming: BTreeMap::new(), failures: BTreeMap::new(), version: String::new(), received: false, bytes: 0 }
     }
 
     /// The newest accepted version of `name`: warming if there is one, else active.
@@ -119,10 +121,40 @@ impl<T> Kind<T> {
     }
 
     fn remove(&mut self, name: &str) -> bool {
-        let a = self.active.remove(name).is_some();
-        let w = self.warming.remove(name).is_some();
+        let a = self.active.remove(name).map(|h| self.forget(&h)).is_some();
+        let w = self.warming.remove(name).map(|h| self.forget(&h)).is_some();
         self.failures.remove(name);
         a || w
+    }
+
+    fn forget(&mut self, h: &Held<T>) {
+        self.bytes = self.bytes.saturating_sub(h.raw.value.len());
+    }
+
+    /// Holds `held` as the active version of `name`.
+    fn put_active(&mut self, name: Name, held: Held<T>) {
+        self.bytes += held.raw.value.len();
+        if let Some(old) = self.active.insert(name, held) {
+            self.forget(&old);
+        }
+    }
+
+    /// Holds `held` as the warming version of `name`.
+    fn put_warming(&mut self, name: Name, held: Held<T>) {
+        self.bytes += held.raw.value.len();
+        if let Some(old) = self.warming.insert(name, held) {
+            self.forget(&old);
+        }
+    }
+
+    /// Makes the warming version of `name` the active one; false when none warms.
+    fn promote(&mut self, name: &str) -> bool {
+        let Some((name, h)) = self.warming.remove_entry(name) else { return false };
+        // Still counted: it moves.
+        if let Some(old) = self.active.insert(name, h) {
+            self.forget(&old);
+        }
+        true
     }
 
     /// Takes `c` in place if it equals the active version (only its version and raw form
@@ -135,8 +167,11 @@ impl<T> Kind<T> {
         match self.active.get_mut(&c.name) {
             Some(h) if *h.value == c.value => {
                 h.version = c.version;
-                h.raw = c.raw;
-                self.warming.remove(&c.name);
+                let old = std::mem::replace(&mut h.raw, c.raw);
+                self.bytes = (self.bytes + h.raw.value.len()).saturating_sub(old.value.len());
+                if let Some(w) = self.warming.remove(&c.name) {
+                    self.forget(&w);
+                }
                 None
             }
             _ => Some(c),
@@ -150,12 +185,8 @@ impl<T> Kind<T> {
     {
         if let Some(c) = self.keep_unchanged(c) {
             let (name, held) = EnvoyState::held(c);
-            self.warming.insert(name, held);
+            self.put_warming(name, held);
         }
-    }
-
-    fn bytes(&self) -> usize {
-        self.active.values().chain(self.warming.values()).map(|h| h.raw.value.len()).sum()
     }
 }
 
@@ -238,6 +269,9 @@ pub struct EnvoyState {
 /// The shared handle: the ADS handler, the warming timer and the admin port use it.
 #[derive(Clone)]
 pub struct Xds(Arc<Mutex<EnvoyState>>);
+
+/// How long the Envoy descriptor pool is kept after the last translation needed it.
+const DESCRIPTOR_POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// Why a resource type is not taken.
 const UNKNOWN_TYPE: &str = "node-proxy does not take this resource type on the Envoy stream";
@@ -329,6 +363,19 @@ impl Handler for EnvoyHandler {
         let metrics = self.0.lock().metrics.clone();
         log_event("Envoy resources", event, Some(&metrics.xds.connected));
     }
+}
+
+/// As Envoy: a cluster or listener named like one of the static configuration cannot
+/// be added or changed over xDS. Its update is skipped (acknowledged, not held) and
+/// the static one keeps serving.
+fn skip_static<T, S>(cands: &mut Vec<Candidate<T>>, statics: &BTreeMap<Name, Arc<S>>, what: &str) {
+    cands.retain(|c| {
+        let clash = statics.contains_key(&c.name);
+        if clash {
+            tracing::warn!(name = %c.name, "{what} {} is in the static configuration, which xDS cannot change: update skipped", c.name);
+        }
+        !clash
+    });
 }
 
 /// Logs a stream event; `connected` follows the stream's state.
@@ -504,7 +551,8 @@ impl EnvoyState {
     fn apply_clusters(&mut self, update: Update) -> Vec<Rejection> {
         self.topology_changed = true;
         self.full_publish = true;
-        let Decoded { accepted: cands, refused: rejected, removed, full, version } = candidates::<PbCluster, _>(update, |c| &c.name, translate::cluster);
+        let Decoded { accepted: mut cands, refused: rejected, removed, full, version } = candidates::<PbCluster, _>(update, |c| &c.name, translate::cluster);
+        skip_static(&mut cands, &self.static_model.clusters, "cluster");
         self.clusters.received = true;
         self.clusters.version = version;
         if full {
@@ -536,7 +584,7 @@ impl EnvoyState {
             self.endpoints.failures.remove(&c.name);
             self.dirty_services.insert(c.name.clone());
             let (name, held) = Self::held(c);
-            self.endpoints.active.insert(name, held);
+            self.endpoints.put_active(name, held);
         }
         Self::reject(&mut self.endpoints, rejected)
     }
@@ -561,7 +609,9 @@ impl EnvoyState {
     fn apply_listeners(&mut self, update: Update) -> Vec<Rejection> {
         self.topology_changed = true;
         self.full_publish = true;
-        let Decoded { accepted: cands, refused: mut rejected, removed, full, version } = candidates::<PbListener, _>(update, |l| &l.name, translate::listener);
+        let Decoded { accepted: mut cands, refused: mut rejected, removed, full, version } =
+            candidates::<PbListener, _>(update, |l| &l.name, translate::listener);
+        skip_static(&mut cands, &self.static_model.listeners, "listener");
         self.listeners.received = true;
         self.listeners.version = version;
         let mut accepted = Vec::new();
@@ -632,7 +682,7 @@ impl EnvoyState {
                 }
             }
             let (name, held) = Self::held(c);
-            self.listeners.warming.insert(name, held);
+            self.listeners.put_warming(name, held);
         }
         Self::reject(&mut self.listeners, rejected)
     }
@@ -646,6 +696,12 @@ impl EnvoyState {
         let startup_over = !*self.ready.borrow() && now.duration_since(self.started) >= self.warm_timeout;
         if any_expired || startup_over {
             self.settle(true);
+        }
+        // Translation checks clusters, listeners and routes against the Envoy descriptor
+        // pool; between bursts of pushes it is memory for nothing.
+        if xds_client::protojson::release_if_idle(DESCRIPTOR_POOL_IDLE) {
+            tracing::debug!("no xDS translation for {DESCRIPTOR_POOL_IDLE:?}: released the Envoy descriptor pool");
+            crate::app::return_free_memory();
         }
     }
 
@@ -666,13 +722,12 @@ impl EnvoyState {
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in ready {
-                if let Some(h) = self.clusters.warming.remove(&name) {
-                    if overdue(h.since) && h.value.eds_service_name().is_some_and(|s| !self.endpoints.active.contains_key(s)) {
-                        tracing::warn!(cluster = %name, ?timeout, "no endpoints arrived within the initial fetch timeout: the cluster goes live without endpoints");
-                    }
-                    self.clusters.active.insert(name, h);
-                    changed = true;
+                let endpoints = &self.endpoints.active;
+                if self.clusters.warming.get(&name).is_some_and(|h| overdue(h.since) && h.value.eds_service_name().is_some_and(|s| !endpoints.contains_key(s)))
+                {
+                    tracing::warn!(cluster = %name, ?timeout, "no endpoints arrived within the initial fetch timeout: the cluster goes live without endpoints");
                 }
+                changed |= self.clusters.promote(&name);
             }
             // Route tables wait for clusters that are still warming for the first time.
             let warming_only = |n: &Name| self.clusters.warming.contains_key(n) && !self.clusters.active.contains_key(n);
@@ -684,21 +739,17 @@ impl EnvoyState {
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in ready {
-                if let Some(h) = self.routes.warming.remove(&name) {
-                    self.routes.active.insert(name, h);
-                    changed = true;
-                }
+                changed |= self.routes.promote(&name);
             }
             // Listeners wait for their route tables.
             let has_route = |n: &Name| self.routes.active.contains_key(n) || self.static_model.routes.contains_key(n);
             let ready: Vec<Name> =
                 self.listeners.warming.iter().filter(|(_, h)| h.value.rds_names().all(has_route) || overdue(h.since)).map(|(n, _)| n.clone()).collect();
             for name in ready {
-                if let Some(h) = self.listeners.warming.remove(&name) {
+                if self.listeners.promote(&name) {
                     if let Some(bound) = self.pending_sockets.remove(&name) {
                         self.manager.activate(bound);
                     }
-                    self.listeners.active.insert(name, h);
                     changed = true;
                 }
             }
@@ -779,8 +830,7 @@ impl EnvoyState {
             model.clusters.extend(dynamic);
         }
         self.update_gauges();
-        let live = self.live.load();
-        if same_model(&live.model, &model) {
+        if self.live.load().serves(&model) {
             return;
         }
         // Listeners that left the model stop accepting; their connections go on.
@@ -799,9 +849,7 @@ impl EnvoyState {
         if dirty.is_empty() {
             return;
         }
-        let live = self.live.load();
-        let mut model = (*live.model).clone();
-        let mut changed = BTreeSet::new();
+        let mut changed = BTreeMap::new();
         for service in &dirty {
             for name in self.wanted.eds_users.get(service).into_iter().flatten() {
                 // Warming clusters are not in the model; they are placed when promoted.
@@ -809,29 +857,32 @@ impl EnvoyState {
                 let endpoints = self.endpoints.active.get(service).map(|e| e.value.clone());
                 let cluster = attach(&h.value, endpoints.as_deref());
                 self.attached.insert(Arc::as_ptr(&h.value) as usize, Attached { config: h.value.clone(), endpoints, cluster: cluster.clone() });
-                model.clusters.insert(name.clone(), cluster);
-                changed.insert(name.clone());
+                changed.insert(name.clone(), cluster);
             }
         }
         self.update_gauges();
         if changed.is_empty() {
             return;
         }
-        let snapshot = self.live.update_changed(model, self.source.clone(), &changed);
+        let snapshot = self.live.update_clusters(changed);
         self.metrics.xds.snapshot_version.set(snapshot.version as i64);
     }
 
     fn update_gauges(&self) {
+        fn counted<T>(k: &Kind<T>) -> usize {
+            debug_assert_eq!(k.bytes, k.active.values().chain(k.warming.values()).map(|h| h.raw.value.len()).sum::<usize>(), "{} bytes", k.type_url);
+            k.bytes
+        }
         let m = &self.metrics.xds;
         let set = |type_url: &str, active: usize, warming: usize, bytes: usize| {
             m.resources.get_or_create(&ResourceLabels { type_url: type_url.to_owned(), state: "active" }).set(active as i64);
             m.resources.get_or_create(&ResourceLabels { type_url: type_url.to_owned(), state: "warming" }).set(warming as i64);
             m.resource_bytes.get_or_create(&TypeLabel { type_url: type_url.to_owned() }).set(bytes as i64);
         };
-        set(self.listeners.type_url, self.listeners.active.len(), self.listeners.warming.len(), self.listeners.bytes());
-        set(self.routes.type_url, self.routes.active.len(), self.routes.warming.len(), self.routes.bytes());
-        set(self.clusters.type_url, self.clusters.active.len(), self.clusters.warming.len(), self.clusters.bytes());
-        set(self.endpoints.type_url, self.endpoints.active.len(), 0, self.endpoints.bytes());
+        set(self.listeners.type_url, self.listeners.active.len(), self.listeners.warming.len(), counted(&self.listeners));
+        set(self.routes.type_url, self.routes.active.len(), self.routes.warming.len(), counted(&self.routes));
+        set(self.clusters.type_url, self.clusters.active.len(), self.clusters.warming.len(), counted(&self.clusters));
+        set(self.endpoints.type_url, self.endpoints.active.len(), 0, counted(&self.endpoints));
     }
 
     /// The EDS service names of the clusters held (active or warming).
@@ -857,9 +908,9 @@ impl EnvoyState {
             self.listeners.names().filter_map(|n| self.listeners.latest(n)).flat_map(|h| h.value.rds_names().cloned().collect::<Vec<_>>()).collect();
         let subscriptions = vec![
             (type_url::CLUSTER.to_owned(), Interest::Wildcard),
-            (type_url::CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::Names(eds.iter().map(|n| n.to_string()).collect())),
+            (type_url::CLUSTER_LOAD_ASSIGNMENT.to_owned(), Interest::names(eds.iter().map(|n| n.to_string()))),
             (type_url::LISTENER.to_owned(), Interest::Wildcard),
-            (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::Names(rds.iter().map(|n| n.to_string()).collect())),
+            (type_url::ROUTE_CONFIGURATION.to_owned(), Interest::names(rds.iter().map(|n| n.to_string()))),
         ];
         self.wanted = Wanted { eds, eds_users, rds, subscriptions };
     }
@@ -979,12 +1030,4 @@ fn opt_ptr_eq<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
         (None, None) => true,
         _ => false,
     }
-}
-
-/// Whether two models hold the very same resources (by pointer, then by value).
-fn same_model(a: &Model, b: &Model) -> bool {
-    fn same<T: PartialEq>(x: &BTreeMap<Name, Arc<T>>, y: &BTreeMap<Name, Arc<T>>) -> bool {
-        x.len() == y.len() && x.iter().zip(y.iter()).all(|((n1, v1), (n2, v2))| n1 == n2 && (Arc::ptr_eq(v1, v2) || v1 == v2))
-    }
-    same(&a.listeners, &b.listeners) && same(&a.routes, &b.routes) && same(&a.clusters, &b.clusters)
 }
