@@ -102,6 +102,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         workloads: workloads.clone(),
     });
     let workload_xds = settings.xds.as_ref().filter(|x| x.workload_api).map(|_| WorkloadXds::new(workloads, metrics.clone()));
+    let workloads_guard = workload_xds.as_ref().map(|_| readiness.guard("workloads"));
     // With xDS, the listener manager belongs to the stream's state: it binds and stops
     // listeners as they come and go. Without, it holds the static listeners until exit.
     let (xds, xds_ready, static_listeners) = match &settings.xds {
@@ -189,6 +190,15 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
                 let stream = settings.workload_stream();
                 let stop = drain.clone();
                 tracing::info!(node = %xds_client::node::ztunnel(&settings.identity).id, "taking Istio's workload API from istiod");
+                // Ready once the node's workloads and policies are known (or the initial
+                // fetch timeout passed), as ztunnel.
+                let (mut synced, timeout) = (w.synced(), settings.initial_fetch_timeout);
+                tokio::spawn(async move {
+                    if tokio::time::timeout(timeout, synced.wait_for(|s| *s)).await.is_err() {
+                        tracing::warn!(?timeout, "istiod sent no workloads or authorization policies within the initial fetch timeout: ready without them");
+                    }
+                    drop(workloads_guard);
+                });
                 tokio::spawn(async move { w.run(stream, async move { stop.signaled().await }).await });
             }
         }

@@ -149,13 +149,36 @@ struct Shared {
     /// Streams to close: the status each open stream ends with on the next close command.
     close: watch::Sender<Option<Status>>,
     streams_opened: AtomicU64,
+    /// The `authorization` and `clusterid` headers of each stream opened.
+    stream_headers: Mutex<Vec<StreamHeaders>>,
     /// Set when the server stops: new streams are refused.
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// What a client sent in the headers of a stream (istiod authenticates with these).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamHeaders {
+    pub authorization: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+impl StreamHeaders {
+    fn of(metadata: &tonic::metadata::MetadataMap) -> Self {
+        let get = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        StreamHeaders { authorization: get("authorization"), cluster_id: get("clusterid") }
+    }
+}
+
+/// A server certificate and key (PEM) for [`AdsServer::start_tls`].
+pub struct TlsIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 /// The running server; stops with the value.
 pub struct AdsServer {
     addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -164,6 +187,16 @@ pub struct AdsServer {
 impl AdsServer {
     /// Starts on 127.0.0.1 (an ephemeral port, or `port` when given).
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// Starts on an ephemeral port of 127.0.0.1, serving TLS with `identity` as
+    /// istiod serves :15012; [`url`](Self::url) is then `https://…`.
+    pub fn start_tls(identity: TlsIdentity) -> Self {
+        Self::start_with(0, Some(identity))
+    }
+
+    fn start_with(port: u16, tls: Option<TlsIdentity>) -> Self {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             generation: watch::channel(0).0,
@@ -171,11 +204,13 @@ impl AdsServer {
             requests: Mutex::new(Vec::new()),
             close: watch::channel(None).0,
             streams_opened: AtomicU64::new(0),
+            stream_headers: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc_shared = shared.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("test ADS runtime");
             rt.block_on(async move {
@@ -183,7 +218,12 @@ impl AdsServer {
                 tx.send(listener.local_addr().expect("local addr")).expect("report address");
                 let svc =
                     AggregatedDiscoveryServiceServer::new(Ads { shared: svc_shared }).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
-                let _ = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(id) = tls {
+                    let config = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(id.cert_pem, id.key_pem));
+                    builder = builder.tls_config(config).expect("test ADS server TLS configuration");
+                }
+                let _ = builder
                     .add_service(svc)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                         let _ = stop_rx.await;
@@ -192,7 +232,7 @@ impl AdsServer {
             });
         });
         let addr = rx.recv().expect("test ADS server started");
-        AdsServer { addr, shared, shutdown: Some(stop_tx), thread: Some(thread) }
+        AdsServer { addr, scheme, shared, shutdown: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn start() -> Self {
@@ -204,7 +244,7 @@ impl AdsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Adds or replaces a resource (version: a hash of its content) and pushes.
@@ -250,6 +290,11 @@ impl AdsServer {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The headers of every stream opened so far, in order.
+    pub fn stream_headers(&self) -> Vec<StreamHeaders> {
+        self.shared.stream_headers.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn streams_opened(&self) -> u64 {
@@ -300,6 +345,7 @@ impl AggregatedDiscoveryService for Ads {
             return Err(Status::unavailable("test ADS server stopping"));
         }
         shared.streams_opened.fetch_add(1, Ordering::SeqCst);
+        shared.stream_headers.lock().unwrap_or_else(|p| p.into_inner()).push(StreamHeaders::of(request.metadata()));
         shared.close.send_replace(None);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -368,6 +414,7 @@ impl AggregatedDiscoveryService for Ads {
             return Err(Status::unavailable("test ADS server stopping"));
         }
         shared.streams_opened.fetch_add(1, Ordering::SeqCst);
+        shared.stream_headers.lock().unwrap_or_else(|p| p.into_inner()).push(StreamHeaders::of(request.metadata()));
         shared.close.send_replace(None);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);

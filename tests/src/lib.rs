@@ -3,7 +3,8 @@
 //! clients (curl, h2load, Python grpcio) with parsed output ([`clients`], [`grpc`]),
 //! configuration builders ([`config`]), access log and metrics parsers, and network
 //! namespaces for the tests that need root ([`netns`]), and a test ADS server serving
-//! resources and istiod's config dumps over xDS ([`ads_server`]).
+//! resources and istiod's config dumps over xDS ([`ads_server`]), and test certificates
+//! ([`pki`]).
 //!
 //! Everything a test starts is stopped on drop, also when the test panics; every
 //! port comes from [`ports::free_port`], so tests run in parallel.
@@ -18,6 +19,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod netns;
 pub mod origin;
+pub mod pki;
 pub mod ports;
 pub mod proxy;
 pub mod wait;

@@ -390,3 +390,69 @@ fn static_clusters_and_listeners_cannot_be_replaced_over_xds() {
     assert_eq!(names_in(&listeners["static_listeners"], "/listener/name"), ["main"], "{listeners}");
     assert_eq!(names_in(&listeners["dynamic_listeners"], "/name"), ["dyn"], "{listeners}");
 }
+
+/// istiod's serving name, in the certificate of the TLS test ADS server.
+const ISTIOD: &str = "istiod.istio-system.svc";
+
+/// The proxy's xDS flags for a TLS istiod: root certificate `root_pem`, server name,
+/// token and cluster id, written under `dir`.
+fn tls_args(dir: &std::path::Path, root_pem: &str) -> Vec<String> {
+    let (root, token) = (dir.join("root-cert.pem"), dir.join("istio-token"));
+    std::fs::write(&root, root_pem).expect("write the root certificate");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJub2RlLXByb3h5In0.c2ln\n").expect("write the token");
+    [
+        "--xds-root-cert",
+        root.to_str().unwrap_or_default(),
+        "--xds-server-name",
+        ISTIOD,
+        "--token-path",
+        token.to_str().unwrap_or_default(),
+        "--cluster-id",
+        "cluster-7",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn tls_to_istiod_trusts_its_root_and_sends_the_token_and_cluster_id() {
+    let ca = tests::pki::TestCa::new("Istio test root");
+    let ads = AdsServer::start_tls(ca.server_identity(&[ISTIOD]));
+    assert!(ads.url().starts_with("https://"));
+    let a = Origin::start("a");
+    let port = free_port();
+    set_cluster(&ads, eds_cluster("ca", "1s"));
+    set_cla(&ads, "ca", &[a.addr()]);
+    set_routes(&ads, routes(json!({ "cluster": "ca" }), "v1"));
+    set_listener(&ads, rds_listener("main", port, "main"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = Proxy::start_xds(&ads.url(), ProxyOptions { extra_args: tls_args(dir.path(), ca.cert_pem()), ..Default::default() });
+
+    let r = curl(&format!("http://127.0.0.1:{port}/echo"));
+    assert_eq!((r.status, r.origin(), r.header("x-route")), (200, Some("a"), Some("v1")), "configuration taken over TLS");
+    assert_eq!(proxy.metric("envoy_control_plane_connected_state", &[]), 1.0);
+    // Both streams (Envoy resources and the workload API) authenticate as istiod expects.
+    let headers = ads.stream_headers();
+    assert!(headers.len() >= 2, "{headers:?}");
+    for h in headers {
+        assert_eq!(h.authorization.as_deref(), Some("Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJub2RlLXByb3h5In0.c2ln"), "the projected token, trimmed");
+        assert_eq!(h.cluster_id.as_deref(), Some("cluster-7"));
+    }
+}
+
+#[test]
+fn an_istiod_certificate_from_another_root_is_refused_with_a_hint() {
+    let (ca, other) = (tests::pki::TestCa::new("Istio test root"), tests::pki::TestCa::new("some other root"));
+    let ads = AdsServer::start_tls(ca.server_identity(&[ISTIOD]));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut extra_args = vec!["--xds-address".to_owned(), ads.url(), "--pod-name".into(), "node-proxy-test".into()];
+    extra_args.extend(tls_args(dir.path(), other.cert_pem()));
+    let proxy = Proxy::spawn("", &ProxyOptions { extra_args, ..Default::default() });
+    let log = eventually("the TLS failure in the log", || {
+        let log = proxy.stderr();
+        log.contains("check --xds-root-cert").then_some(log)
+    });
+    assert!(log.contains(&ads.url()) || log.contains(&ads.addr().to_string()), "the log names istiod's address:\n{log}");
+    assert_eq!(ads.streams_opened(), 0, "no stream may open over an untrusted connection");
+    assert_eq!(proxy.metric("envoy_control_plane_connected_state", &[]), 0.0);
+}

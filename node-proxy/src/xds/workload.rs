@@ -7,7 +7,7 @@
 //! resource, removal, and the `/workloads` dump. Does not own: the stream
 //! (`xds_client::ads`) or what a resource means (`istio_compat::translate::workload`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -58,6 +58,9 @@ struct State {
     failures: BTreeMap<(&'static str, Name), Failure>,
     live: Arc<LiveWorkloads>,
     metrics: Arc<Metrics>,
+    /// The types a response arrived for; synced once both have.
+    received: BTreeSet<&'static str>,
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 /// The shared handle: the stream's handler and the admin port use it.
@@ -66,7 +69,21 @@ pub struct WorkloadXds(Arc<Mutex<State>>);
 
 impl WorkloadXds {
     pub fn new(live: Arc<LiveWorkloads>, metrics: Arc<Metrics>) -> Self {
-        WorkloadXds(Arc::new(Mutex::new(State { model: WorkloadModel::default(), entries: BTreeMap::new(), failures: BTreeMap::new(), live, metrics })))
+        WorkloadXds(Arc::new(Mutex::new(State {
+            model: WorkloadModel::default(),
+            entries: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            live,
+            metrics,
+            received: BTreeSet::new(),
+            synced: tokio::sync::watch::channel(false).0,
+        })))
+    }
+
+    /// Becomes true once istiod's first response of each type (workloads and services,
+    /// authorization policies) has been applied, as ztunnel gates its readiness.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lock().synced.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -151,12 +168,16 @@ impl State {
                 (resources.into_iter().map(|r| Item { name: Some(r.name), version: r.version, body: r.body }).collect::<Vec<_>>(), removed, false)
             }
         };
-        let rejections = if type_url == type_url::ADDRESS {
-            self.apply_type(type_url::ADDRESS, items, removed, full, |a: &Address| translate::address(a), |r| r.resource_name())
+        let (kind, rejections) = if type_url == type_url::ADDRESS {
+            (type_url::ADDRESS, self.apply_type(type_url::ADDRESS, items, removed, full, |a: &Address| translate::address(a), |r| r.resource_name()))
         } else {
-            self.apply_type(type_url::AUTHORIZATION, items, removed, full, translate::authorization, |p| p.key())
+            (type_url::AUTHORIZATION, self.apply_type(type_url::AUTHORIZATION, items, removed, full, translate::authorization, |p| p.key()))
         };
         self.publish();
+        self.received.insert(kind);
+        if self.received.len() == 2 {
+            self.synced.send_if_modified(|s| !std::mem::replace(s, true));
+        }
         record_update(&self.metrics, &label, start, &rejections);
         rejections
     }
