@@ -213,6 +213,25 @@ fn machine_ticks() -> (u64, u64, u64) {
     (total - idle, total, v.get(7).copied().unwrap_or(0))
 }
 
+/// Busy and total ticks of one CPU (`cpuN` in /proc/stat).
+fn cpu_ticks(cpu: usize) -> (u64, u64) {
+    let s = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let line = s.lines().find(|l| l.split_whitespace().next() == Some(name.as_str())).unwrap_or_default();
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
 fn rusage_seconds(who: i32) -> f64 {
     // SAFETY: getrusage writes into the struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -672,6 +691,11 @@ struct Measurement {
     p99_ms: Option<f64>,
     proxy_cpu_s: f64,
     origin_cpu_s: f64,
+    /// This process (the ADS server, the pushes) and wrk.
+    gen_cpu_s: f64,
+    /// Busy share of the generator's CPU and of the proxy's.
+    gen_cpu_busy: f64,
+    server_cpu_busy: f64,
     wall_s: f64,
     foreign_cores: f64,
     steal_cores: f64,
@@ -687,7 +711,8 @@ impl Measurement {
         json!({
             "rep": self.rep, "kind": if self.churn { "churn" } else { "steady" }, "status": self.status, "note": self.note,
             "rps": self.rps, "requests": self.requests, "errors": self.errors, "p50_ms_closed_loop": self.p50_ms, "p99_ms_closed_loop": self.p99_ms,
-            "proxy_cpu_s": self.proxy_cpu_s, "origin_cpu_s": self.origin_cpu_s, "wall_s": self.wall_s,
+            "proxy_cpu_s": self.proxy_cpu_s, "origin_cpu_s": self.origin_cpu_s, "gen_cpu_s": self.gen_cpu_s,
+            "gen_cpu_busy": self.gen_cpu_busy, "server_cpu_busy": self.server_cpu_busy, "wall_s": self.wall_s,
             "proxy_cpu_us_per_req": self.cpu_us_per_req(), "foreign_cores": self.foreign_cores, "steal_cores": self.steal_cores,
             "pushes": self.pushes, "late_pushes": self.late_pushes, "eds_apply": self.apply.json(),
         })
@@ -760,6 +785,7 @@ impl Setup {
         let origin_pids = self.origin.pids();
         let stats0 = all_stats();
         let (busy0, _, steal0) = machine_ticks();
+        let (gen0, srv0) = (cpu_ticks(self.opts.gen_cpu), cpu_ticks(self.opts.server_cpu));
         let (self0, children0) = (rusage_seconds(libc::RUSAGE_SELF), rusage_seconds(libc::RUSAGE_CHILDREN));
         let (p0, o0) = (cpu_seconds(&proxy_pids), cpu_seconds(&origin_pids));
         let t0 = Instant::now();
@@ -782,6 +808,7 @@ impl Setup {
         let (p1, o1) = (cpu_seconds(&proxy_pids), cpu_seconds(&origin_pids));
         let (self1, children1) = (rusage_seconds(libc::RUSAGE_SELF), rusage_seconds(libc::RUSAGE_CHILDREN));
         let (busy1, _, steal1) = machine_ticks();
+        let (gen1, srv1) = (cpu_ticks(self.opts.gen_cpu), cpu_ticks(self.opts.server_cpu));
         let stats1 = all_stats();
         let after = scrape(self.admin);
         let tck = clk_tck();
@@ -799,6 +826,9 @@ impl Setup {
             p99_ms: None,
             proxy_cpu_s: p1 - p0,
             origin_cpu_s: o1 - o0,
+            gen_cpu_s: (self1 - self0) + (children1 - children0),
+            gen_cpu_busy: busy_share(gen0, gen1),
+            server_cpu_busy: busy_share(srv0, srv1),
             wall_s: wall,
             foreign_cores: foreign,
             steal_cores: (steal1 - steal0) as f64 / tck / wall,
@@ -845,12 +875,15 @@ impl Setup {
             let m = self.measure(rep, churn, load, true);
             let kind = if churn { "churn " } else { "steady" };
             log(format!(
-                "  [rep {rep}] {kind} {:>9.0} req/s  proxy {:>5.1} µs/req  pushes {:>3}  EDS applies {:>3.0} (mean {:.2} ms)  foreign {:.2} cores  {}{}",
+                "  [rep {rep}] {kind} {:>9.0} req/s  proxy {:>5.1} µs/req  pushes {:>3}  EDS applies {:>3.0} (mean {:.2} ms)  CPU busy: generator {:.0}%, proxy {:.0}%  generator CPU {:.2} s  foreign {:.2} cores  {}{}",
                 m.rps,
                 m.cpu_us_per_req().unwrap_or(0.0),
                 m.pushes,
                 m.apply.count,
                 m.apply.mean().unwrap_or(0.0),
+                m.gen_cpu_busy * 100.0,
+                m.server_cpu_busy * 100.0,
+                m.gen_cpu_s,
                 m.foreign_cores,
                 m.status,
                 if m.note.is_empty() { String::new() } else { format!(" ({})", m.note) }

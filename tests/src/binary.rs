@@ -51,6 +51,17 @@ fn locate() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(&cargo);
     cmd.args(["build", "-p", "node-proxy", "--bin", "node-proxy", "--quiet"]).current_dir(workspace_root());
+    // Cargo sets these for the test executable; a build script that watches one (ring's
+    // does, CARGO_MANIFEST_DIR) would see it change between this build and a build from
+    // a shell, and rebuild the TLS stack and everything above it each time.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n == "CARGO_MANIFEST_DIR" || n == "CARGO_MANIFEST_PATH" || n.starts_with("CARGO_PKG_") || n.starts_with("CARGO_CRATE_"))
+        {
+            cmd.env_remove(name);
+        }
+    }
     match profile.as_str() {
         "debug" => {}
         "release" => {
