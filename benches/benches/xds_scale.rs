@@ -10,7 +10,8 @@
 //!   per endpoint and per cluster;
 //! - apply time per incremental EDS update during churn (p50/p99 from the histogram's
 //!   bucket deltas, mean from `_sum`/`_count`), with and without traffic;
-//! - data-path throughput with churn ÷ without (wrk, interleaved, median of pairs).
+//! - data-path throughput with churn ÷ without: phases of one wrk run in ABBA order
+//!   (the figure), and separate runs (median of pairs) beside it.
 //!
 //! Writes its section into benches/RESULTS.md (between `<!-- BEGIN xds-scale -->` and
 //! `<!-- END xds-scale -->`, which benches/run.py keeps) and the raw numbers into
@@ -55,6 +56,9 @@ struct Opts {
     services: usize,
     per_service: usize,
     reps: usize,
+    /// Interleaved throughput: phases (steady and churn alternating ABBA) of one wrk run.
+    phases: usize,
+    phase_seconds: u64,
     duration: u64,
     /// Endpoint changes per second, as a fraction of all endpoints.
     churn: f64,
@@ -71,7 +75,7 @@ struct Opts {
     argv: Vec<String>,
 }
 
-const USAGE: &str = "cargo bench -p benches --bench xds_scale -- [--services N] [--endpoints-per-service N] [--reps N] [--duration S]
+const USAGE: &str = "cargo bench -p benches --bench xds_scale -- [--services N] [--endpoints-per-service N] [--reps N] [--duration S] [--phases N] [--phase-seconds S]
     [--churn FRACTION] [--batches-per-second N] [--gen-cpu C] [--server-cpu C] [--quiet-busy F] [--quiet-timeout S]
     [--noise-limit CORES] [--retries N] [--out FILE | --no-write] [--perf DIR]";
 
@@ -82,6 +86,8 @@ fn parse_args() -> Option<Opts> {
         services: 5000,
         per_service: 10,
         reps: 5,
+        phases: 16,
+        phase_seconds: 5,
         duration: 10,
         churn: 0.01,
         batches: 10,
@@ -106,6 +112,8 @@ fn parse_args() -> Option<Opts> {
             "--services" => o.services = num(&a, value(&a)) as usize,
             "--endpoints-per-service" => o.per_service = num(&a, value(&a)) as usize,
             "--reps" => o.reps = num(&a, value(&a)) as usize,
+            "--phases" => o.phases = num(&a, value(&a)) as usize,
+            "--phase-seconds" => o.phase_seconds = num(&a, value(&a)) as u64,
             "--duration" => o.duration = num(&a, value(&a)) as u64,
             "--churn" => o.churn = num(&a, value(&a)),
             "--batches-per-second" => o.batches = num(&a, value(&a)) as u32,
@@ -677,6 +685,24 @@ struct Setup {
     listener: SocketAddr,
     mesh: Mesh,
     pinned: bool,
+    origin_port: u16,
+}
+
+/// One phase of the interleaved run: requests the origin answered in it.
+#[derive(Clone, Debug)]
+struct Phase {
+    churn: bool,
+    requests: u64,
+    seconds: f64,
+    pushes: usize,
+}
+
+/// Requests nginx has answered so far (`stub_status`), read on the origin directly.
+fn origin_requests(port: u16) -> u64 {
+    let (status, body) = get(SocketAddr::from(([127, 0, 0, 1], port)), "/nginx_status", Duration::from_secs(5)).unwrap_or_else(|e| panic!("origin status: {e}"));
+    assert_eq!(status, 200, "origin /nginx_status: HTTP {status}");
+    // "server accepts handled requests" then " A H R"
+    body.lines().nth(2).and_then(|l| l.split_whitespace().nth(2)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("origin status: {body}"))
 }
 
 /// One measurement: wrk for `duration` seconds, with or without churn.
@@ -753,6 +779,38 @@ impl Setup {
             pushes += 1;
         }
         (pushes, late)
+    }
+
+    /// One wrk run through phases of `phase_seconds`, steady and churn in ABBA order
+    /// (S C C S S C C S …, so a linear drift of the machine weighs on both alike);
+    /// the origin's request counter is read at each phase boundary.
+    fn interleaved(&mut self) -> (Vec<Phase>, Result<WrkResult, String>) {
+        let (phases, secs) = (self.opts.phases, self.opts.phase_seconds);
+        let order: Vec<bool> = (0..phases).map(|i| matches!(i % 4, 1 | 2)).collect();
+        let plans: Vec<_> = order.iter().map(|&churn| if churn { self.churn_plan(secs) } else { Vec::new() }).collect();
+        if let Err(e) = self.wait_quiet() {
+            log(format!("    measuring anyway: {e}"));
+        }
+        let argv = wrk_argv(self.opts.gen_cpu, self.listener.port(), phases as u64 * secs + 2);
+        let (ads, batches, port) = (&self.ads, self.opts.batches, self.origin_port);
+        std::thread::scope(|s| {
+            let wrk = s.spawn(|| run_wrk(&argv));
+            std::thread::sleep(Duration::from_secs(1));
+            let mut out = Vec::new();
+            let (mut count, mut at) = (origin_requests(port), Instant::now());
+            for (churn, plan) in order.into_iter().zip(plans) {
+                let end = at + Duration::from_secs(secs);
+                let (pushes, _) = if churn { Setup::push_plan(ads, plan, batches) } else { (0, 0) };
+                let now = Instant::now();
+                if now < end {
+                    std::thread::sleep(end - now);
+                }
+                let (c, t) = (origin_requests(port), Instant::now());
+                out.push(Phase { churn, requests: c.saturating_sub(count), seconds: (t - at).as_secs_f64(), pushes });
+                (count, at) = (c, t);
+            }
+            (out, wrk.join().unwrap_or_else(|_| Err("wrk thread panicked".to_owned())))
+        })
     }
 
     fn wait_quiet(&self) -> Result<(), String> {
@@ -1141,7 +1199,7 @@ fn main() {
         log(format!("  {n}: {} responses applied in {:.1} ms total", h.count, h.sum));
     }
 
-    let mut s = Setup { opts, _tmp: tmp, ads, origin, proxy, admin, listener, mesh, pinned };
+    let mut s = Setup { opts, _tmp: tmp, ads, origin, proxy, admin, listener, mesh, pinned, origin_port };
     log("warm-up (not measured)…");
     let warm = run_wrk(&wrk_argv(s.opts.gen_cpu, s.listener.port(), 3)).unwrap_or_else(|e| panic!("warm-up: {e}"));
     log(format!("  {:.0} req/s", warm.rps));
@@ -1150,6 +1208,22 @@ fn main() {
     log(format!("churn without traffic, {} s:", s.opts.duration));
     let idle = s.measure_retrying(0, true, false, &mut retried);
     let perf_report = s.opts.perf.clone().map(|dir| profile(&mut s, &dir));
+    log(format!("interleaved: {} phases of {} s in one wrk run (steady/churn ABBA):", s.opts.phases, s.opts.phase_seconds));
+    let (phases, phased_wrk) = s.interleaved();
+    for p in &phases {
+        log(format!("  {} {:>9.0} req/s  pushes {:>3}", if p.churn { "churn " } else { "steady" }, p.requests as f64 / p.seconds, p.pushes));
+    }
+    let rate = |churn: bool| {
+        let (r, t) = phases.iter().filter(|p| p.churn == churn).fold((0u64, 0f64), |(r, t), p| (r + p.requests, t + p.seconds));
+        (t > 0.0).then(|| r as f64 / t)
+    };
+    let (phased_steady, phased_churn) = (rate(false), rate(true));
+    let phased_ratio = phased_steady.zip(phased_churn).map(|(a, b)| b / a);
+    let phased_errors = match &phased_wrk {
+        Ok(w) => w.errors,
+        Err(e) => panic!("interleaved run: {e}"),
+    };
+    log(format!("  churn ÷ steady: {}; wrk errors {phased_errors}", fmt_opt(phased_ratio, 3)));
     let mut runs = Vec::new();
     for rep in 1..=s.opts.reps {
         log(format!("repetition {rep}/{}", s.opts.reps));
@@ -1258,11 +1332,21 @@ fn main() {
     let _ = writeln!(w, "| ΔVmRSS per cluster (÷ {}) | {:.1} KiB | — | — |", fmt_int(s.opts.services as f64), delta_rss / 1024.0 / s.opts.services as f64);
     let _ = writeln!(
         w,
-        "| data-path req/s during churn ÷ steady (median of {} pairs{}) | {} | ≥ {TARGET_THROUGHPUT_RATIO} | {} |",
+        "| data-path req/s during churn ÷ steady, interleaved in one wrk run ({} phases of {} s, ABBA) | {} ({} vs {} req/s) | ≥ {TARGET_THROUGHPUT_RATIO} | {} |",
+        phases.len(),
+        s.opts.phase_seconds,
+        fmt_opt(phased_ratio, 3),
+        fmt_opt(phased_churn, 0),
+        fmt_opt(phased_steady, 0),
+        yes(phased_ratio.map(|r| r >= TARGET_THROUGHPUT_RATIO))
+    );
+    let _ = writeln!(
+        w,
+        "| the same from separate runs (median of {} pairs{}) | {} | — | {} |",
         pairs.len(),
         if with_noisy { ", noisy included" } else { "" },
         fmt_opt(ratio, 3),
-        if with_noisy { "unreliable (busy machine)" } else { yes(ratio.map(|r| r >= TARGET_THROUGHPUT_RATIO)) }
+        if with_noisy { "unreliable (busy machine)" } else { "—" }
     );
     let _ = writeln!(w, "| initial push: server holds all → served through the pushed listener | {:.2} s | — | — |", served.as_secs_f64());
     let _ = writeln!(w);
@@ -1362,12 +1446,13 @@ fn main() {
     );
     let _ = writeln!(
         w,
-        "- Throughput: `wrk -t1 -c50 -d{}s --latency` on `/` (12-byte body), after a 3 s warm-up; {} repetitions of steady then churn, each measurement after a quiet-machine gate (< {:.0}% of all CPUs busy over 1 s); a measurement during which processes not ours used > {} cores is repeated (up to {}) and left out of the medians; the ratio is the median of per-repetition churn ÷ steady. * closed-loop percentiles (coordinated omission): for comparison only. Proxy CPU = Δ(utime+stime) of its process from /proc/PID/stat over the run.",
+        "- Throughput: `wrk -t1 -c50 -d{}s --latency` on `/` (12-byte body), after a 3 s warm-up; {} repetitions of steady then churn, each measurement after a quiet-machine gate (< {:.0}% of all CPUs busy over 1 s); a measurement during which processes not ours used > {} cores is repeated (up to {}) and left out of the medians; the ratio is the median of per-repetition churn ÷ steady. The interleaved figure (the one held against the target) comes from a single wrk run of {} s split into phases, steady and churn in ABBA order, with requests counted by the origin's `stub_status` at each phase boundary: the machine's drift, which between separate runs here exceeds the effect measured (steady runs alone vary by 10–20%), weighs on both halves alike. * closed-loop percentiles (coordinated omission): for comparison only. Proxy CPU = Δ(utime+stime) of its process from /proc/PID/stat over the run.",
         s.opts.duration,
         s.opts.reps,
         s.opts.quiet_busy * 100.0,
         s.opts.noise_limit,
-        s.opts.retries
+        s.opts.retries,
+        s.opts.phases as u64 * s.opts.phase_seconds
     );
     let _ = writeln!(
         w,
@@ -1396,7 +1481,8 @@ fn main() {
             "apply": initial_apply.iter().map(|(n, h)| (n.to_string(), h.json())).collect::<serde_json::Map<_, _>>() },
         "figures": { "bytes_per_endpoint": per_endpoint, "kib_per_cluster": delta_rss / 1024.0 / s.opts.services as f64,
             "eds_apply_p50_ms": p50.map(|p| p.0), "eds_apply_p99_ms": p99.map(|p| p.0), "eds_apply_p99_bucket_ms": p99.map(|p| p.1),
-            "eds_apply_share_within_10ms": within, "eds_apply_mean_ms": both.mean(), "throughput_ratio": ratio,
+            "eds_apply_share_within_10ms": within, "eds_apply_mean_ms": both.mean(), "throughput_ratio": phased_ratio,
+            "interleaved_steady_rps": phased_steady, "interleaved_churn_rps": phased_churn, "separate_runs_throughput_ratio": ratio,
             "steady_rps": steady_rps, "churn_rps": churn_rps, "idle_churn_proxy_cpu_ms_per_push": idle_cpu_per_update_ms,
             "clean_pairs": clean.len(), "noisy_pairs_included": with_noisy },
         "eds_apply_during_churn": both.json(),
