@@ -75,7 +75,8 @@ struct Opts {
     argv: Vec<String>,
 }
 
-const USAGE: &str = "cargo bench -p benches --bench xds_scale -- [--services N] [--endpoints-per-service N] [--reps N] [--duration S] [--phases N] [--phase-seconds S]
+const USAGE: &str =
+    "cargo bench -p benches --bench xds_scale -- [--services N] [--endpoints-per-service N] [--reps N] [--duration S] [--phases N] [--phase-seconds S]
     [--churn FRACTION] [--batches-per-second N] [--gen-cpu C] [--server-cpu C] [--quiet-busy F] [--quiet-timeout S]
     [--noise-limit CORES] [--retries N] [--out FILE | --no-write] [--perf DIR]";
 
@@ -699,7 +700,8 @@ struct Phase {
 
 /// Requests nginx has answered so far (`stub_status`), read on the origin directly.
 fn origin_requests(port: u16) -> u64 {
-    let (status, body) = get(SocketAddr::from(([127, 0, 0, 1], port)), "/nginx_status", Duration::from_secs(5)).unwrap_or_else(|e| panic!("origin status: {e}"));
+    let (status, body) =
+        get(SocketAddr::from(([127, 0, 0, 1], port)), "/nginx_status", Duration::from_secs(5)).unwrap_or_else(|e| panic!("origin status: {e}"));
     assert_eq!(status, 200, "origin /nginx_status: HTTP {status}");
     // "server accepts handled requests" then " A H R"
     body.lines().nth(2).and_then(|l| l.split_whitespace().nth(2)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("origin status: {body}"))
@@ -1219,11 +1221,21 @@ fn main() {
     };
     let (phased_steady, phased_churn) = (rate(false), rate(true));
     let phased_ratio = phased_steady.zip(phased_churn).map(|(a, b)| b / a);
+    // Each ABBA block on its own: how far the machine's noise moves the ratio.
+    let block_ratios: Vec<f64> = phases
+        .chunks(4)
+        .filter(|b| b.len() == 4)
+        .map(|b| {
+            let sum = |churn: bool| b.iter().filter(|p| p.churn == churn).map(|p| p.requests as f64 / p.seconds).sum::<f64>();
+            sum(true) / sum(false)
+        })
+        .collect();
+    let block_range = block_ratios.iter().copied().fold(None, |acc: Option<(f64, f64)>, r| Some(acc.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r)))));
     let phased_errors = match &phased_wrk {
         Ok(w) => w.errors,
         Err(e) => panic!("interleaved run: {e}"),
     };
-    log(format!("  churn ÷ steady: {}; wrk errors {phased_errors}", fmt_opt(phased_ratio, 3)));
+    log(format!("  churn ÷ steady: {} (per ABBA block: {block_ratios:.3?}); wrk errors {phased_errors}", fmt_opt(phased_ratio, 3)));
     let mut runs = Vec::new();
     for rep in 1..=s.opts.reps {
         log(format!("repetition {rep}/{}", s.opts.reps));
@@ -1332,12 +1344,13 @@ fn main() {
     let _ = writeln!(w, "| ΔVmRSS per cluster (÷ {}) | {:.1} KiB | — | — |", fmt_int(s.opts.services as f64), delta_rss / 1024.0 / s.opts.services as f64);
     let _ = writeln!(
         w,
-        "| data-path req/s during churn ÷ steady, interleaved in one wrk run ({} phases of {} s, ABBA) | {} ({} vs {} req/s) | ≥ {TARGET_THROUGHPUT_RATIO} | {} |",
+        "| data-path req/s during churn ÷ steady, interleaved in one wrk run ({} phases of {} s, ABBA) | {} ({} vs {} req/s; blocks {}) | ≥ {TARGET_THROUGHPUT_RATIO} | {} |",
         phases.len(),
         s.opts.phase_seconds,
         fmt_opt(phased_ratio, 3),
         fmt_opt(phased_churn, 0),
         fmt_opt(phased_steady, 0),
+        block_range.map_or("—".to_owned(), |(lo, hi)| format!("{lo:.3}–{hi:.3}")),
         yes(phased_ratio.map(|r| r >= TARGET_THROUGHPUT_RATIO))
     );
     let _ = writeln!(
@@ -1482,7 +1495,7 @@ fn main() {
         "figures": { "bytes_per_endpoint": per_endpoint, "kib_per_cluster": delta_rss / 1024.0 / s.opts.services as f64,
             "eds_apply_p50_ms": p50.map(|p| p.0), "eds_apply_p99_ms": p99.map(|p| p.0), "eds_apply_p99_bucket_ms": p99.map(|p| p.1),
             "eds_apply_share_within_10ms": within, "eds_apply_mean_ms": both.mean(), "throughput_ratio": phased_ratio,
-            "interleaved_steady_rps": phased_steady, "interleaved_churn_rps": phased_churn, "separate_runs_throughput_ratio": ratio,
+            "interleaved_steady_rps": phased_steady, "interleaved_block_ratios": block_ratios, "interleaved_churn_rps": phased_churn, "separate_runs_throughput_ratio": ratio,
             "steady_rps": steady_rps, "churn_rps": churn_rps, "idle_churn_proxy_cpu_ms_per_push": idle_cpu_per_update_ms,
             "clean_pairs": clean.len(), "noisy_pairs_included": with_noisy },
         "eds_apply_during_churn": both.json(),
