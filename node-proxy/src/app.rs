@@ -176,6 +176,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     }
     drop(workers_guard);
 
+    // This thread (xDS, admin, DNS, outlier detection) works for the configuration, the
+    // workers for requests: as SCHED_BATCH it never preempts a worker when it wakes (an
+    // xDS push arriving), and runs when the workers wait, with its fair share intact.
+    set_batch_scheduling();
     control.block_on(async move {
         for (l, port) in admin_listeners {
             tokio::spawn(admin::serve(l, port, state.clone()));
@@ -251,6 +255,15 @@ async fn reap_idle(worker: Rc<Worker>) {
     loop {
         tick.tick().await;
         worker.pools.reap();
+    }
+}
+
+/// Makes the calling thread SCHED_BATCH (same nice value, no wakeup preemption).
+fn set_batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on this thread (0) with a valid, initialised parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::debug!("control thread stays SCHED_OTHER: {}", std::io::Error::last_os_error());
     }
 }
 
