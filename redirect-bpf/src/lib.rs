@@ -4,8 +4,12 @@
 //! ([`original_dst`]), which answers the same way whether the connection was
 //! redirected by an nftables/iptables `REDIRECT` rule or (with the redirect issue) by
 //! the cgroup BPF programs, whose `getsockopt` hook serves `SO_ORIGINAL_DST` from a
-//! BPF map. The BPF programs and their loader land here next.
+//! BPF map. The BPF programs (`bpf/redirect.c`) and their loader ([`loader`]) live here too.
 //! Does not own: any proxy logic.
+
+pub mod loader;
+
+pub use loader::{BpfError, Counters, Options, Redirector};
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};

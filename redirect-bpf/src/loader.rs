@@ -1,0 +1,420 @@
+//! Loads `bpf/redirect.c` (compiled by build.rs) with aya, attaches it to a cgroup v2
+//! directory and pins its maps and links so the redirect outlives this process.
+//!
+//! The `getsockopt` hook runs for sockets of the cgroup it is attached to, and an
+//! accepted socket belongs to the cgroup of its listener: the proxy's listening socket
+//! must be created in `cgroup` (or a descendant) for `SO_ORIGINAL_DST` to be answered.
+//! Attaching to the cgroup v2 root covers both pods and proxy.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
+use aya::{Ebpf, EbpfLoader, Pod};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The programs, by C function name, in attach order.
+const PROGRAMS: [&str; 6] = ["np_connect4", "np_connect6", "np_sockops", "np_getsockopt", "np_getpeername4", "np_getpeername6"];
+/// The maps, pinned under `pin_dir` by these names.
+const MAPS: [&str; 4] = ["redirect_set", "cookie_orig", "conn_orig", "counters"];
+
+/// Why the redirect could not be set up, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN: run as root")]
+    NotRoot,
+    #[error("{0} is not a cgroup v2 directory: mount -t cgroup2 to find it")]
+    NoCgroup2(PathBuf),
+    #[error("{0} is not on a bpf filesystem: mount -t bpf bpf /sys/fs/bpf")]
+    NoBpffs(PathBuf),
+    #[error("{path} already holds pinned redirect objects: call Redirector::detach on it first")]
+    AlreadyPinned { path: PathBuf },
+    #[error("loading the BPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("BPF object has no program {0} (stale build?)")]
+    MissingProgram(&'static str),
+    #[error("BPF object has no map {0} (stale build?)")]
+    MissingMap(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the redirect map lock was poisoned")]
+    Poisoned,
+}
+
+/// `struct dst` in redirect.c: a 16-byte address (IPv4 as v4-mapped IPv6), port in
+/// network order, padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DstKey {
+    addr: [u8; 16],
+    port: u16,
+    pad: u16,
+}
+
+// SAFETY: repr(C), plain integers, no implicit padding (16 + 2 + 2 bytes).
+unsafe impl Pod for DstKey {}
+
+impl DstKey {
+    fn new(addr: SocketAddr) -> Self {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        DstKey { addr: ip.octets(), port: addr.port().to_be(), pad: 0 }
+    }
+}
+
+/// Counter indexes (`enum counter` in redirect.c).
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+enum Counter {
+    Redirected = 0,
+    BypassedNotInSet = 1,
+    BypassedOwnTraffic = 2,
+    GetsockoptAnswered = 3,
+    GetsockoptMissed = 4,
+    BypassedNoProxyFamily = 5,
+}
+
+/// The BPF counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connects rewritten to the proxy.
+    pub redirected: u64,
+    /// TCP connects to a destination not in the redirect set.
+    pub bypassed_not_in_set: u64,
+    /// Connects in the set but carrying the proxy's SO_MARK.
+    pub bypassed_own_traffic: u64,
+    /// `SO_ORIGINAL_DST` answered from the BPF map.
+    pub getsockopt_answered: u64,
+    /// `SO_ORIGINAL_DST` asked for a connection the map does not know.
+    pub getsockopt_missed: u64,
+    /// Connects in the set whose socket family cannot reach the proxy (IPv4 socket, IPv6 proxy).
+    pub bypassed_no_proxy_family: u64,
+}
+
+/// Options of [`Redirector::attach_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Sockets with this SO_MARK are never redirected (the proxy's own upstream
+    /// connections). 0 disables the check.
+    pub bypass_mark: u32,
+}
+
+/// The loaded and attached redirect programs.
+///
+/// Dropping it leaves the redirect in place (links and maps are pinned); use
+/// [`Redirector::detach`] to remove it.
+pub struct Redirector {
+    _ebpf: Ebpf,
+    redirect_set: Mutex<HashMap<MapData, DstKey, u8>>,
+    counters: PerCpuArray<MapData, u64>,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Redirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirector").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+    }
+}
+
+fn statfs_type(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is NUL-terminated, `st` is a writable statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled in by the kernel (rc == 0).
+    #[allow(clippy::unnecessary_cast)]
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
+impl Redirector {
+    /// Loads the programs, attaches them to `cgroup` and pins maps and links under
+    /// `pin_dir` (created if missing; must be on bpffs). Connections from `cgroup`
+    /// to addresses in the redirect set go to `proxy`.
+    pub fn attach(cgroup: &Path, proxy: SocketAddr, pin_dir: &Path) -> Result<Redirector, BpfError> {
+        Self::attach_with(cgroup, proxy, pin_dir, Options::default())
+    }
+
+    /// [`Redirector::attach`] with [`Options`].
+    pub fn attach_with(cgroup: &Path, proxy: SocketAddr, pin_dir: &Path, options: Options) -> Result<Redirector, BpfError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BpfError::NotRoot);
+        }
+        match statfs_type(cgroup) {
+            Ok(CGROUP2_SUPER_MAGIC) => {}
+            _ => return Err(BpfError::NoCgroup2(cgroup.to_path_buf())),
+        }
+        let pin_parent = pin_dir.parent().unwrap_or(pin_dir);
+        match statfs_type(pin_parent) {
+            Ok(BPF_FS_MAGIC) => {}
+            _ => return Err(BpfError::NoBpffs(pin_parent.to_path_buf())),
+        }
+        if pin_dir.exists() && fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(BpfError::AlreadyPinned { path: pin_dir.to_path_buf() });
+        }
+        fs::create_dir_all(pin_dir).map_err(|source| BpfError::Io { what: "creating", path: pin_dir.to_path_buf(), source })?;
+
+        let (ip4, ip6, family): (u32, [u32; 4], u32) = match proxy.ip() {
+            IpAddr::V4(v4) => (u32::from(v4).to_be(), [0; 4], 1),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u32::from(v4).to_be(), [0; 4], 1),
+                None => {
+                    let o = v6.octets();
+                    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                    (0, [w(0), w(4), w(8), w(12)], 2)
+                }
+            },
+        };
+        let port = proxy.port().to_be();
+        let result = Self::load_and_attach(cgroup, pin_dir, ip4, &ip6, port, family, options.bypass_mark);
+        if result.is_err() {
+            // Best effort: leave no half-pinned state behind.
+            let _ = Self::detach(pin_dir);
+        }
+        result
+    }
+
+    fn load_and_attach(cgroup: &Path, pin_dir: &Path, ip4: u32, ip6: &[u32; 4], port: u16, family: u32, mark: u32) -> Result<Redirector, BpfError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("proxy_ip4", &ip4, true)
+            .override_global("proxy_ip6", &ip6[..], true)
+            .override_global("proxy_port", &port, true)
+            .override_global("proxy_family", &family, true)
+            .override_global("bypass_mark", &mark, true)
+            .load(OBJECT)
+            .map_err(BpfError::Load)?;
+
+        let cgroup_file = File::open(cgroup).map_err(|source| BpfError::Io { what: "opening cgroup", path: cgroup.to_path_buf(), source })?;
+
+        for name in MAPS {
+            let map = ebpf.map(name).ok_or(BpfError::MissingMap(name))?;
+            let path = pin_dir.join(name);
+            map.pin(&path).map_err(|source| BpfError::Pin { path, source })?;
+        }
+
+        for name in PROGRAMS {
+            let prog = ebpf.program_mut(name).ok_or(BpfError::MissingProgram(name))?;
+            let perr = |source| BpfError::Program { name, source };
+            let link: FdLink = match name {
+                "np_sockops" => {
+                    let p: &mut SockOps = prog.try_into().map_err(perr)?;
+                    p.load().map_err(perr)?;
+                    let id = p.attach(&cgroup_file, CgroupAttachMode::Single).map_err(perr)?;
+                    p.take_link(id).map_err(perr)?.try_into().map_err(|source| BpfError::Link { name, source })?
+                }
+                "np_getsockopt" => {
+                    // aya 0.14 cannot turn a CgroupSockoptLink into an FdLink to pin it:
+                    // create and pin that link with the raw syscalls instead.
+                    let p: &mut CgroupSockopt = prog.try_into().map_err(perr)?;
+                    p.load().map_err(perr)?;
+                    let prog_fd = p.fd().map_err(perr)?.as_fd().as_raw_fd();
+                    let path = pin_dir.join(format!("link_{name}"));
+                    raw::link_create_and_pin(prog_fd, cgroup_file.as_raw_fd(), raw::BPF_CGROUP_GETSOCKOPT, &path).map_err(|source| BpfError::Io {
+                        what: "attaching np_getsockopt and pinning its link at",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    tracing::debug!(program = name, cgroup = %cgroup.display(), "attached and pinned");
+                    continue;
+                }
+                _ => {
+                    let p: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
+                    p.load().map_err(perr)?;
+                    let id = p.attach(&cgroup_file, CgroupAttachMode::Single).map_err(perr)?;
+                    p.take_link(id).map_err(perr)?.try_into().map_err(|source| BpfError::Link { name, source })?
+                }
+            };
+            let path = pin_dir.join(format!("link_{name}"));
+            link.pin(&path).map_err(|source| BpfError::Pin { path, source })?;
+            tracing::debug!(program = name, cgroup = %cgroup.display(), "attached and pinned");
+        }
+
+        let set = ebpf.take_map("redirect_set").ok_or(BpfError::MissingMap("redirect_set"))?;
+        let redirect_set = HashMap::try_from(set).map_err(|source| BpfError::Map { name: "redirect_set", source })?;
+        let counters = ebpf.take_map("counters").ok_or(BpfError::MissingMap("counters"))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| BpfError::Map { name: "counters", source })?;
+        Ok(Redirector { _ebpf: ebpf, redirect_set: Mutex::new(redirect_set), counters, pin_dir: pin_dir.to_path_buf() })
+    }
+
+    /// Redirects connections to `addr` (a service VIP or an endpoint IP:port).
+    pub fn add(&self, addr: SocketAddr) -> Result<(), BpfError> {
+        let mut set = self.redirect_set.lock().map_err(|_| BpfError::Poisoned)?;
+        set.insert(DstKey::new(addr), 1u8, 0).map_err(|source| BpfError::Map { name: "redirect_set", source })
+    }
+
+    /// Stops redirecting connections to `addr`. Removing an absent address is not an error.
+    pub fn remove(&self, addr: SocketAddr) -> Result<(), BpfError> {
+        let mut set = self.redirect_set.lock().map_err(|_| BpfError::Poisoned)?;
+        match set.remove(&DstKey::new(addr)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(BpfError::Map { name: "redirect_set", source }),
+        }
+    }
+
+    /// The counters, summed over CPUs. A counter that cannot be read reads as 0.
+    pub fn counters(&self) -> Counters {
+        let get = |c: Counter| -> u64 {
+            match self.counters.get(&(c as u32), 0) {
+                Ok(values) => values.iter().fold(0u64, |a, v| a.wrapping_add(*v)),
+                Err(e) => {
+                    tracing::warn!(counter = ?c, error = %e, "reading BPF counter");
+                    0
+                }
+            }
+        };
+        Counters {
+            redirected: get(Counter::Redirected),
+            bypassed_not_in_set: get(Counter::BypassedNotInSet),
+            bypassed_own_traffic: get(Counter::BypassedOwnTraffic),
+            getsockopt_answered: get(Counter::GetsockoptAnswered),
+            getsockopt_missed: get(Counter::GetsockoptMissed),
+            bypassed_no_proxy_family: get(Counter::BypassedNoProxyFamily),
+        }
+    }
+
+    /// Where the maps and links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Removes the pins under `pin_dir` and the directory itself. The programs stay
+    /// attached until every process holding them (a live [`Redirector`]) drops them.
+    /// A missing `pin_dir` is not an error.
+    pub fn detach(pin_dir: &Path) -> Result<(), BpfError> {
+        let names = PROGRAMS.iter().map(|p| format!("link_{p}")).chain(MAPS.iter().map(|m| m.to_string()));
+        for name in names {
+            let path = pin_dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(BpfError::Io { what: "removing pin", path, source }),
+            }
+        }
+        match fs::remove_dir(pin_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BpfError::Io { what: "removing pin directory", path: pin_dir.to_path_buf(), source }),
+        }
+    }
+}
+
+/// The two `bpf(2)` commands aya 0.14 does not expose for cgroup sockopt links.
+mod raw {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    /// `enum bpf_attach_type` in `<linux/bpf.h>`.
+    pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+
+    fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix of the given size.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_uint) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc)
+    }
+
+    /// `BPF_LINK_CREATE` (prog_fd, target_fd, attach_type, flags = 0) then `BPF_OBJ_PIN`.
+    pub fn link_create_and_pin(prog_fd: RawFd, cgroup_fd: RawFd, attach_type: u32, path: &Path) -> io::Result<()> {
+        let mut attr = [0u64; 8];
+        attr[0] = (prog_fd as u32 as u64) | ((cgroup_fd as u32 as u64) << 32);
+        attr[1] = attach_type as u64;
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        let fd = RawFd::try_from(fd).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = [0u64; 8];
+        attr[0] = cpath.as_ptr() as u64;
+        attr[1] = std::os::fd::AsRawFd::as_raw_fd(&link) as u32 as u64;
+        bpf(BPF_OBJ_PIN, &mut attr)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_v4_mapped_with_network_order_port() {
+        let k = DstKey::new("10.255.0.1:8080".parse().unwrap());
+        assert_eq!(std::mem::size_of::<DstKey>(), 20);
+        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 255, 0, 1]);
+        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(k, DstKey::new("[::ffff:10.255.0.1]:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let proxy: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let tmp = std::env::temp_dir();
+        let err = Redirector::attach(&tmp, proxy, &tmp.join("np-pins")).unwrap_err();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(err.to_string().contains("run as root"), "{err}");
+            return;
+        }
+        assert!(err.to_string().contains("mount -t cgroup2 to find it"), "{err}");
+        let cgroup_root = fs::read_to_string("/proc/self/mounts").unwrap().lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        });
+        if let Some(root) = cgroup_root {
+            let err = Redirector::attach(&root, proxy, &tmp.join("np-not-bpffs").join("pins")).unwrap_err();
+            assert!(err.to_string().contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Proves the redirect on the real kernel (needs root): a client in a test cgroup dials a
+//! "VIP" with no route, lands on the proxy listener, sees the VIP as its peer, and the
+//! proxy recovers the VIP with `SO_ORIGINAL_DST`.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redirect_bpf::{original_dst, Counters, Options, Redirector};
+
+/// The SO_MARK the proxy puts on its own upstream connections.
+const PROXY_MARK: u32 = 0x4e50;
+
+const CLIENT: &str = r#"
+import socket, sys
+host = sys.argv[1]
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.settimeout(float(sys.argv[3]))
+if int(sys.argv[4]):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[4]))
+s.connect((host, int(sys.argv[2])))
+peer = s.getpeername()
+print(f"[{peer[0]}]:{peer[1]}" if family == socket.AF_INET6 else f"{peer[0]}:{peer[1]}", flush=True)
+sys.stdin.read()
+"#;
+
+fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
+            (ty == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .expect("no cgroup v2 mount (mount -t cgroup2 to find it)")
+}
+
+/// Moves the calling process into `cgroup` (cgroup v2: writing 0 moves the writer).
+fn join_cgroup(cgroup: &Path) {
+    fs::write(cgroup.join("cgroup.procs"), "0").unwrap_or_else(|e| panic!("joining {}: {e}", cgroup.display()));
+}
+
+/// Everything the test created, removed in reverse order even when an assertion fails.
+struct Guard {
+    root: PathBuf,
+    home: PathBuf,
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+    pin_dir: PathBuf,
+    redirector: Option<Redirector>,
+    children: Vec<Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Make sure this process is back where it started.
+        let _ = fs::write(self.home.join("cgroup.procs"), "0");
+        drop(self.redirector.take());
+        if let Err(e) = Redirector::detach(&self.pin_dir) {
+            eprintln!("detach: {e}");
+        }
+        if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        if let Err(e) = fs::remove_dir(&self.cgroup) {
+            eprintln!("rmdir {}: {e}", self.cgroup.display());
+        }
+        if let Ok(c) = CString::new(self.bpffs.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = fs::remove_dir(&self.bpffs);
+    }
+}
+
+fn spawn_client(cgroup: &Path, dst: SocketAddr) -> Child {
+    spawn_client_with(cgroup, dst, 5, 0)
+}
+
+fn spawn_client_with(cgroup: &Path, dst: SocketAddr, timeout_secs: u32, mark: u32) -> Child {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("cgroup path");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CLIENT, &dst.ip().to_string(), &dst.port().to_string(), &timeout_secs.to_string(), &mark.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn python3 client")
+}
+
+fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking");
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("listener {:?} accepted nothing: {e}", listener.local_addr()),
+        }
+    }
+}
+
+fn read_peer(child: &mut Child) -> String {
+    let out = child.stdout.take().expect("child stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("read child's getpeername");
+    line.trim().to_string()
+}
+
+fn finish(child: &mut Child) {
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait client");
+    assert!(status.success(), "client exited with {status}");
+}
+
+#[test]
+fn redirects_vip_to_proxy_and_recovers_original_dst() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var_os("CI").is_none() {
+            eprintln!("skipping: the redirect test loads BPF programs and needs root");
+            return;
+        }
+        panic!("the redirect test needs root (it loads BPF programs into a test cgroup): run as root");
+    }
+    let pid = std::process::id();
+    let root = cgroup2_mount();
+    let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
+    let bpffs = std::env::temp_dir().join(format!("np-bpf-{pid}"));
+    let mut g = Guard {
+        home: root.join(&own),
+        cgroup: root.join(format!("np-test-{pid}")),
+        pin_dir: bpffs.join("redirect"),
+        root,
+        bpffs,
+        redirector: None,
+        children: Vec::new(),
+    };
+    fs::create_dir(&g.cgroup).expect("create test cgroup");
+    // A private bpffs instance, so the test does not depend on (or touch) /sys/fs/bpf.
+    fs::create_dir_all(&g.bpffs).expect("create bpffs mountpoint");
+    let target = CString::new(g.bpffs.as_os_str().as_bytes()).expect("path");
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", g.bpffs.display(), std::io::Error::last_os_error());
+
+    // The proxy's listener must belong to the cgroup whose getsockopt hook answers
+    // SO_ORIGINAL_DST (an accepted socket inherits its listener's cgroup): create it
+    // from inside the test cgroup, then step back out.
+    join_cgroup(&g.cgroup);
+    let proxy = TcpListener::bind("127.0.0.1:0");
+    join_cgroup(&g.home);
+    let proxy = proxy.expect("bind proxy listener");
+    let proxy_addr = proxy.local_addr().expect("proxy addr");
+    let direct = TcpListener::bind("127.0.0.1:0").expect("bind direct listener");
+    let direct_addr = direct.local_addr().expect("direct addr");
+
+    let redirector = g.redirector.insert(Redirector::attach_with(&g.cgroup, proxy_addr, &g.pin_dir, Options { bypass_mark: PROXY_MARK }).expect("attach"));
+    for name in ["redirect_set", "counters", "link_np_connect4", "link_np_getsockopt", "link_np_sockops"] {
+        assert!(g.pin_dir.join(name).exists(), "{name} not pinned");
+    }
+    let vip: SocketAddr = "10.255.0.1:8080".parse().expect("vip");
+    redirector.add(vip).expect("add VIP");
+    let before = redirector.counters();
+
+    // Redirected: the VIP has no route, so only the rewrite can make this connect succeed.
+    let client = spawn_client(&g.cgroup, vip);
+    let client = {
+        g.children.push(client);
+        g.children.last_mut().expect("child")
+    };
+    let accepted = accept_within(&proxy, Duration::from_secs(10));
+    let peer_seen = read_peer(client);
+    assert_eq!(peer_seen, "10.255.0.1:8080", "client's getpeername must show the VIP it dialed");
+    let local = accepted.local_addr().expect("accepted local");
+    assert_eq!(local, proxy_addr);
+    assert_eq!(original_dst(&accepted, local).expect("SO_ORIGINAL_DST"), vip);
+    finish(client);
+    let after = g.redirector.as_ref().expect("redirector").counters();
+    assert_eq!(after.redirected - before.redirected, 1, "{after:?}");
+    assert_eq!(after.getsockopt_answered - before.getsockopt_answered, 1, "{after:?}");
+
+    // Bypassed: not in the set, so the client reaches the direct listener untouched.
+    let client = spawn_client(&g.cgroup, direct_addr);
+    let client = {
+        g.children.push(client);
+        g.children.last_mut().expect("child")
+    };
+    let mut accepted = accept_within(&direct, Duration::from_secs(10));
+    assert_eq!(read_peer(client), direct_addr.to_string());
+    let _ = accepted.write_all(b"bye");
+    finish(client);
+    let bypassed = g.redirector.as_ref().expect("redirector").counters();
+    assert_eq!(bypassed.bypassed_not_in_set - after.bypassed_not_in_set, 1, "{bypassed:?}");
+    assert_eq!(bypassed.redirected, after.redirected, "{bypassed:?}");
+
+    // connect6 with a v4-mapped destination: same set entry, same proxy (through
+    // ::ffff:127.0.0.1), getpeername6 shows the mapped VIP.
+    let mapped: SocketAddr = "[::ffff:10.255.0.1]:8080".parse().expect("mapped vip");
+    let client = spawn_client(&g.cgroup, mapped);
+    let client = {
+        g.children.push(client);
+        g.children.last_mut().expect("child")
+    };
+    let accepted = accept_within(&proxy, Duration::from_secs(10));
+    assert_eq!(read_peer(client), "[::ffff:10.255.0.1]:8080");
+    let local = accepted.local_addr().expect("accepted local");
+    assert_eq!(original_dst(&accepted, local).expect("SO_ORIGINAL_DST (v6 client)"), vip);
+    finish(client);
+    let v6 = g.redirector.as_ref().expect("redirector").counters();
+    assert_eq!(v6.redirected - bypassed.redirected, 1, "{v6:?}");
+
+    // The proxy's own traffic (SO_MARK) to a VIP in the set is left alone.
+    let client = spawn_client_with(&g.cgroup, vip, 1, PROXY_MARK);
+    let client = {
+        g.children.push(client);
+        g.children.last_mut().expect("child")
+    };
+    drop(client.stdin.take());
+    let _ = client.wait().expect("wait client");
+    proxy.set_nonblocking(true).expect("nonblocking");
+    assert!(proxy.accept().is_err(), "proxy accepted its own marked connection");
+    let own = g.redirector.as_ref().expect("redirector").counters();
+    assert_eq!(own.bypassed_own_traffic - v6.bypassed_own_traffic, 1, "{own:?}");
+    assert_eq!(own.redirected, v6.redirected, "{own:?}");
+    let v6 = own;
+
+    // Removing the VIP stops the redirect: the connect goes to the real VIP and the
+    // proxy accepts nothing.
+    let redirector = g.redirector.as_ref().expect("redirector");
+    redirector.remove(vip).expect("remove VIP");
+    redirector.remove(vip).expect("removing twice is fine");
+    let client = spawn_client_with(&g.cgroup, vip, 1, 0);
+    let client = {
+        g.children.push(client);
+        g.children.last_mut().expect("child")
+    };
+    // Whether the real VIP answers depends on the network (a default route may lead to
+    // an egress that accepts anything): only the proxy's silence and the counters count.
+    drop(client.stdin.take());
+    let _ = client.wait().expect("wait client");
+    proxy.set_nonblocking(true).expect("nonblocking");
+    assert!(proxy.accept().is_err(), "proxy accepted a connection for a removed VIP");
+    let removed: Counters = g.redirector.as_ref().expect("redirector").counters();
+    assert_eq!(removed.redirected, v6.redirected, "{removed:?}");
+    assert_eq!(removed.bypassed_not_in_set - v6.bypassed_not_in_set, 1, "{removed:?}");
+}
