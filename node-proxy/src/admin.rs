@@ -21,6 +21,8 @@ use prost::Message;
 use xds_client::pb::envoy::admin::v3 as admin;
 use xds_client::pb::google::protobuf::{Any, Timestamp};
 
+use istio_compat::translate::DumpEntry;
+
 use crate::drain::Drain;
 use crate::logging::LogControl;
 use crate::snapshot::{Live, Snapshot};
@@ -213,25 +215,16 @@ struct Statics {
 }
 
 impl Statics {
-    /// Every resource a config dump file holds (static or, when it was taken, dynamic:
-    /// loaded from a file, they are all static here).
+    /// Every resource a config dump file holds, as its loader read them (static or, when
+    /// the dump was taken, dynamic: loaded from a file, they are all static here).
     fn of_dump(dump: &admin::ConfigDump) -> Statics {
         let mut s = Statics::default();
-        for config in &dump.configs {
-            let name = xds_client::protojson::type_name(&config.type_url);
-            let value = config.value.as_slice();
-            if name == <admin::ListenersConfigDump as prost::Name>::full_name() {
-                let Ok(d) = admin::ListenersConfigDump::decode(value) else { continue };
-                s.listeners.extend(d.static_listeners.into_iter().filter_map(|l| l.listener));
-                s.listeners.extend(d.dynamic_listeners.into_iter().filter_map(|l| l.active_state.and_then(|a| a.listener)));
-            } else if name == <admin::ClustersConfigDump as prost::Name>::full_name() {
-                let Ok(d) = admin::ClustersConfigDump::decode(value) else { continue };
-                s.clusters.extend(d.static_clusters.into_iter().filter_map(|c| c.cluster));
-                s.clusters.extend(d.dynamic_active_clusters.into_iter().filter_map(|c| c.cluster));
-            } else if name == <admin::RoutesConfigDump as prost::Name>::full_name() {
-                let Ok(d) = admin::RoutesConfigDump::decode(value) else { continue };
-                s.routes.extend(d.static_route_configs.into_iter().filter_map(|r| r.route_config));
-                s.routes.extend(d.dynamic_route_configs.into_iter().filter_map(|r| r.route_config));
+        for entry in dump.configs.iter().filter_map(|c| DumpEntry::decode(c).ok()) {
+            match entry {
+                DumpEntry::Listeners(l) => s.listeners.extend(l),
+                DumpEntry::Clusters(c) => s.clusters.extend(c),
+                DumpEntry::Routes(r) => s.routes.extend(r),
+                DumpEntry::Bootstrap(_) | DumpEntry::Endpoints(_) | DumpEntry::Other(_) => {}
             }
         }
         s

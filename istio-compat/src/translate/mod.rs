@@ -319,67 +319,85 @@ pub fn from_bootstrap(b: &Bootstrap) -> Translation {
     t
 }
 
+/// One entry of an admin config dump, decoded: the resources it holds, static and
+/// dynamic alike (a dynamic listener's active state, else its warming one; active and
+/// warming clusters), or the bootstrap.
+pub enum DumpEntry {
+    Bootstrap(Option<Box<Bootstrap>>),
+    Listeners(Vec<Any>),
+    Routes(Vec<Any>),
+    Clusters(Vec<Any>),
+    Endpoints(Vec<Any>),
+    /// A config of another type (its message name).
+    Other(String),
+}
+
+impl DumpEntry {
+    pub fn decode(config: &Any) -> Result<DumpEntry, prost::DecodeError> {
+        let bytes = config.value.as_slice();
+        Ok(match protojson::type_name(&config.type_url) {
+            "envoy.admin.v3.BootstrapConfigDump" => DumpEntry::Bootstrap(admin::BootstrapConfigDump::decode(bytes)?.bootstrap.map(Box::new)),
+            "envoy.admin.v3.ListenersConfigDump" => {
+                let d = admin::ListenersConfigDump::decode(bytes)?;
+                let dynamic = d.dynamic_listeners.into_iter().filter_map(|l| l.active_state.or(l.warming_state)).filter_map(|s| s.listener);
+                DumpEntry::Listeners(d.static_listeners.into_iter().filter_map(|l| l.listener).chain(dynamic).collect())
+            }
+            "envoy.admin.v3.RoutesConfigDump" => {
+                let d = admin::RoutesConfigDump::decode(bytes)?;
+                let dynamic = d.dynamic_route_configs.into_iter().filter_map(|r| r.route_config);
+                DumpEntry::Routes(d.static_route_configs.into_iter().filter_map(|r| r.route_config).chain(dynamic).collect())
+            }
+            "envoy.admin.v3.ClustersConfigDump" => {
+                let d = admin::ClustersConfigDump::decode(bytes)?;
+                let active = d.dynamic_active_clusters.into_iter().filter_map(|c| c.cluster);
+                let warming = d.dynamic_warming_clusters.into_iter().filter_map(|c| c.cluster);
+                DumpEntry::Clusters(d.static_clusters.into_iter().filter_map(|c| c.cluster).chain(active).chain(warming).collect())
+            }
+            "envoy.admin.v3.EndpointsConfigDump" => {
+                let d = admin::EndpointsConfigDump::decode(bytes)?;
+                let dynamic = d.dynamic_endpoint_configs.into_iter().filter_map(|e| e.endpoint_config);
+                DumpEntry::Endpoints(d.static_endpoint_configs.into_iter().filter_map(|e| e.endpoint_config).chain(dynamic).collect())
+            }
+            other => DumpEntry::Other(other.to_owned()),
+        })
+    }
+}
+
 /// Every listener, route configuration, cluster and endpoint set in an admin dump.
 pub fn from_config_dump(dump: &admin::ConfigDump) -> Translation {
     let mut t = Translation::default();
     let mut endpoints = BTreeMap::new();
     for (i, config) in dump.configs.iter().enumerate() {
-        let name = protojson::type_name(&config.type_url);
-        let result = match name {
-            "envoy.admin.v3.BootstrapConfigDump" => admin::BootstrapConfigDump::decode(config.value.as_slice()).map(|b| {
-                if let Some(b) = b.bootstrap {
-                    let inner = from_bootstrap(&b);
-                    t.merge(inner);
-                }
-            }),
-            "envoy.admin.v3.ListenersConfigDump" => admin::ListenersConfigDump::decode(config.value.as_slice()).map(|d| {
-                let dynamic = d.dynamic_listeners.iter().filter_map(|l| l.active_state.as_ref().or(l.warming_state.as_ref()));
-                let anys = d.static_listeners.iter().filter_map(|l| l.listener.as_ref()).chain(dynamic.filter_map(|s| s.listener.as_ref()));
-                for any in anys {
+        let result = DumpEntry::decode(config).map(|entry| match entry {
+            DumpEntry::Bootstrap(Some(b)) => {
+                let inner = from_bootstrap(&b);
+                t.merge(inner);
+            }
+            DumpEntry::Bootstrap(None) => {}
+            DumpEntry::Listeners(anys) => {
+                for any in &anys {
                     t.decode_any(any, |t, l: PbListener| t.add_listener(&l));
                 }
-            }),
-            "envoy.admin.v3.RoutesConfigDump" => admin::RoutesConfigDump::decode(config.value.as_slice()).map(|d| {
-                let anys = d
-                    .static_route_configs
-                    .iter()
-                    .filter_map(|r| r.route_config.as_ref())
-                    .chain(d.dynamic_route_configs.iter().filter_map(|r| r.route_config.as_ref()));
-                for any in anys {
+            }
+            DumpEntry::Routes(anys) => {
+                for any in &anys {
                     t.decode_any(any, |t, rc: RouteConfiguration| t.add_route_configuration(&rc));
                 }
-            }),
-            "envoy.admin.v3.ClustersConfigDump" => admin::ClustersConfigDump::decode(config.value.as_slice()).map(|d| {
-                let anys = d
-                    .static_clusters
-                    .iter()
-                    .filter_map(|c| c.cluster.as_ref())
-                    .chain(d.dynamic_active_clusters.iter().filter_map(|c| c.cluster.as_ref()))
-                    .chain(d.dynamic_warming_clusters.iter().filter_map(|c| c.cluster.as_ref()));
-                for any in anys {
+            }
+            DumpEntry::Clusters(anys) => {
+                for any in &anys {
                     t.decode_any(any, |t, c: PbCluster| t.add_cluster(&c));
                 }
-            }),
-            "envoy.admin.v3.EndpointsConfigDump" => admin::EndpointsConfigDump::decode(config.value.as_slice()).map(|d| {
-                let anys = d
-                    .static_endpoint_configs
-                    .iter()
-                    .filter_map(|e| e.endpoint_config.as_ref())
-                    .chain(d.dynamic_endpoint_configs.iter().filter_map(|e| e.endpoint_config.as_ref()));
-                for any in anys {
+            }
+            DumpEntry::Endpoints(anys) => {
+                for any in &anys {
                     t.decode_any(any, |t, cla: ClusterLoadAssignment| t.add_load_assignment(&cla, &mut endpoints));
                 }
-            }),
-            other => {
-                t.unsupported.push(Unsupported {
-                    resource: format!("configs[{i}]"),
-                    type_url: config.type_url.clone(),
-                    field: other.to_owned(),
-                    effect: Effect::Ignored,
-                });
-                Ok(())
             }
-        };
+            DumpEntry::Other(other) => {
+                t.unsupported.push(Unsupported { resource: format!("configs[{i}]"), type_url: config.type_url.clone(), field: other, effect: Effect::Ignored });
+            }
+        });
         if let Err(e) = result {
             t.rejected.push(Rejected { resource: format!("configs[{i}]"), type_url: config.type_url.clone(), reason: format!("cannot decode: {e}") });
         }
