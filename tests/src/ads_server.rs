@@ -523,16 +523,16 @@ fn sotw_response(shared: &Shared, type_url: &str, names: &[String]) -> Discovery
     }
 }
 
-/// The Delta response for the resources `names` of `type_url` that changed in the
-/// store: those the client wants and holds at another version (or not at all), and
-/// those it holds that are gone; `None` when that is nothing.
-fn delta_changes(
+/// Of the resources `names` of `type_url`: those the client wants and holds at another
+/// version (or not at all), and those it holds that are gone or no longer wanted.
+/// `held` follows.
+fn delta_of<'a>(
     shared: &Shared,
     type_url: &str,
     sub: &(bool, BTreeSet<String>),
     held: &mut HashMap<String, String>,
-    names: &BTreeSet<String>,
-) -> Option<DeltaDiscoveryResponse> {
+    names: impl IntoIterator<Item = &'a String>,
+) -> (Vec<Resource>, Vec<String>) {
     let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
     let current = store.resources.get(type_url);
     let mut resources = Vec::new();
@@ -552,38 +552,10 @@ fn delta_changes(
             }
         }
     }
-    if resources.is_empty() && removed.is_empty() {
-        return None;
-    }
-    Some(DeltaDiscoveryResponse {
-        system_version_info: format!("g{}", *shared.generation.borrow()),
-        resources,
-        type_url: type_url.to_owned(),
-        removed_resources: removed,
-        nonce: next_nonce(shared),
-        ..Default::default()
-    })
+    (resources, removed)
 }
 
-/// Everything of `type_url` that differs from what the client holds (`held`), after a
-/// subscription change or on the stream's first request of the type (then always
-/// answered, possibly empty, as istiod does).
-fn delta_response(shared: &Shared, type_url: &str, sub: &(bool, BTreeSet<String>), held: &mut HashMap<String, String>) -> DeltaDiscoveryResponse {
-    let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
-    let empty = BTreeMap::new();
-    let current = store.resources.get(type_url).unwrap_or(&empty);
-    let wanted = |n: &str| sub.0 || sub.1.contains(n);
-    let mut resources = Vec::new();
-    for (name, (version, body)) in current.iter().filter(|(n, _)| wanted(n)) {
-        if held.get(name) != Some(version) {
-            resources.push(Resource { name: name.clone(), version: version.clone(), resource: Some(body.clone()), ..Default::default() });
-            held.insert(name.clone(), version.clone());
-        }
-    }
-    let removed: Vec<String> = held.keys().filter(|n| !current.contains_key(*n) || !wanted(n)).cloned().collect();
-    for n in &removed {
-        held.remove(n);
-    }
+fn delta_message(shared: &Shared, type_url: &str, (resources, removed): (Vec<Resource>, Vec<String>)) -> DeltaDiscoveryResponse {
     DeltaDiscoveryResponse {
         system_version_info: format!("g{}", *shared.generation.borrow()),
         resources,
@@ -592,4 +564,28 @@ fn delta_response(shared: &Shared, type_url: &str, sub: &(bool, BTreeSet<String>
         nonce: next_nonce(shared),
         ..Default::default()
     }
+}
+
+/// [`delta_of`] the resources that changed in the store since the stream last looked;
+/// `None` when that changes nothing for this client.
+fn delta_changes(
+    shared: &Shared,
+    type_url: &str,
+    sub: &(bool, BTreeSet<String>),
+    held: &mut HashMap<String, String>,
+    names: &BTreeSet<String>,
+) -> Option<DeltaDiscoveryResponse> {
+    let (resources, removed) = delta_of(shared, type_url, sub, held, names);
+    (!resources.is_empty() || !removed.is_empty()).then(|| delta_message(shared, type_url, (resources, removed)))
+}
+
+/// [`delta_of`] everything of `type_url` the store or the client holds, after a
+/// subscription change or on the stream's first request of the type (then always
+/// answered, possibly empty, as istiod does).
+fn delta_response(shared: &Shared, type_url: &str, sub: &(bool, BTreeSet<String>), held: &mut HashMap<String, String>) -> DeltaDiscoveryResponse {
+    let names: BTreeSet<String> = {
+        let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.resources.get(type_url).into_iter().flat_map(|c| c.keys()).chain(held.keys()).cloned().collect()
+    };
+    delta_message(shared, type_url, delta_of(shared, type_url, sub, held, &names))
 }

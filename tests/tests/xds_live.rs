@@ -99,18 +99,24 @@ struct Mesh {
     port: u16,
 }
 
+/// Puts in `ads` EDS clusters `ca` (origin `a`) and `cb` (origin `b`) and listener
+/// `main` on `port` whose route table (version `version`) sends everything to `cluster`.
+fn serve_mesh(ads: &AdsServer, a: &Origin, b: &Origin, port: u16, cluster: &str, version: &str) {
+    set_cluster(ads, eds_cluster("ca", "1s"));
+    set_cluster(ads, eds_cluster("cb", "1s"));
+    set_cla(ads, "ca", &[a.addr()]);
+    set_cla(ads, "cb", &[b.addr()]);
+    set_routes(ads, routes(json!({ "cluster": cluster }), version));
+    set_listener(ads, rds_listener("main", port, "main"));
+}
+
 /// Two origins behind EDS clusters `ca` and `cb`, one listener `main` whose route
 /// table sends everything to `ca`; all served before the proxy starts.
 fn mesh(protocol: &str) -> Mesh {
     let ads = AdsServer::start();
     let (a, b) = (Origin::start("a"), Origin::start("b"));
     let port = free_port();
-    set_cluster(&ads, eds_cluster("ca", "1s"));
-    set_cluster(&ads, eds_cluster("cb", "1s"));
-    set_cla(&ads, "ca", &[a.addr()]);
-    set_cla(&ads, "cb", &[b.addr()]);
-    set_routes(&ads, routes(json!({ "cluster": "ca" }), "v1"));
-    set_listener(&ads, rds_listener("main", port, "main"));
+    serve_mesh(&ads, &a, &b, port, "ca", "v1");
     let opts = ProxyOptions { workers: 2, extra_args: vec!["--xds-protocol".into(), protocol.into()], ..Default::default() };
     let proxy = Proxy::start_xds(&ads.url(), opts);
     Mesh { proxy, ads, a, b, port }
@@ -332,12 +338,7 @@ fn an_istiod_restart_keeps_the_last_good_config_and_resyncs() {
     }
     // A new istiod on the same address, whose configuration moved on meanwhile.
     let ads = AdsServer::start_on(ads_port);
-    set_cluster(&ads, eds_cluster("ca", "1s"));
-    set_cluster(&ads, eds_cluster("cb", "1s"));
-    set_cla(&ads, "ca", &[a.addr()]);
-    set_cla(&ads, "cb", &[b.addr()]);
-    set_routes(&ads, routes(json!({ "cluster": "cb" }), "v2"));
-    set_listener(&ads, rds_listener("main", port, "main"));
+    serve_mesh(&ads, &a, &b, port, "cb", "v2");
     let m = Mesh { proxy, ads, a, b, port };
     m.wait_for("b", "v2");
     let reconnect = m.ads.requests().into_iter().find(|r| r.delta && r.type_url == CLUSTER).expect("a Delta CDS request after the restart");
