@@ -109,6 +109,36 @@ static __always_inline void map_v4(__u32 *out, __u32 ip4)
 	out[3] = ip4;
 }
 
+/*
+ * Copies an IPv6 address word by word. A macro, not a function: each read of a
+ * context field must stay a direct load of that field for the verifier.
+ */
+#define COPY_IP6(dst, src)          \
+	do {                        \
+		(dst)[0] = (src)[0]; \
+		(dst)[1] = (src)[1]; \
+		(dst)[2] = (src)[2]; \
+		(dst)[3] = (src)[3]; \
+	} while (0)
+
+/*
+ * Sets the socket address a sock_addr hook reports or connects to. One store per
+ * field with a barrier between: clang would merge adjacent ctx stores into one the
+ * verifier rejects.
+ */
+static __always_inline void set_user_addr6(struct bpf_sock_addr *ctx, __u32 a0, __u32 a1, __u32 a2, __u32 a3, __u16 port)
+{
+	ctx->user_ip6[0] = a0;
+	barrier();
+	ctx->user_ip6[1] = a1;
+	barrier();
+	ctx->user_ip6[2] = a2;
+	barrier();
+	ctx->user_ip6[3] = a3;
+	barrier();
+	ctx->user_port = (__u32)port;
+}
+
 static __always_inline int is_v4_mapped(const __u32 *a)
 {
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
@@ -176,10 +206,7 @@ int np_connect6(struct bpf_sock_addr *ctx)
 
 	if (ctx->protocol != 6 /* IPPROTO_TCP */)
 		return 1;
-	d.addr[0] = ctx->user_ip6[0];
-	d.addr[1] = ctx->user_ip6[1];
-	d.addr[2] = ctx->user_ip6[2];
-	d.addr[3] = ctx->user_ip6[3];
+	COPY_IP6(d.addr, ctx->user_ip6);
 	d.port = (__u16)ctx->user_port;
 	if (!lookup_and_record(ctx, &d))
 		return 1;
@@ -198,15 +225,7 @@ int np_connect6(struct bpf_sock_addr *ctx)
 		count(C_BYPASSED_NO_PROXY_FAMILY);
 		return 1;
 	}
-	ctx->user_ip6[0] = a0;
-	barrier();
-	ctx->user_ip6[1] = a1;
-	barrier();
-	ctx->user_ip6[2] = a2;
-	barrier();
-	ctx->user_ip6[3] = a3;
-	barrier();
-	ctx->user_port = (__u32)proxy_port;
+	set_user_addr6(ctx, a0, a1, a2, a3, proxy_port);
 	count(C_REDIRECTED);
 	return 1;
 }
@@ -241,14 +260,8 @@ int np_sockops(struct bpf_sock_ops *skops)
 		map_v4(k.peer, skops->local_ip4);
 		map_v4(k.local, skops->remote_ip4);
 	} else if (skops->family == AF_INET6) {
-		k.peer[0] = skops->local_ip6[0];
-		k.peer[1] = skops->local_ip6[1];
-		k.peer[2] = skops->local_ip6[2];
-		k.peer[3] = skops->local_ip6[3];
-		k.local[0] = skops->remote_ip6[0];
-		k.local[1] = skops->remote_ip6[1];
-		k.local[2] = skops->remote_ip6[2];
-		k.local[3] = skops->remote_ip6[3];
+		COPY_IP6(k.peer, skops->local_ip6);
+		COPY_IP6(k.local, skops->remote_ip6);
 	} else {
 		return 1;
 	}
@@ -287,14 +300,8 @@ int np_getsockopt(struct bpf_sockopt *ctx)
 		map_v4(k.peer, sk->dst_ip4);
 		map_v4(k.local, sk->src_ip4);
 	} else if (sk->family == AF_INET6) {
-		k.peer[0] = sk->dst_ip6[0];
-		k.peer[1] = sk->dst_ip6[1];
-		k.peer[2] = sk->dst_ip6[2];
-		k.peer[3] = sk->dst_ip6[3];
-		k.local[0] = sk->src_ip6[0];
-		k.local[1] = sk->src_ip6[1];
-		k.local[2] = sk->src_ip6[2];
-		k.local[3] = sk->src_ip6[3];
+		COPY_IP6(k.peer, sk->dst_ip6);
+		COPY_IP6(k.local, sk->src_ip6);
 	} else {
 		return 1;
 	}
@@ -341,10 +348,7 @@ int np_getsockopt(struct bpf_sockopt *ctx)
 		sin6->family = AF_INET6;
 		sin6->port = d->port;
 		sin6->flowinfo = 0;
-		sin6->addr[0] = d->addr[0];
-		sin6->addr[1] = d->addr[1];
-		sin6->addr[2] = d->addr[2];
-		sin6->addr[3] = d->addr[3];
+		COPY_IP6(sin6->addr, d->addr);
 		sin6->scope_id = 0;
 		ctx->optlen = sizeof(*sin6);
 	}
@@ -372,25 +376,10 @@ int np_getpeername6(struct bpf_sock_addr *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct dst *d = bpf_map_lookup_elem(&cookie_orig, &cookie);
-	__u32 a0, a1, a2, a3;
-	__u16 port;
 
 	if (!d)
 		return 1;
-	a0 = d->addr[0];
-	a1 = d->addr[1];
-	a2 = d->addr[2];
-	a3 = d->addr[3];
-	port = d->port;
-	ctx->user_ip6[0] = a0;
-	barrier();
-	ctx->user_ip6[1] = a1;
-	barrier();
-	ctx->user_ip6[2] = a2;
-	barrier();
-	ctx->user_ip6[3] = a3;
-	barrier();
-	ctx->user_port = (__u32)port;
+	set_user_addr6(ctx, d->addr[0], d->addr[1], d->addr[2], d->addr[3], d->port);
 	return 1;
 }
 

@@ -9,7 +9,7 @@
 
 pub mod loader;
 
-pub use loader::{BpfError, Counters, Options, Redirector};
+pub use loader::{cgroup2_mount, BpfError, Counters, Options, Redirector};
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};

@@ -80,6 +80,16 @@ pub enum BpfError {
     Poisoned,
 }
 
+/// Where cgroup v2 is mounted (the first `cgroup2` entry of /proc/self/mounts).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        (ty == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
 /// `struct dst` in redirect.c: a 16-byte address (IPv4 as v4-mapped IPv6), port in
 /// network order, padding.
 #[repr(C)]
@@ -408,11 +418,7 @@ mod tests {
             return;
         }
         assert!(err.to_string().contains("mount -t cgroup2 to find it"), "{err}");
-        let cgroup_root = fs::read_to_string("/proc/self/mounts").unwrap().lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        });
-        if let Some(root) = cgroup_root {
+        if let Some(root) = cgroup2_mount() {
             let err = Redirector::attach(&root, proxy, &tmp.join("np-not-bpffs").join("pins")).unwrap_err();
             assert!(err.to_string().contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redirect_bpf::{original_dst, Counters, Options, Redirector};
+use redirect_bpf::{cgroup2_mount, original_dst, Counters, Options, Redirector};
 
 /// The SO_MARK the proxy puts on its own upstream connections.
 const PROXY_MARK: u32 = 0x4e50;
@@ -30,19 +30,6 @@ peer = s.getpeername()
 print(f"[{peer[0]}]:{peer[1]}" if family == socket.AF_INET6 else f"{peer[0]}:{peer[1]}", flush=True)
 sys.stdin.read()
 "#;
-
-fn cgroup2_mount() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
-            (ty == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .next()
-        .expect("no cgroup v2 mount (mount -t cgroup2 to find it)")
-}
 
 /// Moves the calling process into `cgroup` (cgroup v2: writing 0 moves the writer).
 fn join_cgroup(cgroup: &Path) {
@@ -88,11 +75,27 @@ impl Drop for Guard {
     }
 }
 
-fn spawn_client(cgroup: &Path, dst: SocketAddr) -> Child {
-    spawn_client_with(cgroup, dst, 5, 0)
+impl Guard {
+    /// A client started inside the test cgroup dialing `dst`, held until the test ends.
+    fn client(&mut self, dst: SocketAddr, timeout_secs: u32, mark: u32) -> &mut Child {
+        self.children.push(spawn_client(&self.cgroup, dst, timeout_secs, mark));
+        self.children.last_mut().expect("the child just pushed")
+    }
+
+    fn counters(&self) -> Counters {
+        self.redirector.as_ref().expect("redirector").counters()
+    }
 }
 
-fn spawn_client_with(cgroup: &Path, dst: SocketAddr, timeout_secs: u32, mark: u32) -> Child {
+/// Lets `client` dial and end, then asserts `proxy` accepted nothing.
+fn assert_proxy_accepts_nothing(client: &mut Child, proxy: &TcpListener, what: &str) {
+    drop(client.stdin.take());
+    let _ = client.wait().expect("wait client");
+    proxy.set_nonblocking(true).expect("nonblocking");
+    assert!(proxy.accept().is_err(), "proxy accepted {what}");
+}
+
+fn spawn_client(cgroup: &Path, dst: SocketAddr, timeout_secs: u32, mark: u32) -> Child {
     let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("cgroup path");
     let mut cmd = Command::new("python3");
     cmd.args(["-c", CLIENT, &dst.ip().to_string(), &dst.port().to_string(), &timeout_secs.to_string(), &mark.to_string()])
@@ -156,7 +159,7 @@ fn redirects_vip_to_proxy_and_recovers_original_dst() {
         panic!("the redirect test needs root (it loads BPF programs into a test cgroup): run as root");
     }
     let pid = std::process::id();
-    let root = cgroup2_mount();
+    let root = cgroup2_mount().expect("no cgroup v2 mount (mount -t cgroup2 to find it)");
     let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
     let bpffs = std::env::temp_dir().join(format!("np-bpf-{pid}"));
@@ -197,11 +200,7 @@ fn redirects_vip_to_proxy_and_recovers_original_dst() {
     let before = redirector.counters();
 
     // Redirected: the VIP has no route, so only the rewrite can make this connect succeed.
-    let client = spawn_client(&g.cgroup, vip);
-    let client = {
-        g.children.push(client);
-        g.children.last_mut().expect("child")
-    };
+    let client = g.client(vip, 5, 0);
     let accepted = accept_within(&proxy, Duration::from_secs(10));
     let peer_seen = read_peer(client);
     assert_eq!(peer_seen, "10.255.0.1:8080", "client's getpeername must show the VIP it dialed");
@@ -209,51 +208,35 @@ fn redirects_vip_to_proxy_and_recovers_original_dst() {
     assert_eq!(local, proxy_addr);
     assert_eq!(original_dst(&accepted, local).expect("SO_ORIGINAL_DST"), vip);
     finish(client);
-    let after = g.redirector.as_ref().expect("redirector").counters();
+    let after = g.counters();
     assert_eq!(after.redirected - before.redirected, 1, "{after:?}");
     assert_eq!(after.getsockopt_answered - before.getsockopt_answered, 1, "{after:?}");
 
     // Bypassed: not in the set, so the client reaches the direct listener untouched.
-    let client = spawn_client(&g.cgroup, direct_addr);
-    let client = {
-        g.children.push(client);
-        g.children.last_mut().expect("child")
-    };
+    let client = g.client(direct_addr, 5, 0);
     let mut accepted = accept_within(&direct, Duration::from_secs(10));
     assert_eq!(read_peer(client), direct_addr.to_string());
     let _ = accepted.write_all(b"bye");
     finish(client);
-    let bypassed = g.redirector.as_ref().expect("redirector").counters();
+    let bypassed = g.counters();
     assert_eq!(bypassed.bypassed_not_in_set - after.bypassed_not_in_set, 1, "{bypassed:?}");
     assert_eq!(bypassed.redirected, after.redirected, "{bypassed:?}");
 
     // connect6 with a v4-mapped destination: same set entry, same proxy (through
     // ::ffff:127.0.0.1), getpeername6 shows the mapped VIP.
     let mapped: SocketAddr = "[::ffff:10.255.0.1]:8080".parse().expect("mapped vip");
-    let client = spawn_client(&g.cgroup, mapped);
-    let client = {
-        g.children.push(client);
-        g.children.last_mut().expect("child")
-    };
+    let client = g.client(mapped, 5, 0);
     let accepted = accept_within(&proxy, Duration::from_secs(10));
     assert_eq!(read_peer(client), "[::ffff:10.255.0.1]:8080");
     let local = accepted.local_addr().expect("accepted local");
     assert_eq!(original_dst(&accepted, local).expect("SO_ORIGINAL_DST (v6 client)"), vip);
     finish(client);
-    let v6 = g.redirector.as_ref().expect("redirector").counters();
+    let v6 = g.counters();
     assert_eq!(v6.redirected - bypassed.redirected, 1, "{v6:?}");
 
     // The proxy's own traffic (SO_MARK) to a VIP in the set is left alone.
-    let client = spawn_client_with(&g.cgroup, vip, 1, PROXY_MARK);
-    let client = {
-        g.children.push(client);
-        g.children.last_mut().expect("child")
-    };
-    drop(client.stdin.take());
-    let _ = client.wait().expect("wait client");
-    proxy.set_nonblocking(true).expect("nonblocking");
-    assert!(proxy.accept().is_err(), "proxy accepted its own marked connection");
-    let own = g.redirector.as_ref().expect("redirector").counters();
+    assert_proxy_accepts_nothing(g.client(vip, 1, PROXY_MARK), &proxy, "its own marked connection");
+    let own = g.counters();
     assert_eq!(own.bypassed_own_traffic - v6.bypassed_own_traffic, 1, "{own:?}");
     assert_eq!(own.redirected, v6.redirected, "{own:?}");
     let v6 = own;
@@ -263,18 +246,10 @@ fn redirects_vip_to_proxy_and_recovers_original_dst() {
     let redirector = g.redirector.as_ref().expect("redirector");
     redirector.remove(vip).expect("remove VIP");
     redirector.remove(vip).expect("removing twice is fine");
-    let client = spawn_client_with(&g.cgroup, vip, 1, 0);
-    let client = {
-        g.children.push(client);
-        g.children.last_mut().expect("child")
-    };
     // Whether the real VIP answers depends on the network (a default route may lead to
     // an egress that accepts anything): only the proxy's silence and the counters count.
-    drop(client.stdin.take());
-    let _ = client.wait().expect("wait client");
-    proxy.set_nonblocking(true).expect("nonblocking");
-    assert!(proxy.accept().is_err(), "proxy accepted a connection for a removed VIP");
-    let removed: Counters = g.redirector.as_ref().expect("redirector").counters();
+    assert_proxy_accepts_nothing(g.client(vip, 1, 0), &proxy, "a connection for a removed VIP");
+    let removed: Counters = g.counters();
     assert_eq!(removed.redirected, v6.redirected, "{removed:?}");
     assert_eq!(removed.bypassed_not_in_set - v6.bypassed_not_in_set, 1, "{removed:?}");
 }
