@@ -3,9 +3,9 @@
  * Transparent redirect of pod connections to the node proxy, with cgroup BPF.
  *
  *  - cgroup/connect4, cgroup/connect6: when the destination (IP, port) is in
- *    `redirect_set`, remember it under the socket cookie (`cookie_orig`) and
- *    rewrite the destination to the proxy (globals `proxy_ip4`/`proxy_ip6`/
- *    `proxy_port`, set at load time).
+ *    `redirect_set` (port 0 there stands for every port of the IP), remember it
+ *    under the socket cookie (`cookie_orig`) and rewrite the destination to the
+ *    proxy (globals `proxy_ip4`/`proxy_ip6`/`proxy_port`, set at load time).
  *  - sockops: on BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, copy the cookie's entry to
  *    `conn_orig`, keyed by the 4-tuple as the proxy's accepted socket sees it.
  *  - cgroup/getsockopt: answer SOL_IP/SO_ORIGINAL_DST and
@@ -14,7 +14,8 @@
  *    address it dialed instead of the proxy.
  *
  * Every address is stored as 16 bytes (IPv4 as ::ffff:a.b.c.d), ports in
- * network byte order.
+ * network byte order. `meta` is written and read by user space only: what this
+ * attachment was made for, so a restarted proxy can tell whether to keep it.
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -72,6 +73,24 @@ struct {
 	__type(key, struct dst);
 	__type(value, __u8);
 } redirect_set SEC(".maps");
+
+/* Keep in sync with `Meta` in src/loader.rs. */
+struct meta {
+	__u64 object_hash;
+	__u64 pods_cgroup_id;
+	__u64 proxy_cgroup_id;
+	struct dst proxy;
+	__u32 bypass_mark;
+	char pods_cgroup[256];
+	char proxy_cgroup[256];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct meta);
+} meta SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -156,12 +175,26 @@ static __always_inline int own_traffic(struct bpf_sock_addr *ctx)
 	return sk->mark == bypass_mark;
 }
 
+/* Whether (IP, port) or (IP, every port) is in the redirect set. */
+static __always_inline int in_set(struct dst *d)
+{
+	__u16 port = d->port;
+	int hit;
+
+	if (bpf_map_lookup_elem(&redirect_set, d))
+		return 1;
+	d->port = 0;
+	hit = bpf_map_lookup_elem(&redirect_set, d) != 0;
+	d->port = port;
+	return hit;
+}
+
 /* Looks the destination up; on a hit, records it under the socket cookie. */
 static __always_inline int lookup_and_record(struct bpf_sock_addr *ctx, struct dst *d)
 {
 	__u64 cookie;
 
-	if (!bpf_map_lookup_elem(&redirect_set, d)) {
+	if (!in_set(d)) {
 		count(C_BYPASSED_NOT_IN_SET);
 		return 0;
 	}

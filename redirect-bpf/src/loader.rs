@@ -1,19 +1,24 @@
 //! Loads `bpf/redirect.c` (compiled by build.rs) with aya, attaches it to a cgroup v2
 //! directory and pins its maps and links so the redirect outlives this process.
 //!
-//! The `getsockopt` hook runs for sockets of the cgroup it is attached to, and an
-//! accepted socket belongs to the cgroup of its listener: the proxy's listening socket
-//! must be created in `cgroup` (or a descendant) for `SO_ORIGINAL_DST` to be answered.
-//! Attaching to the cgroup v2 root covers both pods and proxy.
+//! The connect, sockops and getpeername hooks go on the pods' cgroup. The `getsockopt`
+//! hook goes on the proxy's cgroup ([`Options::proxy_cgroup`]; by default the pods'
+//! one): it runs for sockets of the cgroup it is attached to, and an accepted socket
+//! belongs to the cgroup of its listener. A proxy outside the pods' cgroup is never
+//! redirected itself; one inside it is recognised by its SO_MARK ([`Options::bypass_mark`]).
+//!
+//! A restarted proxy keeps the pinned attachment when it was made for the same
+//! settings by the same build ([`Redirector::attach_or_reuse`]): connections keep being
+//! redirected while it restarts, and the redirect set carries over.
 
 use std::fs::{self, File};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
@@ -26,7 +31,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The programs, by C function name, in attach order.
 const PROGRAMS: [&str; 6] = ["np_connect4", "np_connect6", "np_sockops", "np_getsockopt", "np_getpeername4", "np_getpeername6"];
 /// The maps, pinned under `pin_dir` by these names.
-const MAPS: [&str; 4] = ["redirect_set", "cookie_orig", "conn_orig", "counters"];
+const MAPS: [&str; 5] = ["redirect_set", "cookie_orig", "conn_orig", "counters", "meta"];
 
 /// Why the redirect could not be set up, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,8 @@ pub enum BpfError {
     NoBpffs(PathBuf),
     #[error("{path} already holds pinned redirect objects: call Redirector::detach on it first")]
     AlreadyPinned { path: PathBuf },
+    #[error("{path} holds no pinned redirect (nothing attached there)")]
+    NotPinned { path: PathBuf },
     #[error("loading the BPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("BPF object has no program {0} (stale build?)")]
@@ -111,6 +118,80 @@ impl DstKey {
         };
         DstKey { addr: ip.octets(), port: addr.port().to_be(), pad: 0 }
     }
+
+    /// The address back (v4-mapped keys as IPv4).
+    fn addr(&self) -> SocketAddr {
+        let ip = Ipv6Addr::from(self.addr);
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        SocketAddr::new(ip, u16::from_be(self.port))
+    }
+}
+
+/// `struct meta` in redirect.c: what an attachment was made for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Meta {
+    object_hash: u64,
+    pods_cgroup_id: u64,
+    proxy_cgroup_id: u64,
+    proxy: DstKey,
+    bypass_mark: u32,
+    pods_cgroup: [u8; 256],
+    proxy_cgroup: [u8; 256],
+}
+
+// SAFETY: repr(C), plain integers and byte arrays, no implicit padding (24 + 20 + 4 + 512 bytes).
+unsafe impl Pod for Meta {}
+
+fn path_bytes(p: &Path) -> [u8; 256] {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = [0u8; 256];
+    let b = p.as_os_str().as_bytes();
+    let n = b.len().min(255);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+fn bytes_path(b: &[u8; 256]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    PathBuf::from(std::ffi::OsStr::from_bytes(&b[..n]))
+}
+
+/// FNV-1a of the BPF object: tells a pinned attachment of another build from ours.
+fn object_hash() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The cgroup id of a cgroup v2 directory (its inode number).
+fn cgroup_id(path: &Path) -> Result<u64, BpfError> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).map(|m| m.ino()).map_err(|source| BpfError::Io { what: "reading cgroup", path: path.to_path_buf(), source })
+}
+
+/// What a pinned attachment was made for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The pods' cgroup (connect, sockops, getpeername hooks).
+    pub pods_cgroup: PathBuf,
+    /// The proxy's cgroup (getsockopt hook).
+    pub proxy_cgroup: PathBuf,
+    /// Where redirected connections go.
+    pub proxy: SocketAddr,
+    pub bypass_mark: u32,
+    /// Whether the programs come from this build of the BPF object.
+    pub same_build: bool,
+}
+
+/// What [`Redirector::attach_or_reuse`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Nothing was pinned: attached now.
+    Fresh,
+    /// The pinned attachment matched and was kept (with its redirect set).
+    Kept,
+    /// A pinned attachment for other settings or another build was replaced; says why.
+    Replaced(String),
 }
 
 /// Counter indexes (`enum counter` in redirect.c).
@@ -143,21 +224,25 @@ pub struct Counters {
 }
 
 /// Options of [`Redirector::attach_with`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Sockets with this SO_MARK are never redirected (the proxy's own upstream
     /// connections). 0 disables the check.
     pub bypass_mark: u32,
+    /// The cgroup the proxy runs in, for the `getsockopt` hook; `None`: the pods' cgroup.
+    pub proxy_cgroup: Option<PathBuf>,
 }
 
-/// The loaded and attached redirect programs.
+/// The loaded and attached redirect programs, or (after [`Redirector::open`]) the
+/// pinned maps of an attachment another process made.
 ///
 /// Dropping it leaves the redirect in place (links and maps are pinned); use
 /// [`Redirector::detach`] to remove it.
 pub struct Redirector {
-    _ebpf: Ebpf,
+    _ebpf: Option<Ebpf>,
     redirect_set: Mutex<HashMap<MapData, DstKey, u8>>,
     counters: PerCpuArray<MapData, u64>,
+    meta: Array<MapData, Meta>,
     pin_dir: PathBuf,
 }
 
@@ -191,23 +276,12 @@ impl Redirector {
 
     /// [`Redirector::attach`] with [`Options`].
     pub fn attach_with(cgroup: &Path, proxy: SocketAddr, pin_dir: &Path, options: Options) -> Result<Redirector, BpfError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(BpfError::NotRoot);
-        }
-        match statfs_type(cgroup) {
-            Ok(CGROUP2_SUPER_MAGIC) => {}
-            _ => return Err(BpfError::NoCgroup2(cgroup.to_path_buf())),
-        }
-        let pin_parent = pin_dir.parent().unwrap_or(pin_dir);
-        match statfs_type(pin_parent) {
-            Ok(BPF_FS_MAGIC) => {}
-            _ => return Err(BpfError::NoBpffs(pin_parent.to_path_buf())),
-        }
-        if pin_dir.exists() && fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        check_environment(cgroup, options.proxy_cgroup.as_deref(), pin_dir)?;
+        if is_pinned(pin_dir) {
             return Err(BpfError::AlreadyPinned { path: pin_dir.to_path_buf() });
         }
         fs::create_dir_all(pin_dir).map_err(|source| BpfError::Io { what: "creating", path: pin_dir.to_path_buf(), source })?;
+        let proxy_cgroup = options.proxy_cgroup.clone().unwrap_or_else(|| cgroup.to_path_buf());
 
         let (ip4, ip6, family): (u32, [u32; 4], u32) = match proxy.ip() {
             IpAddr::V4(v4) => (u32::from(v4).to_be(), [0; 4], 1),
@@ -221,7 +295,19 @@ impl Redirector {
             },
         };
         let port = proxy.port().to_be();
-        let result = Self::load_and_attach(cgroup, pin_dir, ip4, &ip6, port, family, options.bypass_mark);
+        let result = Self::load_and_attach(cgroup, &proxy_cgroup, pin_dir, ip4, &ip6, port, family, options.bypass_mark).and_then(|mut r| {
+            let meta = Meta {
+                object_hash: object_hash(),
+                pods_cgroup_id: cgroup_id(cgroup)?,
+                proxy_cgroup_id: cgroup_id(&proxy_cgroup)?,
+                proxy: DstKey::new(proxy),
+                bypass_mark: options.bypass_mark,
+                pods_cgroup: path_bytes(cgroup),
+                proxy_cgroup: path_bytes(&proxy_cgroup),
+            };
+            r.meta.set(0, meta, 0).map_err(|source| BpfError::Map { name: "meta", source })?;
+            Ok(r)
+        });
         if result.is_err() {
             // Best effort: leave no half-pinned state behind.
             let _ = Self::detach(pin_dir);
@@ -229,7 +315,86 @@ impl Redirector {
         result
     }
 
-    fn load_and_attach(cgroup: &Path, pin_dir: &Path, ip4: u32, ip6: &[u32; 4], port: u16, family: u32, mark: u32) -> Result<Redirector, BpfError> {
+    /// Keeps the attachment pinned at `pin_dir` if it was made by this build for the
+    /// same cgroups, proxy address and mark (a proxy restart: the redirect never
+    /// stopped, and its set carries over); otherwise replaces it, or attaches afresh.
+    pub fn attach_or_reuse(cgroup: &Path, proxy: SocketAddr, pin_dir: &Path, options: Options) -> Result<(Redirector, Reuse), BpfError> {
+        check_environment(cgroup, options.proxy_cgroup.as_deref(), pin_dir)?;
+        if !is_pinned(pin_dir) {
+            return Ok((Self::attach_with(cgroup, proxy, pin_dir, options)?, Reuse::Fresh));
+        }
+        let proxy_cgroup = options.proxy_cgroup.clone().unwrap_or_else(|| cgroup.to_path_buf());
+        let why = match Self::open(pin_dir) {
+            Ok(pinned) => match pinned.read_meta() {
+                Ok(m) if m.object_hash != object_hash() => "it was attached by another build of node-proxy".to_owned(),
+                Ok(m) if m.pods_cgroup_id != cgroup_id(cgroup)? || m.proxy_cgroup_id != cgroup_id(&proxy_cgroup)? => {
+                    format!("it was attached to cgroups {} and {}", bytes_path(&m.pods_cgroup).display(), bytes_path(&m.proxy_cgroup).display())
+                }
+                Ok(m) if m.proxy != DstKey::new(proxy) => format!("it redirects to {}", m.proxy.addr()),
+                Ok(m) if m.bypass_mark != options.bypass_mark => format!("it bypasses mark {}", m.bypass_mark),
+                Ok(_) => return Ok((pinned, Reuse::Kept)),
+                Err(e) => format!("its settings cannot be read ({e})"),
+            },
+            Err(e) => format!("it cannot be opened ({e})"),
+        };
+        Self::detach(pin_dir)?;
+        Ok((Self::attach_with(cgroup, proxy, pin_dir, options)?, Reuse::Replaced(why)))
+    }
+
+    /// Opens the pinned maps of the attachment at `pin_dir` (made by this or another
+    /// process), to read its state or change its redirect set.
+    pub fn open(pin_dir: &Path) -> Result<Redirector, BpfError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BpfError::NotRoot);
+        }
+        if !is_pinned(pin_dir) {
+            return Err(BpfError::NotPinned { path: pin_dir.to_path_buf() });
+        }
+        fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| BpfError::Map { name, source })?;
+            aya::maps::Map::from_map_data(data).map_err(|source| BpfError::Map { name, source })
+        }
+        let redirect_set = HashMap::try_from(pinned(pin_dir, "redirect_set")?).map_err(|source| BpfError::Map { name: "redirect_set", source })?;
+        let counters = PerCpuArray::try_from(pinned(pin_dir, "counters")?).map_err(|source| BpfError::Map { name: "counters", source })?;
+        let meta = Array::try_from(pinned(pin_dir, "meta")?).map_err(|source| BpfError::Map { name: "meta", source })?;
+        Ok(Redirector { _ebpf: None, redirect_set: Mutex::new(redirect_set), counters, meta, pin_dir: pin_dir.to_path_buf() })
+    }
+
+    fn read_meta(&self) -> Result<Meta, BpfError> {
+        self.meta.get(&0, 0).map_err(|source| BpfError::Map { name: "meta", source })
+    }
+
+    /// What this attachment was made for.
+    pub fn attachment(&self) -> Result<Attachment, BpfError> {
+        let m = self.read_meta()?;
+        Ok(Attachment {
+            pods_cgroup: bytes_path(&m.pods_cgroup),
+            proxy_cgroup: bytes_path(&m.proxy_cgroup),
+            proxy: m.proxy.addr(),
+            bypass_mark: m.bypass_mark,
+            same_build: m.object_hash == object_hash(),
+        })
+    }
+
+    /// The redirect set (port 0: every port of the address), in no particular order.
+    pub fn entries(&self) -> Result<Vec<SocketAddr>, BpfError> {
+        let set = self.redirect_set.lock().map_err(|_| BpfError::Poisoned)?;
+        set.keys().map(|k| k.map(|k| k.addr()).map_err(|source| BpfError::Map { name: "redirect_set", source })).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn load_and_attach(
+        cgroup: &Path,
+        proxy_cgroup: &Path,
+        pin_dir: &Path,
+        ip4: u32,
+        ip6: &[u32; 4],
+        port: u16,
+        family: u32,
+        mark: u32,
+    ) -> Result<Redirector, BpfError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("proxy_ip4", &ip4, true)
             .override_global("proxy_ip6", &ip6[..], true)
@@ -240,6 +405,7 @@ impl Redirector {
             .map_err(BpfError::Load)?;
 
         let cgroup_file = File::open(cgroup).map_err(|source| BpfError::Io { what: "opening cgroup", path: cgroup.to_path_buf(), source })?;
+        let proxy_cgroup_file = File::open(proxy_cgroup).map_err(|source| BpfError::Io { what: "opening cgroup", path: proxy_cgroup.to_path_buf(), source })?;
 
         for name in MAPS {
             let map = ebpf.map(name).ok_or(BpfError::MissingMap(name))?;
@@ -264,12 +430,12 @@ impl Redirector {
                     p.load().map_err(perr)?;
                     let prog_fd = p.fd().map_err(perr)?.as_fd().as_raw_fd();
                     let path = pin_dir.join(format!("link_{name}"));
-                    raw::link_create_and_pin(prog_fd, cgroup_file.as_raw_fd(), raw::BPF_CGROUP_GETSOCKOPT, &path).map_err(|source| BpfError::Io {
+                    raw::link_create_and_pin(prog_fd, proxy_cgroup_file.as_raw_fd(), raw::BPF_CGROUP_GETSOCKOPT, &path).map_err(|source| BpfError::Io {
                         what: "attaching np_getsockopt and pinning its link at",
                         path: path.clone(),
                         source,
                     })?;
-                    tracing::debug!(program = name, cgroup = %cgroup.display(), "attached and pinned");
+                    tracing::debug!(program = name, cgroup = %proxy_cgroup.display(), "attached and pinned");
                     continue;
                 }
                 _ => {
@@ -288,7 +454,9 @@ impl Redirector {
         let redirect_set = HashMap::try_from(set).map_err(|source| BpfError::Map { name: "redirect_set", source })?;
         let counters = ebpf.take_map("counters").ok_or(BpfError::MissingMap("counters"))?;
         let counters = PerCpuArray::try_from(counters).map_err(|source| BpfError::Map { name: "counters", source })?;
-        Ok(Redirector { _ebpf: ebpf, redirect_set: Mutex::new(redirect_set), counters, pin_dir: pin_dir.to_path_buf() })
+        let meta = ebpf.take_map("meta").ok_or(BpfError::MissingMap("meta"))?;
+        let meta = Array::try_from(meta).map_err(|source| BpfError::Map { name: "meta", source })?;
+        Ok(Redirector { _ebpf: Some(ebpf), redirect_set: Mutex::new(redirect_set), counters, meta, pin_dir: pin_dir.to_path_buf() })
     }
 
     /// Redirects connections to `addr` (a service VIP or an endpoint IP:port).
@@ -352,6 +520,30 @@ impl Redirector {
             Err(source) => Err(BpfError::Io { what: "removing pin directory", path: pin_dir.to_path_buf(), source }),
         }
     }
+}
+
+/// Root, cgroup v2 directories and a bpffs for the pins, or an error saying what to do.
+fn check_environment(cgroup: &Path, proxy_cgroup: Option<&Path>, pin_dir: &Path) -> Result<(), BpfError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BpfError::NotRoot);
+    }
+    for c in std::iter::once(cgroup).chain(proxy_cgroup) {
+        match statfs_type(c) {
+            Ok(CGROUP2_SUPER_MAGIC) => {}
+            _ => return Err(BpfError::NoCgroup2(c.to_path_buf())),
+        }
+    }
+    let pin_parent = pin_dir.parent().unwrap_or(pin_dir);
+    match statfs_type(pin_parent) {
+        Ok(BPF_FS_MAGIC) => Ok(()),
+        _ => Err(BpfError::NoBpffs(pin_parent.to_path_buf())),
+    }
+}
+
+/// Whether `pin_dir` holds anything.
+fn is_pinned(pin_dir: &Path) -> bool {
+    fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
 
 /// The two `bpf(2)` commands aya 0.14 does not expose for cgroup sockopt links.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redirect_bpf::{cgroup2_mount, original_dst, Counters, Options, Redirector};
+use redirect_bpf::{cgroup2_mount, original_dst, Counters, Options, Redirector, Reuse};
 
 /// The SO_MARK the proxy puts on its own upstream connections.
 const PROXY_MARK: u32 = 0x4e50;
@@ -38,9 +38,13 @@ fn join_cgroup(cgroup: &Path) {
 
 /// Everything the test created, removed in reverse order even when an assertion fails.
 struct Guard {
+    /// Joining a cgroup moves the whole test process: the tests take turns.
+    _serial: std::sync::MutexGuard<'static, ()>,
     root: PathBuf,
     home: PathBuf,
     cgroup: PathBuf,
+    /// The proxy's own cgroup (beside the pods' one), for the getsockopt hook.
+    proxy_cgroup: PathBuf,
     bpffs: PathBuf,
     pin_dir: PathBuf,
     redirector: Option<Redirector>,
@@ -59,13 +63,15 @@ impl Drop for Guard {
         if let Err(e) = Redirector::detach(&self.pin_dir) {
             eprintln!("detach: {e}");
         }
-        if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
-                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+        for cgroup in [&self.cgroup, &self.proxy_cgroup] {
+            if let Ok(procs) = fs::read_to_string(cgroup.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
+                }
             }
-        }
-        if let Err(e) = fs::remove_dir(&self.cgroup) {
-            eprintln!("rmdir {}: {e}", self.cgroup.display());
+            if let Err(e) = fs::remove_dir(cgroup) {
+                eprintln!("rmdir {}: {e}", cgroup.display());
+            }
         }
         if let Ok(c) = CString::new(self.bpffs.as_os_str().as_bytes()) {
             // SAFETY: a NUL-terminated path.
@@ -76,6 +82,54 @@ impl Drop for Guard {
 }
 
 impl Guard {
+    /// Test cgroups (pods and proxy, under the cgroup v2 root) and a private bpffs
+    /// instance, so the test does not depend on (or touch) /sys/fs/bpf. `None`
+    /// without root (outside CI).
+    fn new(tag: &str) -> Option<Guard> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            if std::env::var_os("CI").is_none() {
+                eprintln!("skipping: the redirect test loads BPF programs and needs root");
+                return None;
+            }
+            panic!("the redirect test needs root (it loads BPF programs into a test cgroup): run as root");
+        }
+        let pid = std::process::id();
+        let root = cgroup2_mount().expect("no cgroup v2 mount (mount -t cgroup2 to find it)");
+        let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
+        let bpffs = std::env::temp_dir().join(format!("np-bpf-{pid}-{tag}"));
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let g = Guard {
+            _serial: SERIAL.lock().unwrap_or_else(|p| p.into_inner()),
+            home: root.join(&own),
+            cgroup: root.join(format!("np-test-{pid}-{tag}")),
+            proxy_cgroup: root.join(format!("np-test-{pid}-{tag}-proxy")),
+            pin_dir: bpffs.join("redirect"),
+            root,
+            bpffs,
+            redirector: None,
+            children: Vec::new(),
+        };
+        fs::create_dir(&g.cgroup).expect("create test cgroup");
+        fs::create_dir(&g.proxy_cgroup).expect("create proxy cgroup");
+        fs::create_dir_all(&g.bpffs).expect("create bpffs mountpoint");
+        let target = CString::new(g.bpffs.as_os_str().as_bytes()).expect("path");
+        // SAFETY: NUL-terminated strings; no data argument.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", g.bpffs.display(), std::io::Error::last_os_error());
+        Some(g)
+    }
+
+    /// A listener created from inside `cgroup` (an accepted socket inherits its
+    /// listener's cgroup, which decides which getsockopt hook answers).
+    fn listener_in(&self, cgroup: &Path) -> TcpListener {
+        join_cgroup(cgroup);
+        let l = TcpListener::bind("127.0.0.1:0");
+        join_cgroup(&self.home);
+        l.expect("bind listener")
+    }
+
     /// A client started inside the test cgroup dialing `dst`, held until the test ends.
     fn client(&mut self, dst: SocketAddr, timeout_secs: u32, mark: u32) -> &mut Child {
         self.children.push(spawn_client(&self.cgroup, dst, timeout_secs, mark));
@@ -150,48 +204,17 @@ fn finish(child: &mut Child) {
 
 #[test]
 fn redirects_vip_to_proxy_and_recovers_original_dst() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var_os("CI").is_none() {
-            eprintln!("skipping: the redirect test loads BPF programs and needs root");
-            return;
-        }
-        panic!("the redirect test needs root (it loads BPF programs into a test cgroup): run as root");
-    }
-    let pid = std::process::id();
-    let root = cgroup2_mount().expect("no cgroup v2 mount (mount -t cgroup2 to find it)");
-    let own = fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_string();
-    let bpffs = std::env::temp_dir().join(format!("np-bpf-{pid}"));
-    let mut g = Guard {
-        home: root.join(&own),
-        cgroup: root.join(format!("np-test-{pid}")),
-        pin_dir: bpffs.join("redirect"),
-        root,
-        bpffs,
-        redirector: None,
-        children: Vec::new(),
-    };
-    fs::create_dir(&g.cgroup).expect("create test cgroup");
-    // A private bpffs instance, so the test does not depend on (or touch) /sys/fs/bpf.
-    fs::create_dir_all(&g.bpffs).expect("create bpffs mountpoint");
-    let target = CString::new(g.bpffs.as_os_str().as_bytes()).expect("path");
-    // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-    assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", g.bpffs.display(), std::io::Error::last_os_error());
-
-    // The proxy's listener must belong to the cgroup whose getsockopt hook answers
-    // SO_ORIGINAL_DST (an accepted socket inherits its listener's cgroup): create it
-    // from inside the test cgroup, then step back out.
-    join_cgroup(&g.cgroup);
-    let proxy = TcpListener::bind("127.0.0.1:0");
-    join_cgroup(&g.home);
-    let proxy = proxy.expect("bind proxy listener");
+    let Some(mut g) = Guard::new("basic") else { return };
+    // The proxy's listener is in the pods' cgroup here (no proxy cgroup given: the
+    // getsockopt hook goes on the pods' cgroup).
+    let proxy = g.listener_in(&g.cgroup);
     let proxy_addr = proxy.local_addr().expect("proxy addr");
     let direct = TcpListener::bind("127.0.0.1:0").expect("bind direct listener");
     let direct_addr = direct.local_addr().expect("direct addr");
 
-    let redirector = g.redirector.insert(Redirector::attach_with(&g.cgroup, proxy_addr, &g.pin_dir, Options { bypass_mark: PROXY_MARK }).expect("attach"));
+    let redirector = g
+        .redirector
+        .insert(Redirector::attach_with(&g.cgroup, proxy_addr, &g.pin_dir, Options { bypass_mark: PROXY_MARK, ..Default::default() }).expect("attach"));
     for name in ["redirect_set", "counters", "link_np_connect4", "link_np_getsockopt", "link_np_sockops"] {
         assert!(g.pin_dir.join(name).exists(), "{name} not pinned");
     }
@@ -252,4 +275,54 @@ fn redirects_vip_to_proxy_and_recovers_original_dst() {
     let removed: Counters = g.counters();
     assert_eq!(removed.redirected, v6.redirected, "{removed:?}");
     assert_eq!(removed.bypassed_not_in_set - v6.bypassed_not_in_set, 1, "{removed:?}");
+}
+
+#[test]
+fn a_restarted_proxy_keeps_the_pinned_redirect_and_port_zero_means_every_port() {
+    let Some(mut g) = Guard::new("reuse") else { return };
+    // The proxy runs in its own cgroup, beside the pods': its getsockopt hook is there.
+    let proxy = g.listener_in(&g.proxy_cgroup);
+    let proxy_addr = proxy.local_addr().expect("proxy addr");
+    let options = Options { bypass_mark: PROXY_MARK, proxy_cgroup: Some(g.proxy_cgroup.clone()) };
+
+    let (first, reuse) = Redirector::attach_or_reuse(&g.cgroup, proxy_addr, &g.pin_dir, options.clone()).expect("attach");
+    assert_eq!(reuse, Reuse::Fresh);
+    let attachment = first.attachment().expect("attachment");
+    assert_eq!((attachment.pods_cgroup.as_path(), attachment.proxy_cgroup.as_path()), (g.cgroup.as_path(), g.proxy_cgroup.as_path()));
+    assert_eq!((attachment.proxy, attachment.bypass_mark, attachment.same_build), (proxy_addr, PROXY_MARK, true));
+    // Port 0: every port of the address.
+    let every_port: SocketAddr = "10.255.0.2:0".parse().expect("addr");
+    first.add(every_port).expect("add");
+    let before = first.counters();
+    // The proxy process goes away (its handle drops); the pins keep the redirect.
+    drop(first);
+
+    for port in [80, 9042] {
+        let dst = SocketAddr::new(every_port.ip(), port);
+        let client = g.client(dst, 5, 0);
+        let accepted = accept_within(&proxy, Duration::from_secs(10));
+        assert_eq!(read_peer(client), dst.to_string());
+        let local = accepted.local_addr().expect("local");
+        assert_eq!(original_dst(&accepted, local).expect("SO_ORIGINAL_DST answered by the proxy cgroup's hook"), dst);
+        finish(client);
+    }
+
+    // The restarted proxy, same settings: keeps the attachment, its set and counters.
+    let (second, reuse) = Redirector::attach_or_reuse(&g.cgroup, proxy_addr, &g.pin_dir, options.clone()).expect("reattach");
+    assert_eq!(reuse, Reuse::Kept);
+    assert_eq!(second.entries().expect("entries"), vec![every_port]);
+    let after = second.counters();
+    assert_eq!(after.redirected - before.redirected, 2, "{after:?}");
+    assert_eq!(after.getsockopt_answered - before.getsockopt_answered, 2, "{after:?}");
+    // `open` (what `node-proxy bpf status` uses) sees the same maps.
+    assert_eq!(Redirector::open(&g.pin_dir).expect("open").counters(), after);
+    drop(second);
+
+    // Other settings: the attachment is replaced, and says why.
+    let changed = Options { bypass_mark: PROXY_MARK + 1, ..options };
+    let (third, reuse) = Redirector::attach_or_reuse(&g.cgroup, proxy_addr, &g.pin_dir, changed).expect("replace");
+    assert!(matches!(&reuse, Reuse::Replaced(why) if why.contains("mark")), "{reuse:?}");
+    assert!(third.entries().expect("entries").is_empty(), "a replaced attachment starts with an empty set");
+    g.redirector = Some(third);
+    assert_proxy_accepts_nothing(g.client("10.255.0.2:80".parse().expect("addr"), 1, 0), &proxy, "a connection after the set was replaced");
 }
