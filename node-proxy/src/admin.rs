@@ -31,9 +31,15 @@ use crate::xds::workload::WorkloadXds;
 use crate::xds::Xds;
 
 /// Readiness as drop guards: ready when every guard has been dropped.
-#[derive(Default)]
 pub struct Readiness {
     pending: Mutex<BTreeSet<String>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness { pending: Mutex::default(), ready: tokio::sync::watch::channel(false).0 }
+    }
 }
 
 pub struct ReadyGuard {
@@ -47,6 +53,12 @@ impl Readiness {
             p.insert(name.to_owned());
         }
         ReadyGuard { readiness: self.clone(), name: name.to_owned() }
+    }
+
+    /// Resolves once every guard has been dropped (guards are all taken at start-up).
+    pub async fn wait(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// `Ok` when ready, else what is still pending.
@@ -64,6 +76,9 @@ impl Drop for ReadyGuard {
     fn drop(&mut self) {
         if let Ok(mut p) = self.readiness.pending.lock() {
             p.remove(&self.name);
+            if p.is_empty() {
+                self.readiness.ready.send_replace(true);
+            }
         }
     }
 }
@@ -79,6 +94,8 @@ pub struct AdminState {
     pub xds: Option<Xds>,
     /// The workload API stream's state, when it runs.
     pub workloads: Option<WorkloadXds>,
+    /// The redirect of pods' connections, when it runs.
+    pub redirect: Option<crate::redirect::Shared>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -173,6 +190,10 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
             Some(w) => json(serde_json::to_string_pretty(&w.dump()).unwrap_or_default()),
             None => text(StatusCode::NOT_FOUND, "the workload API stream is not running (start with --xds-address)\n"),
         },
+        (Port::Admin, "/redirect") => match &state.redirect {
+            Some(r) => json(serde_json::to_string_pretty(&r.lock().unwrap_or_else(|p| p.into_inner()).status()).unwrap_or_default()),
+            None => text(StatusCode::NOT_FOUND, "pods' connections are not redirected to this proxy (start with --redirect)\n"),
+        },
         (Port::Admin, "/logging") => {
             if let Some(level) = query_param(&req, "level") {
                 if req.method() != Method::POST {
@@ -191,7 +212,7 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
         }
         (Port::Admin, "/") => text(
             StatusCode::OK,
-            "node-proxy admin: /ready /config_dump[?format=model|include_eds] /workloads /stats/prometheus /logging[?level=] /quitquitquit\n",
+            "node-proxy admin: /ready /config_dump[?format=model|include_eds] /workloads /redirect /stats/prometheus /logging[?level=] /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

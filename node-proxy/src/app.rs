@@ -15,6 +15,7 @@ use crate::config;
 use crate::drain::Drain;
 use crate::listener::{self, ListenerManager, Options};
 use crate::logging::LogControl;
+use crate::redirect::{Redirect, RedirectSettings};
 use crate::runtime::{Shared, Worker};
 use crate::snapshot::{Live, Snapshot};
 use crate::telemetry::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct Settings {
     /// Take listeners, routes, clusters and endpoints from istiod (added to `config`'s
     /// static resources when both are given).
     pub xds: Option<XdsSettings>,
+    /// Redirect pods' connections that need the proxy to it.
+    pub redirect: Option<RedirectSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub enum StartError {
     AdminBind { what: &'static str, address: SocketAddr, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Redirect(#[from] crate::redirect::RedirectError),
 }
 
 /// Runs the proxy until it is told to stop. Returns once drained.
@@ -86,6 +91,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         listeners.activate(listener::bind(l, workers)?);
     }
 
+    // After the listeners are bound (the proxy's listening sockets are in its cgroup,
+    // where the getsockopt hook answers), before anything is redirected to them.
+    let redirect = settings.redirect.clone().map(Redirect::start).transpose()?.map(|r| Arc::new(std::sync::Mutex::new(r)));
+
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
     let readiness = Arc::new(Readiness::default());
     let config_guard = readiness.guard("config");
@@ -101,7 +110,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         upstream_mark: settings.upstream_mark,
         workloads: workloads.clone(),
     });
-    let workload_xds = settings.xds.as_ref().filter(|x| x.workload_api).map(|_| WorkloadXds::new(workloads, metrics.clone()));
+    let workload_xds = settings.xds.as_ref().filter(|x| x.workload_api).map(|_| WorkloadXds::new(workloads.clone(), metrics.clone()));
     let workloads_guard = workload_xds.as_ref().map(|_| readiness.guard("workloads"));
     // With xDS, the listener manager belongs to the stream's state: it binds and stops
     // listeners as they come and go. Without, it holds the static listeners until exit.
@@ -120,6 +129,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         logs: Arc::new(logs),
         xds: xds.clone(),
         workloads: workload_xds.clone(),
+        redirect: redirect.clone(),
     });
 
     let ports = [
@@ -216,6 +226,12 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
             tracing::info!("ready");
         });
         tokio::spawn(crate::control::run(live.clone()));
+        if let Some(r) = redirect {
+            // From readiness on (configuration and workloads loaded): until then a
+            // restarted proxy keeps the set its predecessor left pinned.
+            let readiness = readiness.clone();
+            tokio::spawn(crate::redirect::run(r, live.clone(), workloads.clone(), async move { readiness.wait().await }));
+        }
         wait_for_shutdown(&drain).await;
         tracing::info!(open_connections = drain.open_connections(), timeout = ?settings.drain_timeout, "draining");
         drain.start();

@@ -4,7 +4,8 @@
 //! ([`http`]), the TCP proxy ([`tcp`]), upstream clusters, load balancing and pools
 //! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
 //! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
-//! telemetry ([`telemetry`]) graceful shutdown ([`drain`]) and configuration from istiod ([`xds`]). [`app`] wires them.
+//! telemetry ([`telemetry`]) graceful shutdown ([`drain`]), configuration from istiod ([`xds`]) and the redirect of pods'
+//! connections to the proxy ([`redirect`]). [`app`] wires them.
 
 pub mod admin;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod logging;
+pub mod redirect;
 pub mod runtime;
 pub mod snapshot;
 pub mod tcp;

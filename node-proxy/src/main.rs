@@ -33,7 +33,32 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// The pinned eBPF redirect: show it, or remove it.
+    Bpf {
+        #[command(subcommand)]
+        action: BpfCommand,
+    },
 }
+
+#[derive(Subcommand, Debug)]
+enum BpfCommand {
+    /// What the pinned redirect was attached for, its counters and its redirect set.
+    Status {
+        /// Where the maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Stop redirecting: remove the pinned programs and maps (and, with --nftables, the
+    /// fallback's nftables table in this network namespace).
+    Detach {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        nftables: bool,
+    },
+}
+
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/node-proxy";
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
@@ -74,6 +99,37 @@ struct RunArgs {
     access_log_format: LogFormat,
     #[command(flatten)]
     xds: XdsArgs,
+    #[command(flatten)]
+    redirect: RedirectArgs,
+}
+
+/// Redirecting pods' connections that need the proxy (L7 routes, policy, mTLS) to it.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Redirect")]
+struct RedirectArgs {
+    /// How: eBPF programs on the pods' cgroup (`ebpf`), nftables REDIRECT rules in this
+    /// network namespace (`nftables`), eBPF with nftables as the fallback (`auto`), or not at all.
+    #[arg(long, value_enum, env = "NODE_PROXY_REDIRECT", default_value_t = RedirectMode::Off)]
+    redirect: RedirectMode,
+    /// The pods' parent cgroup v2 directory (absolute, or relative to the cgroup2 mount).
+    #[arg(long, env = "NODE_PROXY_REDIRECT_CGROUP")]
+    redirect_cgroup: Option<PathBuf>,
+    /// Where redirected connections go: this node's address as pods reach it, and the
+    /// outbound listener's port. Default: INSTANCE_IP:15001.
+    #[arg(long, env = "NODE_PROXY_REDIRECT_ADDRESS")]
+    redirect_address: Option<SocketAddr>,
+    /// Where the eBPF maps and links are pinned (on a bpf filesystem); they outlive the
+    /// process, so a restart keeps redirecting.
+    #[arg(long, env = "NODE_PROXY_BPF_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    bpf_pin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RedirectMode {
+    Off,
+    Auto,
+    Ebpf,
+    Nftables,
 }
 
 /// Configuration from istiod. The environment names are the ones Istio's ztunnel
@@ -127,6 +183,27 @@ struct XdsArgs {
     /// The Istio version istiod should generate for.
     #[arg(long, env = "ISTIO_VERSION", default_value = "1.28.0")]
     istio_version: String,
+}
+
+impl RedirectArgs {
+    fn settings(self, upstream_mark: Option<u32>, instance_ip: Option<&str>) -> Result<Option<node_proxy::redirect::RedirectSettings>, String> {
+        use node_proxy::redirect::{Mode, RedirectSettings};
+        let mode = match self.redirect {
+            RedirectMode::Off => return Ok(None),
+            RedirectMode::Auto => Mode::Auto,
+            RedirectMode::Ebpf => Mode::Bpf,
+            RedirectMode::Nftables => Mode::Nftables,
+        };
+        let target = match (self.redirect_address, instance_ip) {
+            (Some(a), _) => a,
+            (None, Some(ip)) => {
+                let ip: std::net::IpAddr = ip.parse().map_err(|e| format!("INSTANCE_IP {ip:?}: {e}"))?;
+                SocketAddr::new(ip, 15001)
+            }
+            (None, None) => return Err("--redirect needs the address pods reach this node's proxy at: --redirect-address IP:15001 (or INSTANCE_IP)".to_owned()),
+        };
+        Ok(Some(RedirectSettings { mode, pods_cgroup: self.redirect_cgroup, target, pin_dir: self.bpf_pin_dir, bypass_mark: upstream_mark }))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -204,6 +281,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Bpf { action: BpfCommand::Status { pin_dir } }) => bpf_status(&pin_dir),
+        Some(Command::Bpf { action: BpfCommand::Detach { pin_dir, nftables } }) => bpf_detach(&pin_dir, nftables),
         None => run(cli.run),
     }
 }
@@ -226,6 +305,78 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn bpf_status(pin_dir: &std::path::Path) -> ExitCode {
+    let redirector = match redirect_bpf::Redirector::open(pin_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match redirector.attachment() {
+        Ok(a) => {
+            println!("pin dir: {}", pin_dir.display());
+            println!("pods cgroup: {}", a.pods_cgroup.display());
+            println!("proxy cgroup: {}", a.proxy_cgroup.display());
+            println!("redirects to: {}", a.proxy);
+            println!("bypass mark: {}", a.bypass_mark);
+            println!("same build: {}", if a.same_build { "yes" } else { "no (a restarted node-proxy of this build replaces it)" });
+        }
+        Err(e) => println!("attachment: unreadable ({e})"),
+    }
+    let c = redirector.counters();
+    println!("counters:");
+    for (name, v) in [
+        ("redirected", c.redirected),
+        ("bypassed_not_in_set", c.bypassed_not_in_set),
+        ("bypassed_own_traffic", c.bypassed_own_traffic),
+        ("bypassed_no_proxy_family", c.bypassed_no_proxy_family),
+        ("getsockopt_answered", c.getsockopt_answered),
+        ("getsockopt_missed", c.getsockopt_missed),
+    ] {
+        println!("  {name}: {v}");
+    }
+    match redirector.entries() {
+        Ok(mut entries) => {
+            entries.sort();
+            println!("destinations: {}", entries.len());
+            for e in entries {
+                println!("  {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: reading the redirect set: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bpf_detach(pin_dir: &std::path::Path, nftables: bool) -> ExitCode {
+    let mut ok = true;
+    match redirect_bpf::Redirector::detach(pin_dir) {
+        Ok(()) => println!("detached: removed the pins under {}", pin_dir.display()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ok = false;
+        }
+    }
+    if nftables {
+        match node_proxy::redirect::nftables::Nftables::remove() {
+            Ok(()) => println!("removed nftables table inet {}", node_proxy::redirect::nftables::TABLE),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -253,6 +404,14 @@ fn run(args: RunArgs) -> ExitCode {
             (path, format)
         }),
         upstream_mark: args.upstream_mark,
+        redirect: match args.redirect.settings(args.upstream_mark, args.xds.instance_ip.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         xds: args.xds.settings(),
     };
     match app::run(settings, logs) {

@@ -147,25 +147,39 @@ fn cluster_state(config: &Arc<istio_compat::model::cluster::Cluster>, old: Optio
     Arc::new(state)
 }
 
-/// The one live snapshot, shared by every worker.
+/// The one live snapshot, shared by every worker; [`Live::changes`] tells watchers
+/// (the redirect set) that a new one is live.
 pub struct Live {
     current: ArcSwap<Snapshot>,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Self {
-        Live { current: ArcSwap::from_pointee(snapshot) }
+        let version = snapshot.version;
+        Live { current: ArcSwap::from_pointee(snapshot), changed: tokio::sync::watch::channel(version).0 }
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
+    /// Changes (the new snapshot's version) from now on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn store(&self, next: Arc<Snapshot>) {
+        let version = next.version;
+        self.current.store(next);
+        self.changed.send_replace(version);
+    }
+
     /// Builds and swaps in a snapshot of `model`.
     pub fn update(&self, model: Model, source: Arc<ConfigSource>) -> Arc<Snapshot> {
         let previous = self.current.load_full();
         let next = Arc::new(Snapshot::build(model, source, Some(&previous)));
-        self.current.store(next.clone());
+        self.store(next.clone());
         next
     }
 
@@ -174,7 +188,7 @@ impl Live {
     pub fn update_clusters(&self, changed: impl IntoIterator<Item = (Name, Arc<Cluster>)>) -> Arc<Snapshot> {
         let previous = self.current.load_full();
         let next = Arc::new(Snapshot::with_clusters(&previous, changed));
-        self.current.store(next.clone());
+        self.store(next.clone());
         next
     }
 }

@@ -35,13 +35,33 @@ pub struct WorkloadView {
     pub version: u64,
 }
 
-/// The current [`WorkloadView`], swapped atomically.
-#[derive(Default)]
-pub struct LiveWorkloads(ArcSwap<WorkloadView>);
+/// The current [`WorkloadView`], swapped atomically; [`LiveWorkloads::changes`] tells
+/// watchers (the redirect set) that a new one is live.
+pub struct LiveWorkloads {
+    view: ArcSwap<WorkloadView>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LiveWorkloads {
+    fn default() -> Self {
+        LiveWorkloads { view: ArcSwap::default(), changed: tokio::sync::watch::channel(0).0 }
+    }
+}
 
 impl LiveWorkloads {
     pub fn load(&self) -> Arc<WorkloadView> {
-        self.0.load_full()
+        self.view.load_full()
+    }
+
+    fn publish(&self, view: WorkloadView) {
+        let version = view.version;
+        self.view.store(Arc::new(view));
+        self.changed.send_replace(version);
+    }
+
+    /// Changes (the new view's version) from now on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 
@@ -262,7 +282,7 @@ impl State {
     fn publish(&mut self) {
         let version = self.live.load().version + 1;
         let view = WorkloadView { index: AddressIndex::new(&self.model), model: self.model.clone(), version };
-        self.live.0.store(Arc::new(view));
+        self.live.publish(view);
         let m = &self.metrics.xds;
         let set = |type_url: &str, n: usize| m.resources.get_or_create(&ResourceLabels { type_url: type_url.to_owned(), state: "active" }).set(n as i64);
         set(type_url::ADDRESS, self.model.workloads.len() + self.model.services.len());
