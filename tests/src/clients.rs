@@ -90,6 +90,8 @@ pub struct Curl {
     args: Vec<String>,
     body: Option<Vec<u8>>,
     netns: Option<String>,
+    /// Argv prefix curl runs under (e.g. a pod's namespace and cgroup).
+    wrapper: Vec<String>,
     timeout: Duration,
 }
 
@@ -136,7 +138,7 @@ impl CurlResponse {
 
 impl Curl {
     pub fn new(url: &str) -> Curl {
-        Curl { url: url.to_owned(), args: Vec::new(), body: None, netns: None, timeout: Duration::from_secs(30) }
+        Curl { url: url.to_owned(), args: Vec::new(), body: None, netns: None, wrapper: Vec::new(), timeout: Duration::from_secs(30) }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Curl {
@@ -184,18 +186,24 @@ impl Curl {
         self
     }
 
+    /// Runs curl under an argv prefix (`wrapper... curl ARGS`), e.g.
+    /// [`crate::topology::Pod::wrapper`] to run it in a pod's namespace and cgroup.
+    pub fn wrapper(mut self, argv: Vec<String>) -> Curl {
+        self.wrapper = argv;
+        self
+    }
+
     pub fn run(self) -> CurlResponse {
         let dir = tempfile::Builder::new().prefix("curl-").tempdir().expect("temp dir");
         let body_path = dir.path().join("body");
         let headers_path = dir.path().join("headers");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = command("ip");
-                c.args(["netns", "exec", ns, "curl"]);
-                c
-            }
-            None => command("curl"),
-        };
+        let mut argv: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        if let Some(ns) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns]);
+        }
+        argv.push("curl");
+        let mut cmd = command(argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(["-sS", "--noproxy", "*", "-o"])
             .arg(&body_path)
             .arg("-D")

@@ -22,6 +22,7 @@ pub mod origin;
 pub mod pki;
 pub mod ports;
 pub mod proxy;
+pub mod topology;
 pub mod wait;
 
 pub use access_log::AccessLogEntry;

@@ -23,7 +23,7 @@ use crate::wait::assert_eventually;
 pub struct ProxyOptions {
     pub workers: usize,
     pub drain_timeout: Duration,
-    /// Run inside this network namespace (`ip netns exec`).
+    /// Run inside this network namespace (`nsenter --net`).
     pub netns: Option<String>,
     /// Admin address; by default 127.0.0.1 and a free port.
     pub admin_address: Option<SocketAddr>,
@@ -121,7 +121,9 @@ impl Proxy {
         let admin = opts.admin_address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port())));
         let mut argv: Vec<String> = Vec::new();
         if let Some(ns) = &opts.netns {
-            argv.extend(["ip", "netns", "exec", ns].map(str::to_owned));
+            // nsenter, not `ip netns exec`: that one remounts /sys in a new mount
+            // namespace, which hides the cgroup v2 mount a redirecting proxy attaches to.
+            argv.extend(["nsenter".to_owned(), format!("--net=/run/netns/{ns}"), "--".to_owned()]);
         }
         argv.extend(opts.wrapper.iter().cloned());
         argv.push(bin.display().to_string());
