@@ -32,12 +32,9 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader, Pod};
 
-use crate::loader::BpfError;
+use crate::loader::{check_environment, check_root, is_pinned, BpfError};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inbound.bpf.o"));
-
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The program, by C function name.
 const PROGRAM: &str = "np_inbound";
@@ -133,28 +130,6 @@ impl std::fmt::Debug for InboundGuard {
     }
 }
 
-fn statfs_type(path: &Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `c` is NUL-terminated, `st` is a writable statfs.
-    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: filled in by the kernel (rc == 0).
-    #[allow(clippy::unnecessary_cast)]
-    Ok(unsafe { st.assume_init() }.f_type as i64)
-}
-
-fn check_root() -> Result<(), BpfError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(BpfError::NotRoot);
-    }
-    Ok(())
-}
-
 /// `Ok` for a removed entry and for one that was not there.
 fn absent_is_ok(name: &'static str, result: Result<(), MapError>) -> Result<(), BpfError> {
     match result {
@@ -171,17 +146,8 @@ impl InboundGuard {
     ///
     /// Attached with nothing in `strict`, it drops nothing.
     pub fn attach(pods_cgroup: &Path, pin_dir: &Path) -> Result<InboundGuard, BpfError> {
-        check_root()?;
-        match statfs_type(pods_cgroup) {
-            Ok(CGROUP2_SUPER_MAGIC) => {}
-            _ => return Err(BpfError::NoCgroup2(pods_cgroup.to_path_buf())),
-        }
-        let pin_parent = pin_dir.parent().unwrap_or(pin_dir);
-        match statfs_type(pin_parent) {
-            Ok(BPF_FS_MAGIC) => {}
-            _ => return Err(BpfError::NoBpffs(pin_parent.to_path_buf())),
-        }
-        if pin_dir.exists() && fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        check_environment(pods_cgroup, None, pin_dir)?;
+        if is_pinned(pin_dir) {
             // Not BpfError::AlreadyPinned: its message sends the user to Redirector::detach.
             return Err(BpfError::Io {
                 what: "already attached (InboundGuard::open reuses it, InboundGuard::detach removes it): pins in",

@@ -344,10 +344,7 @@ impl Redirector {
     /// Opens the pinned maps of the attachment at `pin_dir` (made by this or another
     /// process), to read its state or change its redirect set.
     pub fn open(pin_dir: &Path) -> Result<Redirector, BpfError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(BpfError::NotRoot);
-        }
+        check_root()?;
         if !is_pinned(pin_dir) {
             return Err(BpfError::NotPinned { path: pin_dir.to_path_buf() });
         }
@@ -523,11 +520,8 @@ impl Redirector {
 }
 
 /// Root, cgroup v2 directories and a bpffs for the pins, or an error saying what to do.
-fn check_environment(cgroup: &Path, proxy_cgroup: Option<&Path>, pin_dir: &Path) -> Result<(), BpfError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(BpfError::NotRoot);
-    }
+pub(crate) fn check_environment(cgroup: &Path, proxy_cgroup: Option<&Path>, pin_dir: &Path) -> Result<(), BpfError> {
+    check_root()?;
     for c in std::iter::once(cgroup).chain(proxy_cgroup) {
         match statfs_type(c) {
             Ok(CGROUP2_SUPER_MAGIC) => {}
@@ -541,8 +535,17 @@ fn check_environment(cgroup: &Path, proxy_cgroup: Option<&Path>, pin_dir: &Path)
     }
 }
 
+/// `Err(NotRoot)` unless root.
+pub(crate) fn check_root() -> Result<(), BpfError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BpfError::NotRoot);
+    }
+    Ok(())
+}
+
 /// Whether `pin_dir` holds anything.
-fn is_pinned(pin_dir: &Path) -> bool {
+pub(crate) fn is_pinned(pin_dir: &Path) -> bool {
     fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
 
