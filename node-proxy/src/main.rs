@@ -339,6 +339,16 @@ fn bpf_status(pin_dir: &std::path::Path) -> ExitCode {
     ] {
         println!("  {name}: {v}");
     }
+    match redirector.program_stats() {
+        Ok(stats) => {
+            println!("programs (runs, mean ns per run; counted while sysctl kernel.bpf_stats_enabled=1):");
+            for s in stats {
+                let mean = if s.run_count == 0 { 0 } else { s.run_time.as_nanos() / u128::from(s.run_count) };
+                println!("  {}: {} runs, {mean} ns", s.name, s.run_count);
+            }
+        }
+        Err(e) => println!("programs: unreadable ({e})"),
+    }
     match redirector.entries() {
         Ok(mut entries) => {
             entries.sort();

@@ -11,7 +11,7 @@ pub mod inbound;
 pub mod loader;
 
 pub use inbound::{InboundCounters, InboundGuard};
-pub use loader::{cgroup2_mount, Attachment, BpfError, Counters, Options, Redirector, Reuse};
+pub use loader::{cgroup2_mount, Attachment, BpfError, Counters, Options, ProgramStats, Redirector, Reuse};
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};

@@ -14,12 +14,13 @@
 use std::fs::{self, File};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::links::FdLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 
@@ -221,6 +222,29 @@ pub struct Counters {
     pub getsockopt_missed: u64,
     /// Connects in the set whose socket family cannot reach the proxy (IPv4 socket, IPv6 proxy).
     pub bypassed_no_proxy_family: u64,
+}
+
+/// One attached program's run count and accumulated run time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The C function name (`np_connect4`, ...).
+    pub name: &'static str,
+    pub run_count: u64,
+    pub run_time: Duration,
+}
+
+impl ProgramStats {
+    /// Turns the kernel's BPF run-time statistics on for as long as the returned file
+    /// descriptor lives (they cost two clock reads per program run, so they are off
+    /// by default).
+    pub fn enable() -> Result<OwnedFd, BpfError> {
+        check_root()?;
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| BpfError::Io {
+            what: "enabling BPF statistics (BPF_ENABLE_STATS) for",
+            path: PathBuf::from("/proc/sys/kernel/bpf_stats_enabled"),
+            source: e.io_error,
+        })
+    }
 }
 
 /// Options of [`Redirector::attach_with`].
@@ -491,6 +515,28 @@ impl Redirector {
             getsockopt_missed: get(Counter::GetsockoptMissed),
             bypassed_no_proxy_family: get(Counter::BypassedNoProxyFamily),
         }
+    }
+
+    /// How often each attached program ran and for how long, from the kernel's
+    /// per-program statistics. They count only while statistics are on
+    /// ([`ProgramStats::enable`] or `sysctl kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, BpfError> {
+        let mut ids = Vec::with_capacity(PROGRAMS.len());
+        for name in PROGRAMS {
+            let path = self.pin_dir.join(format!("link_{name}"));
+            let link = FdLink::from(PinnedLink::from_pin(&path).map_err(|source| BpfError::Link { name, source })?);
+            ids.push((name, link.info().map_err(|source| BpfError::Link { name, source })?.program_id()));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for info in aya::programs::loaded_programs() {
+            // A program unloaded while we iterate is not ours to report.
+            let Ok(info) = info else { continue };
+            if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
+                out.push(ProgramStats { name, run_count: info.run_count(), run_time: info.run_time() });
+            }
+        }
+        out.sort_by_key(|s| PROGRAMS.iter().position(|p| *p == s.name));
+        Ok(out)
     }
 
     /// Where the maps and links are pinned.

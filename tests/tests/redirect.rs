@@ -433,6 +433,8 @@ fn bpf_status_shows_the_pins_and_detach_removes_them() {
     }
     let s = Scene::new("cli", "ebpf");
     s.wait_redirected(VIP, true);
+    // With statistics on, the status counts the connect hook's runs for this request.
+    let stats = redirect_bpf::ProgramStats::enable().unwrap_or_else(|e| panic!("{e}"));
     assert_l7(&s, VIP, "cli");
     let pin_dir = s.pin_dir().display().to_string();
     let (status, out, err) = tests::proxy::run_node_proxy(&["bpf", "status", "--pin-dir", &pin_dir], Duration::from_secs(10));
@@ -449,6 +451,15 @@ fn bpf_status_shows_the_pins_and_detach_removes_them() {
     }
     let redirected: u64 = out.lines().find_map(|l| l.strip_prefix("  redirected: ")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{out}"));
     assert!(redirected >= 1, "{out}");
+    drop(stats);
+    for program in ["np_connect6", "np_sockops", "np_getsockopt", "np_getpeername4", "np_getpeername6"] {
+        assert!(out.lines().any(|l| l.starts_with(&format!("  {program}: ")) && l.ends_with(" ns")), "no stats of {program} in:\n{out}");
+    }
+    let connect_runs: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("  np_connect4: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no run count of np_connect4 in:\n{out}"));
+    assert!(connect_runs >= 1, "np_connect4 did not count the request's connect:\n{out}");
 
     let (status, out, err) = tests::proxy::run_node_proxy(&["bpf", "detach", "--pin-dir", &pin_dir], Duration::from_secs(10));
     assert!(status.success(), "{out}{err}");
