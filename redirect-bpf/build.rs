@@ -9,6 +9,7 @@ const INCLUDE: &str = "/usr/include/x86_64-linux-gnu";
 
 fn main() {
     println!("cargo:rerun-if-changed={SOURCE_DIR}");
+    println!("cargo:rerun-if-changed={SOURCE_DIR}/common.h");
     println!("cargo:rerun-if-changed=build.rs");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -15,10 +15,7 @@
  * Every address is stored as 16 bytes (IPv4 as ::ffff:a.b.c.d), ports in
  * network byte order: the same key layout as `redirect_set` in redirect.c.
  */
-#include <linux/bpf.h>
-#include <linux/types.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "common.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
@@ -36,18 +33,6 @@ enum counter {
 	C_DROPPED_PLAINTEXT = 3,
 	C_PASSED_SELF = 4,
 	C_MAX = 8,
-};
-
-/* Key of `strict`: the destination of the packet. */
-struct dst {
-	__u32 addr[4]; /* network order; IPv4 as ::ffff:a.b.c.d */
-	__u16 port;    /* network order; 0 = every port of addr */
-	__u16 pad;
-};
-
-/* Key of `proxy_sources`: a source address of the node proxy. */
-struct src {
-	__u32 addr[4]; /* network order; IPv4 as ::ffff:a.b.c.d */
 };
 
 /* The leading fields of struct iphdr. */
@@ -95,20 +80,7 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += 1;
-}
-
-static __always_inline void map_v4(__u32 *out, __u32 ip4)
-{
-	out[0] = 0;
-	out[1] = 0;
-	out[2] = bpf_htonl(0x0000ffff);
-	out[3] = ip4;
-}
+#define count(idx) count_in(&counters, idx)
 
 /*
  * Fills the destination address and source address from the IP header and

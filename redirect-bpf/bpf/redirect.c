@@ -17,10 +17,7 @@
  * network byte order. `meta` is written and read by user space only: what this
  * attachment was made for, so a restarted proxy can tell whether to keep it.
  */
-#include <linux/bpf.h>
-#include <linux/types.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "common.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -41,13 +38,6 @@ enum counter {
 	C_GETSOCKOPT_MISSED = 4,
 	C_BYPASSED_NO_PROXY_FAMILY = 5,
 	C_MAX = 8,
-};
-
-/* Key of `redirect_set`, and the value of the per-connection maps. */
-struct dst {
-	__u32 addr[4]; /* network order; IPv4 as ::ffff:a.b.c.d */
-	__u16 port;    /* network order */
-	__u16 pad;
 };
 
 /* The connection as the proxy's accepted socket sees it: peer = the client. */
@@ -113,20 +103,7 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += 1;
-}
-
-static __always_inline void map_v4(__u32 *out, __u32 ip4)
-{
-	out[0] = 0;
-	out[1] = 0;
-	out[2] = bpf_htonl(0x0000ffff);
-	out[3] = ip4;
-}
+#define count(idx) count_in(&counters, idx)
 
 /*
  * Copies an IPv6 address word by word. A macro, not a function: each read of a

@@ -27,11 +27,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
-use aya::{Ebpf, EbpfLoader, Pod};
+use aya::{Ebpf, EbpfLoader};
 
+use crate::key::{absent_is_ok, DstKey, SrcKey};
 use crate::loader::{check_environment, check_root, is_pinned, BpfError};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inbound.bpf.o"));
@@ -46,45 +47,6 @@ const MAPS: [&str; 3] = ["strict", "proxy_sources", "counters"];
 /// `mode` values of the `strict` map.
 const MODE_NOT_STRICT: u8 = 0;
 const MODE_STRICT: u8 = 1;
-
-/// `struct dst` in inbound.c: a 16-byte address (IPv4 as v4-mapped IPv6), port in
-/// network order (0 = every port), padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DstKey {
-    addr: [u8; 16],
-    port: u16,
-    pad: u16,
-}
-
-// SAFETY: repr(C), plain integers, no implicit padding (16 + 2 + 2 bytes).
-unsafe impl Pod for DstKey {}
-
-impl DstKey {
-    fn new(ip: IpAddr, port: Option<u16>) -> Self {
-        DstKey { addr: SrcKey::new(ip).addr, port: port.unwrap_or(0).to_be(), pad: 0 }
-    }
-}
-
-/// `struct src` in inbound.c: a 16-byte address (IPv4 as v4-mapped IPv6).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct SrcKey {
-    addr: [u8; 16],
-}
-
-// SAFETY: repr(C), a byte array, no padding.
-unsafe impl Pod for SrcKey {}
-
-impl SrcKey {
-    fn new(ip: IpAddr) -> Self {
-        let v6 = match ip {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            IpAddr::V6(v6) => v6,
-        };
-        SrcKey { addr: v6.octets() }
-    }
-}
 
 /// Counter indexes (`enum counter` in inbound.c).
 #[derive(Clone, Copy, Debug)]
@@ -127,15 +89,6 @@ pub struct InboundGuard {
 impl std::fmt::Debug for InboundGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboundGuard").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
-    }
-}
-
-/// `Ok` for a removed entry and for one that was not there.
-fn absent_is_ok(name: &'static str, result: Result<(), MapError>) -> Result<(), BpfError> {
-    match result {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(BpfError::Map { name, source }),
     }
 }
 
@@ -226,14 +179,14 @@ impl InboundGuard {
     pub fn set_strict(&self, ip: IpAddr, port: Option<u16>, strict: bool) -> Result<(), BpfError> {
         let mode = if strict { MODE_STRICT } else { MODE_NOT_STRICT };
         let mut map = self.strict.lock().map_err(|_| BpfError::Poisoned)?;
-        map.insert(DstKey::new(ip, port), mode, 0).map_err(|source| BpfError::Map { name: "strict", source })
+        map.insert(DstKey::new(ip, port.unwrap_or(0)), mode, 0).map_err(|source| BpfError::Map { name: "strict", source })
     }
 
     /// Removes the entry of `ip` (`port: None`) or of `ip:port`, whichever mode it had.
     /// Removing an absent entry is not an error.
     pub fn clear(&self, ip: IpAddr, port: Option<u16>) -> Result<(), BpfError> {
         let mut map = self.strict.lock().map_err(|_| BpfError::Poisoned)?;
-        absent_is_ok("strict", map.remove(&DstKey::new(ip, port)))
+        absent_is_ok("strict", map.remove(&DstKey::new(ip, port.unwrap_or(0))))
     }
 
     /// Lets packets from `ip` (an address the node proxy connects to pods from) reach
@@ -299,38 +252,6 @@ impl InboundGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    #[test]
-    fn dst_key_is_v4_mapped_with_network_order_port() {
-        assert_eq!(std::mem::size_of::<DstKey>(), 20);
-        let k = DstKey::new(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 10)), Some(8080));
-        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 9, 10]);
-        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
-        assert_eq!(k.pad, 0);
-        let mapped: IpAddr = "::ffff:198.18.9.10".parse().unwrap();
-        assert_eq!(k, DstKey::new(mapped, Some(8080)));
-    }
-
-    #[test]
-    fn every_port_is_port_zero() {
-        let ip: IpAddr = "fd00:9::10".parse().unwrap();
-        let k = DstKey::new(ip, None);
-        assert_eq!(k.port, 0);
-        assert_eq!(k, DstKey::new(ip, Some(0)));
-        assert_eq!(k.addr, Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 0x10).octets());
-        assert_ne!(k, DstKey::new(ip, Some(1)));
-    }
-
-    #[test]
-    fn src_key_matches_dst_key_address() {
-        assert_eq!(std::mem::size_of::<SrcKey>(), 16);
-        for ip in ["198.18.9.1", "fd00:9::1"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(SrcKey::new(ip).addr, DstKey::new(ip, None).addr);
-        }
-        assert_eq!(SrcKey::new(IpAddr::V4(Ipv4Addr::new(198, 18, 9, 1))).addr[10..], [0xff, 0xff, 198, 18, 9, 1]);
-    }
 
     #[test]
     fn errors_say_what_to_do() {

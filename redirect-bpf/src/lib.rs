@@ -8,6 +8,7 @@
 //! Does not own: any proxy logic.
 
 pub mod inbound;
+mod key;
 pub mod loader;
 
 pub use inbound::{InboundCounters, InboundGuard};

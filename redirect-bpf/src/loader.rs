@@ -13,7 +13,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -23,6 +23,8 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
+
+use crate::key::{absent_is_ok, DstKey};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
 
@@ -96,36 +98,6 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
         (ty == "cgroup2").then(|| PathBuf::from(dir))
     })
-}
-
-/// `struct dst` in redirect.c: a 16-byte address (IPv4 as v4-mapped IPv6), port in
-/// network order, padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DstKey {
-    addr: [u8; 16],
-    port: u16,
-    pad: u16,
-}
-
-// SAFETY: repr(C), plain integers, no implicit padding (16 + 2 + 2 bytes).
-unsafe impl Pod for DstKey {}
-
-impl DstKey {
-    fn new(addr: SocketAddr) -> Self {
-        let ip = match addr.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            IpAddr::V6(v6) => v6,
-        };
-        DstKey { addr: ip.octets(), port: addr.port().to_be(), pad: 0 }
-    }
-
-    /// The address back (v4-mapped keys as IPv4).
-    fn addr(&self) -> SocketAddr {
-        let ip = Ipv6Addr::from(self.addr);
-        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-        SocketAddr::new(ip, u16::from_be(self.port))
-    }
 }
 
 /// `struct meta` in redirect.c: what an attachment was made for.
@@ -324,7 +296,7 @@ impl Redirector {
                 object_hash: object_hash(),
                 pods_cgroup_id: cgroup_id(cgroup)?,
                 proxy_cgroup_id: cgroup_id(&proxy_cgroup)?,
-                proxy: DstKey::new(proxy),
+                proxy: DstKey::of(proxy),
                 bypass_mark: options.bypass_mark,
                 pods_cgroup: path_bytes(cgroup),
                 proxy_cgroup: path_bytes(&proxy_cgroup),
@@ -354,7 +326,7 @@ impl Redirector {
                 Ok(m) if m.pods_cgroup_id != cgroup_id(cgroup)? || m.proxy_cgroup_id != cgroup_id(&proxy_cgroup)? => {
                     format!("it was attached to cgroups {} and {}", bytes_path(&m.pods_cgroup).display(), bytes_path(&m.proxy_cgroup).display())
                 }
-                Ok(m) if m.proxy != DstKey::new(proxy) => format!("it redirects to {}", m.proxy.addr()),
+                Ok(m) if m.proxy != DstKey::of(proxy) => format!("it redirects to {}", m.proxy.addr()),
                 Ok(m) if m.bypass_mark != options.bypass_mark => format!("it bypasses mark {}", m.bypass_mark),
                 Ok(_) => return Ok((pinned, Reuse::Kept)),
                 Err(e) => format!("its settings cannot be read ({e})"),
@@ -483,17 +455,13 @@ impl Redirector {
     /// Redirects connections to `addr` (a service VIP or an endpoint IP:port).
     pub fn add(&self, addr: SocketAddr) -> Result<(), BpfError> {
         let mut set = self.redirect_set.lock().map_err(|_| BpfError::Poisoned)?;
-        set.insert(DstKey::new(addr), 1u8, 0).map_err(|source| BpfError::Map { name: "redirect_set", source })
+        set.insert(DstKey::of(addr), 1u8, 0).map_err(|source| BpfError::Map { name: "redirect_set", source })
     }
 
     /// Stops redirecting connections to `addr`. Removing an absent address is not an error.
     pub fn remove(&self, addr: SocketAddr) -> Result<(), BpfError> {
         let mut set = self.redirect_set.lock().map_err(|_| BpfError::Poisoned)?;
-        match set.remove(&DstKey::new(addr)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(BpfError::Map { name: "redirect_set", source }),
-        }
+        absent_is_ok("redirect_set", set.remove(&DstKey::of(addr)))
     }
 
     /// The counters, summed over CPUs. A counter that cannot be read reads as 0.
@@ -638,15 +606,6 @@ mod raw {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_is_v4_mapped_with_network_order_port() {
-        let k = DstKey::new("10.255.0.1:8080".parse().unwrap());
-        assert_eq!(std::mem::size_of::<DstKey>(), 20);
-        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 255, 0, 1]);
-        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
-        assert_eq!(k, DstKey::new("[::ffff:10.255.0.1]:8080".parse().unwrap()));
-    }
 
     #[test]
     fn errors_say_what_to_do() {
