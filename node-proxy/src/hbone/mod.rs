@@ -25,6 +25,7 @@
 //!   streams per connection; an unused pooled connection is closed after 5 minutes.
 
 pub mod client;
+pub mod plan;
 pub mod server;
 mod stream;
 #[cfg(test)]
