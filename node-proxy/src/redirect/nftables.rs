@@ -84,7 +84,7 @@ fn element(verb: &str, addr: &SocketAddr) -> String {
     }
 }
 
-fn run_nft(script: &str) -> Result<(), String> {
+pub(super) fn run_nft(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

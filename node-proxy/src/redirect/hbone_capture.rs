@@ -1,0 +1,127 @@
+//! Inbound HBONE capture: connections to `<local pod IP>:15008` (where an HBONE peer,
+//! ztunnel or another node proxy, dials a meshed pod) land on this proxy's HBONE
+//! listener, which terminates them for the pod.
+//!
+//! The pods' own namespaces hold no listener on 15008; the packets pass through the
+//! node's namespace on their way to the pod (from the overlay or, for a proxy on the
+//! same node, from `output`), and an nftables REDIRECT in `prerouting` and `output`
+//! sends them to the proxy's port instead. The listener learns which pod a
+//! connection was meant for from conntrack (`SO_ORIGINAL_DST`), and so which
+//! workload's certificate to present. Only HBONE connections pay for conntrack: a
+//! few long-lived, pooled connections per pair of nodes, unlike the redirect of every
+//! pod connection the eBPF path avoids.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use istio_compat::model::workload::{TunnelProtocol, WorkloadModel};
+
+use super::nftables::run_nft;
+
+/// The table, in family `inet`.
+pub const TABLE: &str = "node_proxy_hbone";
+
+/// The capture's table exists while this lives (and after, until [`HboneCapture::remove`]).
+#[derive(Debug)]
+pub struct HboneCapture {
+    _private: (),
+}
+
+impl HboneCapture {
+    /// (Re)creates the table with empty address sets, redirecting TCP to
+    /// `<address in the set>:15008` to `listener_port` on the node.
+    pub fn start(listener_port: u16) -> Result<HboneCapture, String> {
+        let hbone = crate::hbone::PORT;
+        let script = format!(
+            "table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+  set local4 {{ type ipv4_addr; }}
+  set local6 {{ type ipv6_addr; }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    tcp dport {hbone} ip daddr @local4 redirect to :{listener_port}
+    tcp dport {hbone} ip6 daddr @local6 redirect to :{listener_port}
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    tcp dport {hbone} ip daddr @local4 redirect to :{listener_port}
+    tcp dport {hbone} ip6 daddr @local6 redirect to :{listener_port}
+  }}
+}}
+"
+        );
+        run_nft(&script)?;
+        Ok(HboneCapture { _private: () })
+    }
+
+    /// Adds and deletes pod addresses in one transaction.
+    pub fn apply(&self, add: &[IpAddr], remove: &[IpAddr]) -> Result<(), String> {
+        let mut script = String::new();
+        for (verb, list) in [("add", add), ("delete", remove)] {
+            for ip in list {
+                script.push_str(&element(verb, *ip));
+            }
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
+        run_nft(&script)
+    }
+
+    /// Deletes the table. Absent is fine.
+    pub fn remove() -> Result<(), String> {
+        run_nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+    }
+}
+
+fn element(verb: &str, ip: IpAddr) -> String {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let set = if ip.is_ipv4() { "local4" } else { "local6" };
+    format!("{verb} element inet {TABLE} {set} {{ {ip} }}\n")
+}
+
+/// The addresses to capture: those of the HBONE workloads on `node` (on `network`).
+pub fn local_hbone_addresses(model: &WorkloadModel, network: &str, node: &str) -> BTreeSet<IpAddr> {
+    model
+        .workloads
+        .values()
+        .filter(|w| w.tunnel == TunnelProtocol::Hbone && &*w.node == node)
+        .flat_map(|w| w.addresses.iter().copied().filter(|ip| w.has_address(network, *ip)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use istio_compat::model::workload::AddressResource;
+    use std::sync::Arc;
+
+    #[test]
+    fn elements_by_family() {
+        assert_eq!(element("add", "198.18.2.10".parse().unwrap()), "add element inet node_proxy_hbone local4 { 198.18.2.10 }\n");
+        assert_eq!(element("add", "::ffff:198.18.2.10".parse().unwrap()), "add element inet node_proxy_hbone local4 { 198.18.2.10 }\n");
+        assert_eq!(element("delete", "fd00:18:2::10".parse().unwrap()), "delete element inet node_proxy_hbone local6 { fd00:18:2::10 }\n");
+    }
+
+    #[test]
+    fn only_this_nodes_hbone_workloads_are_captured() {
+        let mut m = WorkloadModel::default();
+        for (name, ip, node, tunnel, mode) in [
+            ("a", "198.18.2.10", "node2", "HBONE", "STANDARD"),
+            ("b", "fd00:18:2::11", "node2", "HBONE", "STANDARD"),
+            ("c", "198.18.2.12", "node2", "NONE", "STANDARD"),
+            ("d", "198.18.1.10", "node1", "HBONE", "STANDARD"),
+            ("e", "198.18.2.1", "node2", "HBONE", "HOST_NETWORK"),
+        ] {
+            let w = serde_json::json!({ "uid": format!("Kubernetes//Pod/ns/{name}"), "addresses": [ip], "node": node, "tunnel": tunnel,
+                "network_mode": mode, "identity": format!("spiffe://cluster.local/ns/ns/sa/{name}") });
+            m.insert_address(AddressResource::Workload(Arc::new(serde_json::from_value(w).unwrap())));
+        }
+        let got: Vec<String> = local_hbone_addresses(&m, "", "node2").iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["198.18.2.10", "fd00:18:2::11"]);
+    }
+}
