@@ -32,11 +32,8 @@ fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e.into_io().unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
     }
-    let kind = if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) {
-        io::ErrorKind::ConnectionReset
-    } else {
-        io::ErrorKind::Other
-    };
+    let kind =
+        if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) { io::ErrorKind::ConnectionReset } else { io::ErrorKind::Other };
     io::Error::new(kind, e)
 }
 

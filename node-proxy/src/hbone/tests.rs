@@ -210,7 +210,11 @@ async fn an_idle_connection_is_released() {
 
 #[test]
 fn the_connect_request_is_authority_form() {
-    let r = connect_request("[fd00:18:2::10]:8080".parse().unwrap(), &ConnectHeaders { forwarded_for: Some("fd00:18:1::10".parse().unwrap()), ..Default::default() }).unwrap();
+    let r = connect_request(
+        "[fd00:18:2::10]:8080".parse().unwrap(),
+        &ConnectHeaders { forwarded_for: Some("fd00:18:1::10".parse().unwrap()), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(r.method(), Method::CONNECT);
     assert_eq!(r.uri().authority().unwrap().as_str(), "[fd00:18:2::10]:8080");
     assert!(r.uri().scheme().is_none() && r.uri().path_and_query().is_none());
