@@ -1,9 +1,11 @@
-//! Istio's data model and semantics, I/O-free.
+//! Istio's data model and semantics, I/O-free except the CA client.
 //!
 //! Owns: the mesh model ([`model`]) and the translation of Envoy's resources, as
-//! istiod generates them, into it ([`translate`]), and Istio's workload API
-//! (workloads, services, L4 authorization: [`model::workload`]). Later: policy
-//! evaluation. Does not own sockets, timers or the proxy runtime.
+//! istiod generates them, into it ([`translate`]), Istio's workload API
+//! (workloads, services, L4 authorization: [`model::workload`]), and the client of
+//! istiod's CA ([`ca`]: workload certificates). Later: policy evaluation. Does not own
+//! listening sockets, timers or the proxy runtime.
 
+pub mod ca;
 pub mod model;
 pub mod translate;

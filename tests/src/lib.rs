@@ -3,8 +3,9 @@
 //! clients (curl, h2load, Python grpcio) with parsed output ([`clients`], [`grpc`]),
 //! configuration builders ([`config`]), access log and metrics parsers, and network
 //! namespaces for the tests that need root ([`netns`]), and a test ADS server serving
-//! resources and istiod's config dumps over xDS ([`ads_server`]), and test certificates
-//! ([`pki`]).
+//! resources and istiod's config dumps over xDS ([`ads_server`]), a test istiod CA
+//! (`IstioCertificateService` over TLS: [`ca_server`]), the two-node VXLAN topology
+//! ([`topology`]), and test certificates ([`pki`]).
 //!
 //! Everything a test starts is stopped on drop, also when the test panics; every
 //! port comes from [`ports::free_port`], so tests run in parallel.
@@ -12,6 +13,7 @@
 pub mod access_log;
 pub mod ads_server;
 pub mod binary;
+pub mod ca_server;
 pub mod clients;
 pub mod config;
 pub mod corpus;
