@@ -22,5 +22,6 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod xds;
