@@ -4,7 +4,8 @@
 //! ([`http`]), the TCP proxy ([`tcp`]), upstream clusters, load balancing and pools
 //! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
 //! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
-//! telemetry ([`telemetry`]), graceful shutdown ([`drain`]), HBONE tunnels ([`hbone`]), configuration from istiod ([`xds`]) and the redirect of pods'
+//! telemetry ([`telemetry`]), graceful shutdown ([`drain`]), HBONE tunnels ([`hbone`]), workload mTLS ([`tls`]) and
+//! certificates ([`identity`]), configuration from istiod ([`xds`]) and the redirect of pods'
 //! connections to the proxy ([`redirect`]). [`app`] wires them.
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod drain;
 pub mod hbone;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod listener;
 pub mod logging;

@@ -175,7 +175,14 @@ impl Pool {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = key.address.to_string();
-        let io = dial().await.map_err(|source| HboneError::Dial { peer: peer.clone(), source })?;
+        let io = dial().await.map_err(|source| {
+            // A TLS rejection says what was wrong with the peer's certificate.
+            let source = match crate::tls::Rejection::from_io(&source) {
+                Some(r) => io::Error::new(source.kind(), format!("mTLS: {r}")),
+                None => source,
+            };
+            HboneError::Dial { peer: peer.clone(), source }
+        })?;
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

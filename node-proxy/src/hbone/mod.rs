@@ -25,6 +25,8 @@
 //!   streams per connection; an unused pooled connection is closed after 5 minutes.
 
 pub mod client;
+pub mod inbound;
+pub mod outbound;
 pub mod plan;
 pub mod server;
 mod stream;
@@ -87,5 +89,36 @@ fn reason(status: http::StatusCode) -> &'static str {
         401 => " (the destination's authorization policy denied the connection)",
         503 => " (the destination proxy could not reach the workload)",
         _ => "",
+    }
+}
+
+/// TLS configs made from a workload certificate, kept until the certificate is renewed.
+struct ConfigCache<K, C>(std::sync::Mutex<std::collections::HashMap<K, CachedConfig<C>>>);
+
+type CachedConfig<C> = (std::sync::Arc<crate::tls::Certified>, std::sync::Arc<C>);
+
+impl<K: std::hash::Hash + Eq, C> Default for ConfigCache<K, C> {
+    fn default() -> Self {
+        ConfigCache(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq, C> ConfigCache<K, C> {
+    /// The config for `key` made from `cert`, built by `build` unless cached for this very certificate.
+    fn get_or_build(
+        &self,
+        key: K,
+        cert: &std::sync::Arc<crate::tls::Certified>,
+        build: impl FnOnce() -> Result<std::sync::Arc<C>, String>,
+    ) -> Result<std::sync::Arc<C>, String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, config)) = map.get(&key) {
+            if std::sync::Arc::ptr_eq(c, cert) {
+                return Ok(config.clone());
+            }
+        }
+        let config = build()?;
+        map.insert(key, (cert.clone(), config.clone()));
+        Ok(config)
     }
 }

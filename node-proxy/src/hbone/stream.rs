@@ -22,6 +22,16 @@ pub struct H2Stream {
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id())
+            .field("read_eof", &self.read_eof)
+            .field("write_closed", &self.write_closed)
+            .finish()
+    }
+}
+
 impl H2Stream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, guard: Option<Box<dyn Send + Sync>>) -> Self {
         H2Stream { send, recv, pending: Bytes::new(), read_eof: false, write_closed: false, _guard: guard }

@@ -221,3 +221,182 @@ fn the_connect_request_is_authority_form() {
     assert_eq!(r.headers()["forwarded"], "for=\"[fd00:18:1::10]\"");
     let _ = Bytes::new();
 }
+
+/// The HBONE listener with real mTLS on loopback: a workload at 127.0.0.1 with the
+/// local CA's certificates, and a client acting for another workload.
+mod mtls {
+    use super::*;
+    use crate::hbone::inbound::Inbound;
+    use crate::identity::{CertStore, LocalIssuer};
+    use crate::tls::{self, LocalCa, TrustDomains};
+    use crate::xds::workload::{LiveWorkloads, WorkloadView};
+    use istio_compat::model::workload::{AddressIndex, AddressResource, WorkloadModel};
+    use rustls_pki_types::ServerName;
+    use tokio_rustls::TlsConnector;
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "ns2", sa)
+    }
+
+    struct Setup {
+        ca: Arc<LocalCa>,
+        listener: SocketAddr,
+        echo: SocketAddr,
+    }
+
+    async fn setup() -> Setup {
+        let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
+        let w: istio_compat::model::workload::Workload = serde_json::from_value(serde_json::json!({
+            "uid": "Kubernetes//Pod/ns2/server", "namespace": "ns2", "addresses": ["127.0.0.1"], "tunnel": "HBONE",
+            "identity": "spiffe://cluster.local/ns/ns2/sa/server", "node": "node2" }))
+        .unwrap();
+        let mut model = WorkloadModel::default();
+        model.insert_address(AddressResource::Workload(Arc::new(w)));
+        let live = Arc::new(LiveWorkloads::default());
+        let index = AddressIndex::new(&model);
+        live.publish(WorkloadView { model, index, version: 1 });
+        let certs = Arc::new(CertStore::new(Arc::new(LocalIssuer { ca: ca.clone(), validity: Duration::from_secs(3600) })));
+        certs.set_identities([id("server")]);
+        let inbound = Arc::new(Inbound::new(live, certs, TrustDomains::local("cluster.local"), String::new(), None));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = l.local_addr().unwrap();
+        tokio::spawn(inbound.run(l, Arc::new(Drain::default())));
+        Setup { ca, listener, echo: echo().await }
+    }
+
+    /// Dials the listener with mTLS as `client` (issued by `ca`), accepting `expected`.
+    fn tls_dial(
+        ca: &LocalCa,
+        roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+        client: &Identity,
+        expected: Vec<Identity>,
+        addr: SocketAddr,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio_rustls::client::TlsStream<TcpStream>>> + Send>> {
+        let cert = ca.issue(client, Duration::from_secs(3600)).unwrap();
+        let config = tls::client_config(&cert, &roots, &TrustDomains::local("cluster.local"), expected).unwrap();
+        move || {
+            Box::pin(async move {
+                let tcp = TcpStream::connect(addr).await?;
+                TlsConnector::from(config).connect(ServerName::try_from("hbone").unwrap(), tcp).await
+            })
+        }
+    }
+
+    fn key(client: &Identity, expected: Vec<Identity>, address: SocketAddr) -> PoolKey {
+        PoolKey { source: client.clone(), destination: expected, address }
+    }
+
+    #[tokio::test]
+    async fn a_stream_through_mtls_reaches_the_workload() {
+        let s = setup().await;
+        let pool = Pool::default();
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let dial = tls_dial(&s.ca, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
+        let mut stream = pool.connect(&key(&client, vec![id("server")], s.listener), s.echo, &ConnectHeaders::default(), dial).await.unwrap();
+        stream.write_all(b"through mTLS").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"through mTLS");
+    }
+
+    #[tokio::test]
+    async fn the_client_refuses_a_server_of_another_identity() {
+        let s = setup().await;
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let dial = tls_dial(&s.ca, vec![s.ca.root_der()], &client, vec![id("someone-else")], s.listener);
+        let e = Pool::default().connect(&key(&client, vec![id("someone-else")], s.listener), s.echo, &ConnectHeaders::default(), dial).await.unwrap_err();
+        assert!(matches!(e, HboneError::Dial { .. }), "{e}");
+        assert!(e.to_string().contains("spiffe://cluster.local/ns/ns2/sa/server"), "the error names the identity it got: {e}");
+    }
+
+    #[tokio::test]
+    async fn the_server_refuses_a_client_of_an_untrusted_ca() {
+        let s = setup().await;
+        let rogue = s.ca.untrusted_twin().unwrap();
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let dial = tls_dial(&rogue, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
+        let r = Pool::default().connect(&key(&client, vec![id("server")], s.listener), s.echo, &ConnectHeaders::default(), dial).await;
+        assert!(r.is_err(), "a client certificate from an untrusted root was accepted");
+    }
+
+    #[tokio::test]
+    async fn connects_to_other_addresses_or_dead_ports_are_refused_with_their_status() {
+        let s = setup().await;
+        let pool = Pool::default();
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let k = key(&client, vec![id("server")], s.listener);
+        let other: SocketAddr = format!("127.0.0.2:{}", s.echo.port()).parse().unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        for (target, status) in [(other, 400), (dead, 503)] {
+            let dial = tls_dial(&s.ca, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
+            match pool.connect(&k, target, &ConnectHeaders::default(), dial).await {
+                Err(HboneError::Status { status: got, .. }) => assert_eq!(got.as_u16(), status, "{target}"),
+                other => panic!("{target}: expected {status}, got {:?}", other.map(|_| ())),
+            }
+        }
+    }
+}
+
+/// The data path's outbound end (plan + certificates + pool) against the listener.
+mod outbound {
+    use super::*;
+    use crate::hbone::inbound::Inbound;
+    use crate::hbone::outbound::Outbound;
+    use crate::hbone::plan::{plan, Upstream};
+    use crate::identity::{CertStore, LocalIssuer};
+    use crate::tls::{LocalCa, TrustDomains};
+    use crate::xds::workload::{LiveWorkloads, WorkloadView};
+    use istio_compat::model::workload::{AddressIndex, AddressResource, WorkloadModel};
+
+    #[tokio::test]
+    async fn a_planned_tunnel_carries_the_source_identity_to_the_destination() {
+        // Two workloads on loopback addresses no other test uses: the client at
+        // 127.77.0.1, the server at 127.77.0.2, whose HBONE listener on
+        // 127.77.0.2:15008 stands in for the capture.
+        let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
+        let mut model = WorkloadModel::default();
+        for (name, ip) in [("client", "127.77.0.1"), ("server", "127.77.0.2")] {
+            let w: istio_compat::model::workload::Workload = serde_json::from_value(serde_json::json!({
+                "uid": format!("Kubernetes//Pod/ns1/{name}"), "namespace": "ns1", "addresses": [ip], "tunnel": "HBONE",
+                "identity": format!("spiffe://cluster.local/ns/ns1/sa/{name}"), "workload_name": name }))
+            .unwrap();
+            model.insert_address(AddressResource::Workload(Arc::new(w)));
+        }
+        let live = Arc::new(LiveWorkloads::default());
+        let index = AddressIndex::new(&model);
+        live.publish(WorkloadView { model, index, version: 1 });
+        let certs = Arc::new(CertStore::new(Arc::new(LocalIssuer { ca, validity: Duration::from_secs(3600) })));
+        certs.set_identities([Identity::new("cluster.local", "ns1", "client"), Identity::new("cluster.local", "ns1", "server")]);
+        let trust = TrustDomains::local("cluster.local");
+
+        let l = TcpListener::bind("127.77.0.2:15008").await.expect("bind the server's HBONE address");
+        let inbound = Arc::new(Inbound::new(live.clone(), certs.clone(), trust.clone(), String::new(), None));
+        tokio::spawn(inbound.run(l, Arc::new(Drain::default())));
+        // The server workload: an echo on its address.
+        let el = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let target = el.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = el.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+
+        let Upstream::Hbone(tunnel) = plan(&live.load().index, "", "127.77.0.1".parse().unwrap(), target, &[]).unwrap() else {
+            panic!("the server speaks HBONE")
+        };
+        assert_eq!(tunnel.gateway, "127.77.0.2:15008".parse().unwrap());
+        let out = Outbound::new(certs, trust, None, "Kubernetes".into());
+        let mut s = out.connect(&tunnel, "127.77.0.1".parse().unwrap(), None).await.unwrap();
+        s.write_all(b"planned").await.unwrap();
+        let mut b = [0u8; 7];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"planned");
+        // A second stream reuses the connection.
+        let _s2 = out.connect(&tunnel, "127.77.0.1".parse().unwrap(), None).await.unwrap();
+        assert_eq!(out.connections(), 1);
+    }
+}

@@ -53,7 +53,7 @@ impl LiveWorkloads {
         self.view.load_full()
     }
 
-    fn publish(&self, view: WorkloadView) {
+    pub(crate) fn publish(&self, view: WorkloadView) {
         let version = view.version;
         self.view.store(Arc::new(view));
         self.changed.send_replace(version);

@@ -1,0 +1,137 @@
+//! The HBONE listener (port 15008): terminates mTLS for the local workload a
+//! connection was sent to, presenting that workload's certificate, verifies the
+//! peer's SPIFFE identity, and serves the `CONNECT` streams inside by connecting to
+//! the workload.
+//!
+//! Which workload: the connection's original destination (`SO_ORIGINAL_DST`, from the
+//! capture of `<pod IP>:15008`, `redirect::hbone_capture`), or its local address when it
+//! was not redirected. A `CONNECT` must target an address of that same workload (a
+//! peer cannot use one pod's certificate to reach another): 400 otherwise, 503 when
+//! the workload does not answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use istio_compat::model::workload::{Identity, Workload};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::server::{serve, ConnectRequest};
+use super::ConfigCache;
+use crate::drain::Drain;
+use crate::identity::CertStore;
+use crate::tls::{self, TrustDomains};
+use crate::xds::workload::LiveWorkloads;
+
+/// What the listener needs from the rest of the proxy.
+pub struct Inbound {
+    pub workloads: Arc<LiveWorkloads>,
+    pub certs: Arc<CertStore>,
+    pub trust: TrustDomains,
+    /// This proxy's network ("" is the default).
+    pub network: String,
+    /// SO_MARK on connections to the workloads (never redirected back to the proxy).
+    pub mark: Option<u32>,
+    /// How long a connection may wait for its workload's first certificate.
+    pub cert_wait: Duration,
+    pub connect_timeout: Duration,
+    /// Server configs per identity, rebuilt when the certificate changes.
+    configs: ConfigCache<Identity, rustls::ServerConfig>,
+}
+
+impl Inbound {
+    pub fn new(workloads: Arc<LiveWorkloads>, certs: Arc<CertStore>, trust: TrustDomains, network: String, mark: Option<u32>) -> Inbound {
+        Inbound {
+            workloads,
+            certs,
+            trust,
+            network,
+            mark,
+            cert_wait: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            configs: ConfigCache::default(),
+        }
+    }
+
+    /// Accepts on `listener` until `drain` fires.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = drain.signaled() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let (this, drain) = (self.clone(), drain.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = this.connection(tcp, peer, &drain).await {
+                            info!(%peer, error = %e, "HBONE connection refused");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accepting on the HBONE listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// One accepted connection: the workload it is for, TLS as that workload, then its streams.
+    pub async fn connection(&self, tcp: TcpStream, peer: SocketAddr, drain: &Drain) -> Result<(), String> {
+        let local = tcp.local_addr().map_err(|e| format!("local address: {e}"))?;
+        let dst = redirect_bpf::original_dst(&tcp, local).unwrap_or(local);
+        let view = self.workloads.load();
+        let workload = view
+            .index
+            .workload(&self.network, dst.ip())
+            .cloned()
+            .ok_or_else(|| format!("no workload has the address {} this connection was sent to", dst.ip()))?;
+        drop(view);
+        let config = self.server_config(&workload.identity).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls = TlsAcceptor::from(config).accept(tcp).await.map_err(|e| match tls::Rejection::from_io(&e) {
+            Some(r) => format!("mTLS for {} rejected the peer: {r}", workload.identity),
+            None => format!("TLS handshake for {}: {e}", workload.identity),
+        })?;
+        let peer_id = tls::peer_identity(tls.get_ref().1).ok_or("the peer presented no SPIFFE identity")?;
+        debug!(%peer, peer_identity = %peer_id, workload = %workload.uid, "HBONE connection accepted");
+        let (mark, timeout) = (self.mark, self.connect_timeout);
+        let label = format!("{peer} ({peer_id})");
+        serve(tls, &label, drain, move |req: ConnectRequest| {
+            let workload = workload.clone();
+            async move { open_upstream(&workload, req.target, mark, timeout).await }
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn server_config(&self, identity: &Identity) -> Result<Arc<rustls::ServerConfig>, String> {
+        let cert = self.certs.certificate(identity, self.cert_wait).await.map_err(|e| e.to_string())?;
+        self.configs.get_or_build(identity.clone(), &cert, || {
+            tls::server_config(&cert, cert.roots(), &self.trust).map_err(|e| format!("TLS server config for {identity}: {e}"))
+        })
+    }
+}
+
+/// Connects to `target` for a stream of a connection made for `workload`.
+async fn open_upstream(workload: &Workload, target: SocketAddr, mark: Option<u32>, timeout: Duration) -> Result<TcpStream, StatusCode> {
+    if !workload.addresses.contains(&target.ip()) {
+        info!(workload = %workload.uid, %target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    match tokio::time::timeout(timeout, super::outbound::marked_connect(target, mark)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            info!(workload = %workload.uid, %target, error = %e, "the workload did not accept the tunnelled connection");
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(_) => {
+            info!(workload = %workload.uid, %target, "connecting to the workload timed out");
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
