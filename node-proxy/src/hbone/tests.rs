@@ -16,9 +16,14 @@ use super::server::{serve, ConnectRequest};
 use super::HboneError;
 use crate::drain::Drain;
 
-/// An echo server: writes back what it reads, then closes its side after the client's EOF.
+/// An echo server on 127.0.0.1.
 async fn echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_at("127.0.0.1:0").await
+}
+
+/// An echo server on `addr`: writes back what it reads, then closes its side after the client's EOF.
+async fn echo_at(addr: &str) -> SocketAddr {
+    let l = TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -374,16 +379,7 @@ mod outbound {
         let inbound = Arc::new(Inbound::new(live.clone(), certs.clone(), trust.clone(), String::new(), None));
         tokio::spawn(inbound.run(l, Arc::new(Drain::default())));
         // The server workload: an echo on its address.
-        let el = TcpListener::bind("127.77.0.2:0").await.unwrap();
-        let target = el.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = el.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let target = echo_at("127.77.0.2:0").await;
 
         let Upstream::Hbone(tunnel) = plan(&live.load().index, "", "127.77.0.1".parse().unwrap(), target, &[]).unwrap() else {
             panic!("the server speaks HBONE")
