@@ -509,3 +509,52 @@ mod properties {
         }
     }
 }
+
+/// istiod's converted PeerAuthentication policies decide as their PeerAuthentication
+/// says: for each golden, applied to the workload it selects (alone, with the mesh
+/// default PERMISSIVE), plaintext to each port is allowed or denied as the `-in.yaml`'s
+/// modes require, and mTLS is allowed everywhere. The expectations come from the
+/// PeerAuthentication inputs (STRICT/PERMISSIVE/DISABLE per port), not from our translator.
+#[test]
+fn converted_peer_authentication_decides_as_its_modes_say() {
+    use istio_compat::authz::l4::{evaluate, Connection};
+    use istio_compat::model::workload::{AddressResource, Identity, Workload, WorkloadModel};
+    let Some(corpus) = corpus_dir() else { return };
+    // (golden, ports whose plaintext is denied); 7070 stands for any other port.
+    let cases: [(&str, &[u16]); 10] = [
+        ("peer-authn-disable-port-mtls-strict", &[9090]),
+        ("peer-authn-permissive-port-mtls-strict-and-permissive", &[9090]),
+        ("peer-authn-permissive-root-permissive-namespace-strict-workload-ports", &[8080, 9090]),
+        ("peer-authn-permissive-root-strict-namespace-permissive-workload", &[8080, 7070]),
+        ("peer-authn-strict-and-disable-port-mtls", &[8080, 7070]),
+        ("peer-authn-strict-and-permissive-port-mtls", &[8080, 7070]),
+        ("peer-authn-strict-port-mtls-strict-and-permissive", &[9090, 7070]),
+        ("peer-authn-strict-root-permissive-namespace-strict-workload", &[9090]),
+        ("peer-authn-strict-root-permissive-workload", &[8080, 7070]),
+        ("peer-authn-unset-port-mtls-strict", &[8080]),
+    ];
+    for (name, denied) in cases {
+        let path = corpus.join("istio-ambient-authz-golden").join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let golden = protojson::parse_yaml_or_json(&text).unwrap();
+        let message = protojson::from_json::<sec::Authorization>(golden).unwrap_or_else(|e| panic!("{name}: {e}")).message;
+        let policy = authorization(&message).result.unwrap_or_else(|r| panic!("{name}: {r}"));
+        let mut model = WorkloadModel::default();
+        let key = policy.key();
+        let namespace = if policy.namespace.is_empty() { "default".to_owned() } else { policy.namespace.to_string() };
+        model.insert_policy(policy);
+        let w: Workload = serde_json::from_value(json!({
+            "uid": format!("Kubernetes//Pod/{namespace}/a"), "namespace": namespace, "addresses": ["10.0.0.1"],
+            "identity": format!("spiffe://cluster.local/ns/{namespace}/sa/a"), "authorization_policies": [key] }))
+        .unwrap();
+        model.insert_address(AddressResource::Workload(std::sync::Arc::new(w.clone())));
+        let peer = Identity::new("cluster.local", "other", "client");
+        for port in [8080u16, 9090, 7070] {
+            let conn = |source| Connection { source, source_ip: ip("10.0.0.9"), destination_ip: ip("10.0.0.1"), destination_port: port };
+            let plaintext = evaluate(&model, &w, &conn(None));
+            assert_eq!(!plaintext.allowed(), denied.contains(&port), "{name}: plaintext to port {port}: {plaintext:?}");
+            let mtls = evaluate(&model, &w, &conn(Some(&peer)));
+            assert!(mtls.allowed(), "{name}: mTLS to port {port}: {mtls:?}");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! ztunnel's L4 authorization over the workload API's policies.
+//!
+//! For a connection to a workload: the policies that apply to it
+//! ([`WorkloadModel::policies_for`]: global, its namespace's, and those selecting
+//! it); any matching DENY policy denies; otherwise, when ALLOW policies apply, one of
+//! them must match; with none, the connection is allowed. A policy matches when any
+//! rule does, a rule when every clause does, a clause when any of its matches does,
+//! and a match when each of its non-empty fields holds (a positive field: any value
+//! matches; a `not_` field: none does).
+//!
+//! The peer's identity is the verified mTLS identity, or none for plaintext: principal
+//! and namespace fields then see the empty string, so `presence` does not match it and
+//! `not_principals: [presence]` does — which is how istiod's converted
+//! PeerAuthentication (`converted_peer_authentication_*`, a DENY on
+//! "no principal") rejects plaintext to a STRICT workload or port.
+
+use std::net::IpAddr;
+
+use crate::model::workload::{Identity, Match, NameMatch, Policy, PolicyAction, ServiceAccountMatch, Workload, WorkloadModel};
+use crate::model::Name;
+
+/// A connection as L4 authorization sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection<'a> {
+    /// The verified mTLS peer; `None` for plaintext.
+    pub source: Option<&'a Identity>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+}
+
+/// What the policies decided, and which policy decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No DENY matched, and an ALLOW did (`Some(policy)`) or none applies (`None`).
+    Allow(Option<Name>),
+    /// A DENY policy (`namespace/name`) matched.
+    Denied(Name),
+    /// ALLOW policies apply and none matched.
+    NotAllowed,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+/// The decision for `conn` to `workload`.
+pub fn evaluate(model: &WorkloadModel, workload: &Workload, conn: &Connection<'_>) -> Decision {
+    let mut allow_applies = false;
+    let mut allowed_by = None;
+    for policy in model.policies_for(workload) {
+        match policy.action {
+            PolicyAction::Deny => {
+                if matches(policy, conn) {
+                    return Decision::Denied(policy.key());
+                }
+            }
+            PolicyAction::Allow => {
+                allow_applies = true;
+                if allowed_by.is_none() && matches(policy, conn) {
+                    allowed_by = Some(policy.key());
+                }
+            }
+        }
+    }
+    match (allow_applies, allowed_by) {
+        (_, Some(p)) => Decision::Allow(Some(p)),
+        (false, None) => Decision::Allow(None),
+        (true, None) => Decision::NotAllowed,
+    }
+}
+
+/// Whether `policy` matches `conn` (regardless of its action).
+pub fn matches(policy: &Policy, conn: &Connection<'_>) -> bool {
+    policy.rules.iter().any(|rule| rule.clauses.iter().all(|clause| clause.matches.iter().any(|m| match_holds(m, conn))))
+}
+
+fn match_holds(m: &Match, conn: &Connection<'_>) -> bool {
+    let principal = conn.source.map(|id| id.to_string()).unwrap_or_default();
+    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
+    let namespace = conn.source.map(|id| &*id.namespace).unwrap_or("");
+    let names = |list: &[NameMatch], value: &str| list.iter().any(|n| n.matches(value));
+    let accounts = |list: &[ServiceAccountMatch]| conn.source.is_some_and(|id| list.iter().any(|a| a.matches(id)));
+    let nets = |list: &[ipnet::IpNet], ip: IpAddr| list.iter().any(|n| n.contains(&canonical(ip)));
+    let positive = |empty: bool, hit: bool| empty || hit;
+    positive(m.namespaces.is_empty(), names(&m.namespaces, namespace))
+        && !names(&m.not_namespaces, namespace)
+        && positive(m.principals.is_empty(), names(&m.principals, principal))
+        && !names(&m.not_principals, principal)
+        && positive(m.service_accounts.is_empty(), accounts(&m.service_accounts))
+        && !accounts(&m.not_service_accounts)
+        && positive(m.source_ips.is_empty(), nets(&m.source_ips, conn.source_ip))
+        && !nets(&m.not_source_ips, conn.source_ip)
+        && positive(m.destination_ips.is_empty(), nets(&m.destination_ips, conn.destination_ip))
+        && !nets(&m.not_destination_ips, conn.destination_ip)
+        && positive(m.destination_ports.is_empty(), m.destination_ports.contains(&conn.destination_port))
+        && !m.not_destination_ports.contains(&conn.destination_port)
+}
+
+/// A v4-mapped IPv6 address as IPv4, as the policies write them.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests;
