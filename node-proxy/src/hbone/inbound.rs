@@ -6,14 +6,16 @@
 //! Which workload: the connection's original destination (`SO_ORIGINAL_DST`, from the
 //! capture of `<pod IP>:15008`, `redirect::hbone_capture`), or its local address when it
 //! was not redirected. A `CONNECT` must target an address of that same workload (a
-//! peer cannot use one pod's certificate to reach another): 400 otherwise, 503 when
-//! the workload does not answer.
+//! peer cannot use one pod's certificate to reach another): 400 otherwise. Then the
+//! workload's L4 authorization policies decide with the verified peer identity (401
+//! when denied), and 503 answers a workload that does not accept the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use istio_compat::authz::l4::{evaluate, Connection, Decision};
 use istio_compat::model::workload::{Identity, Workload};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -101,9 +103,17 @@ impl Inbound {
         debug!(%peer, peer_identity = %peer_id, workload = %workload.uid, "HBONE connection accepted");
         let (mark, timeout) = (self.mark, self.connect_timeout);
         let label = format!("{peer} ({peer_id})");
+        let workloads = self.workloads.clone();
         serve(tls, &label, drain, move |req: ConnectRequest| {
-            let workload = workload.clone();
-            async move { open_upstream(&workload, req.target, mark, timeout).await }
+            let (workload, workloads, peer_id) = (workload.clone(), workloads.clone(), peer_id.clone());
+            async move {
+                if !workload.addresses.contains(&req.target.ip()) {
+                    info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+                authorize(&workloads, &workload, &peer_id, peer.ip(), &req)?;
+                open_upstream(&workload, req.target, mark, timeout).await
+            }
         })
         .await
         .map_err(|e| e.to_string())
@@ -117,12 +127,34 @@ impl Inbound {
     }
 }
 
+/// The L4 authorization of one tunnelled connection (ztunnel's decision over the
+/// workload API's policies, converted PeerAuthentication included): 401 when denied.
+/// The source address is the one the source proxy forwarded (`forwarded: for=`), as
+/// the tunnel's own peer address is that proxy's node, not the workload.
+fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: &Identity, peer_ip: std::net::IpAddr, req: &ConnectRequest) -> Result<(), StatusCode> {
+    let source_ip = forwarded_for(&req.headers).unwrap_or(peer_ip);
+    let conn = Connection { source: Some(peer_id), source_ip, destination_ip: req.target.ip(), destination_port: req.target.port() };
+    let view = workloads.load();
+    match evaluate(&view.model, workload, &conn) {
+        Decision::Allow(_) => Ok(()),
+        denied => {
+            info!(peer = %peer_id, %source_ip, target = %req.target, workload = %workload.uid, decision = ?denied, "HBONE connection denied by authorization policy");
+            Err(StatusCode::UNAUTHORIZED)
+        }
+    }
+}
+
+/// The first `for=` address of a `forwarded` header (RFC 7239; IPv6 quoted in brackets).
+pub(crate) fn forwarded_for(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    let value = headers.get(super::FORWARDED)?.to_str().ok()?;
+    value.split([';', ',']).find_map(|part| {
+        let v = part.trim().strip_prefix("for=").or_else(|| part.trim().strip_prefix("For="))?;
+        v.trim_matches('"').trim_start_matches('[').trim_end_matches(']').parse().ok()
+    })
+}
+
 /// Connects to `target` for a stream of a connection made for `workload`.
 async fn open_upstream(workload: &Workload, target: SocketAddr, mark: Option<u32>, timeout: Duration) -> Result<TcpStream, StatusCode> {
-    if !workload.addresses.contains(&target.ip()) {
-        info!(workload = %workload.uid, %target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
-        return Err(StatusCode::BAD_REQUEST);
-    }
     match tokio::time::timeout(timeout, super::outbound::marked_connect(target, mark)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {

@@ -250,12 +250,20 @@ mod mtls {
     }
 
     async fn setup() -> Setup {
+        setup_with(vec![]).await
+    }
+
+    /// [`setup`] with workload-API policies (namespace ns2).
+    async fn setup_with(policies: Vec<serde_json::Value>) -> Setup {
         let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
         let w: istio_compat::model::workload::Workload = serde_json::from_value(serde_json::json!({
             "uid": "Kubernetes//Pod/ns2/server", "namespace": "ns2", "addresses": ["127.0.0.1"], "tunnel": "HBONE",
             "identity": "spiffe://cluster.local/ns/ns2/sa/server", "node": "node2" }))
         .unwrap();
         let mut model = WorkloadModel::default();
+        for p in policies {
+            model.insert_policy(serde_json::from_value(p).unwrap());
+        }
         model.insert_address(AddressResource::Workload(Arc::new(w)));
         let live = Arc::new(LiveWorkloads::default());
         let index = AddressIndex::new(&model);
@@ -323,6 +331,47 @@ mod mtls {
         let dial = tls_dial(&rogue, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
         let r = Pool::default().connect(&key(&client, vec![id("server")], s.listener), s.echo, &ConnectHeaders::default(), dial).await;
         assert!(r.is_err(), "a client certificate from an untrusted root was accepted");
+    }
+
+    #[tokio::test]
+    async fn authorization_policy_denies_with_401_per_connection() {
+        // DENY the client identity on the echo's port only: istiod's L4 policy form.
+        let (echo_port, other) = (echo().await, echo().await);
+        let deny = serde_json::json!({ "name": "deny-client", "namespace": "ns2", "scope": "NAMESPACE", "action": "DENY",
+            "rules": [{ "clauses": [
+                { "matches": [{ "principals": [{ "exact": "cluster.local/ns/ns1/sa/client" }] }] },
+                { "matches": [{ "destination_ports": [echo_port.port()] }] } ] }] });
+        let s = setup_with(vec![deny]).await;
+        let pool = Pool::default();
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let k = key(&client, vec![id("server")], s.listener);
+        let dial = || tls_dial(&s.ca, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
+        match pool.connect(&k, echo_port, &ConnectHeaders::default(), dial()).await {
+            Err(HboneError::Status { status, .. }) => assert_eq!(status.as_u16(), 401),
+            other => panic!("expected 401, got {:?}", other.map(|_| ())),
+        }
+        // Another port, and another identity on the denied port, pass.
+        let mut ok = pool.connect(&k, other, &ConnectHeaders::default(), dial()).await.unwrap();
+        ok.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        ok.read_exact(&mut b).await.unwrap();
+        let friend = Identity::new("cluster.local", "ns1", "friend");
+        let dial = tls_dial(&s.ca, vec![s.ca.root_der()], &friend, vec![id("server")], s.listener);
+        pool.connect(&key(&friend, vec![id("server")], s.listener), echo_port, &ConnectHeaders::default(), dial).await.unwrap();
+    }
+
+    #[test]
+    fn the_forwarded_source_address_is_read_as_ztunnel_writes_it() {
+        let mut h = http::HeaderMap::new();
+        for (value, want) in [
+            ("for=198.18.1.10", Some("198.18.1.10")),
+            ("for=\"[fd00:18:1::10]\"", Some("fd00:18:1::10")),
+            ("by=x;for=10.0.0.1, for=10.0.0.2", Some("10.0.0.1")),
+            ("for=_hidden", None),
+        ] {
+            h.insert("forwarded", value.parse().unwrap());
+            assert_eq!(crate::hbone::inbound::forwarded_for(&h), want.map(|w| w.parse().unwrap()), "{value}");
+        }
     }
 
     #[tokio::test]
