@@ -548,6 +548,12 @@ fn converted_peer_authentication_decides_as_its_modes_say() {
             "identity": format!("spiffe://cluster.local/ns/{namespace}/sa/a"), "authorization_policies": [key] }))
         .unwrap();
         model.insert_address(AddressResource::Workload(std::sync::Arc::new(w.clone())));
+        // The kernel guard's view of the same policies: STRICT exactly where plaintext is denied.
+        let req = istio_compat::authz::l4::mtls_requirement(&model, &w);
+        for port in [8080u16, 9090, 7070] {
+            let strict = req.ports.get(&port).copied().unwrap_or(req.strict);
+            assert_eq!(strict, denied.contains(&port), "{name}: mtls_requirement for port {port}: {req:?}");
+        }
         let peer = Identity::new("cluster.local", "other", "client");
         for port in [8080u16, 9090, 7070] {
             let conn = |source| Connection { source, source_ip: ip("10.0.0.9"), destination_ip: ip("10.0.0.1"), destination_port: port };

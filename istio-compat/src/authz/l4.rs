@@ -99,6 +99,41 @@ fn match_holds(m: &Match, conn: &Connection<'_>) -> bool {
         && !m.not_destination_ports.contains(&conn.destination_port)
 }
 
+/// Names istiod gives the policies it converts PeerAuthentication into.
+const CONVERTED_PEER_AUTHENTICATION: [&str; 2] = ["converted_peer_authentication_", "istio_converted_static_strict"];
+
+/// Where a workload requires mTLS: plaintext to these ports is denied by its
+/// PeerAuthentication (as istiod converts it), whoever sends it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MtlsRequirement {
+    /// For ports not in `ports`.
+    pub strict: bool,
+    /// Ports whose mode differs from `strict` (`true`: STRICT).
+    pub ports: std::collections::BTreeMap<u16, bool>,
+}
+
+/// The STRICT ports of `workload`, from the converted PeerAuthentication policies
+/// that apply to it (other policies are authorization, not mTLS mode). This is the
+/// set the kernel's inbound guard drops plaintext for.
+pub fn mtls_requirement(model: &WorkloadModel, workload: &Workload) -> MtlsRequirement {
+    let peer_authn: Vec<&Policy> =
+        model.policies_for(workload).map(|p| &**p).filter(|p| CONVERTED_PEER_AUTHENTICATION.iter().any(|n| p.name.starts_with(n))).collect();
+    let mut named_ports = std::collections::BTreeSet::new();
+    for m in peer_authn.iter().flat_map(|p| &p.rules).flat_map(|r| &r.clauses).flat_map(|c| &c.matches) {
+        named_ports.extend(m.destination_ports.iter().chain(&m.not_destination_ports).copied());
+    }
+    let source_ip = IpAddr::from([0, 0, 0, 0]);
+    let destination_ip = workload.addresses.first().copied().unwrap_or(source_ip);
+    let plaintext_denied = |port: u16| {
+        let conn = Connection { source: None, source_ip, destination_ip, destination_port: port };
+        peer_authn.iter().any(|p| p.action == PolicyAction::Deny && matches(p, &conn))
+    };
+    // Port 0 is never named: it stands for every port the policies do not name.
+    let strict = plaintext_denied(0);
+    let ports = named_ports.into_iter().map(|p| (p, plaintext_denied(p))).filter(|(_, s)| *s != strict).collect();
+    MtlsRequirement { strict, ports }
+}
+
 /// A v4-mapped IPv6 address as IPv4, as the policies write them.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

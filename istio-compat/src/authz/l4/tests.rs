@@ -116,3 +116,19 @@ fn rules_or_clauses_and_matches_or() {
     // An ALLOW policy without rules allows nothing.
     assert!(!matches(&policy(json!({ "name": "empty", "namespace": "foo", "action": "ALLOW" })), &conn(None, "10.1.0.1", 80)));
 }
+
+#[test]
+fn only_converted_peer_authentication_makes_a_port_strict() {
+    let (m, w) = model(vec![], &[]);
+    assert_eq!(mtls_requirement(&m, &w), MtlsRequirement::default());
+    // An ordinary DENY on plaintext is authorization, not an mTLS mode.
+    let deny_plaintext = policy(json!({ "name": "no-plaintext", "namespace": "foo", "scope": "NAMESPACE", "action": "DENY",
+        "rules": [{ "clauses": [{ "matches": [{ "not_principals": [{ "presence": null }] }] }] }] }));
+    let (m, w) = model(vec![deny_plaintext], &[]);
+    assert_eq!(mtls_requirement(&m, &w), MtlsRequirement::default());
+    // The mesh-wide static STRICT policy, with a workload's PERMISSIVE port.
+    let static_strict = policy(json!({ "name": "istio_converted_static_strict", "namespace": "istio-system", "scope": "GLOBAL", "action": "DENY",
+        "rules": [{ "clauses": [{ "matches": [{ "not_principals": [{ "presence": null }] }] }] }] }));
+    let (m, w) = model(vec![static_strict], &[]);
+    assert_eq!(mtls_requirement(&m, &w), MtlsRequirement { strict: true, ports: Default::default() });
+}
