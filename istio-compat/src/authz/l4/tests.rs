@@ -126,7 +126,7 @@ fn only_converted_peer_authentication_makes_a_port_strict() {
         "rules": [{ "clauses": [{ "matches": [{ "not_principals": [{ "presence": null }] }] }] }] }));
     let (m, w) = model(vec![deny_plaintext], &[]);
     assert_eq!(mtls_requirement(&m, &w), MtlsRequirement::default());
-    // The mesh-wide static STRICT policy, with a workload's PERMISSIVE port.
+    // The mesh-wide static STRICT policy: every port.
     let static_strict = policy(json!({ "name": "istio_converted_static_strict", "namespace": "istio-system", "scope": "GLOBAL", "action": "DENY",
         "rules": [{ "clauses": [{ "matches": [{ "not_principals": [{ "presence": null }] }] }] }] }));
     let (m, w) = model(vec![static_strict], &[]);
