@@ -38,7 +38,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tests::netns::in_netns;
+use tests::netns::{in_netns, BpfFs};
 use tests::topology::{Pod, Topology};
 
 mod common;
@@ -184,31 +184,8 @@ impl Drop for Scene {
     fn drop(&mut self) {
         self.proxy.take();
         if self.redirector.take().is_some() {
-            let _ = redirect_bpf::Redirector::detach(&self.pins.0.join("bench"));
+            let _ = redirect_bpf::Redirector::detach(&self.pins.path().join("bench"));
         }
-    }
-}
-
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn mount(at: &Path) -> BpfFs {
-        fs::create_dir_all(at).expect("bpffs mountpoint");
-        let target = std::ffi::CString::new(at.display().to_string()).expect("path");
-        // SAFETY: NUL-terminated strings, no data argument.
-        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", at.display(), std::io::Error::last_os_error());
-        BpfFs(at.to_path_buf())
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.display().to_string()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = fs::remove_dir(&self.0);
     }
 }
 
@@ -290,7 +267,7 @@ fn scene(case: Case, opts: &Opts) -> Scene {
     let topo = Topology::create();
     let tmp = TempDir::new();
     let origins = vec![nginx_in(&topo.nodes[1].pods[0], &tmp.0, opts.server_cpu), nginx_in(&topo.nodes[1].pods[1], &tmp.0, opts.server_cpu)];
-    let pins = BpfFs::mount(&tmp.0.join("bpffs"));
+    let pins = BpfFs::mount_at(&tmp.0.join("bpffs"));
     let mut s = Scene { proxy: None, redirector: None, _origins: origins, pins, tmp, topo };
     let node1 = &s.topo.nodes[0];
     // Client ports for the thousands of connections of a shared topology.
@@ -327,7 +304,7 @@ fn scene(case: Case, opts: &Opts) -> Scene {
                     "--redirect-address",
                     PROXY_TARGET,
                     "--bpf-pin-dir",
-                    &s.pins.0.join("node1").display().to_string(),
+                    &s.pins.path().join("node1").display().to_string(),
                     "--upstream-mark",
                     MARK,
                 ]
@@ -361,7 +338,7 @@ impl Scene {
     fn attach_programs(&mut self) {
         let node1 = &self.topo.nodes[0];
         let options = redirect_bpf::Options { bypass_mark: 0, proxy_cgroup: Some(node1.proxy_cgroup.path().to_path_buf()) };
-        let r = redirect_bpf::Redirector::attach_with(node1.pods_cgroup.path(), sa(PROXY_TARGET), &self.pins.0.join("bench"), options)
+        let r = redirect_bpf::Redirector::attach_with(node1.pods_cgroup.path(), sa(PROXY_TARGET), &self.pins.path().join("bench"), options)
             .unwrap_or_else(|e| panic!("attach: {e}"));
         for i in 0..OTHER_ENTRIES {
             r.add(SocketAddr::from(([198, 18, 200 + (i / 250) as u8, (i % 250) as u8 + 1], 80))).expect("add");
@@ -377,7 +354,7 @@ impl Scene {
         assert!(c.bypassed_not_in_set > 0, "the programs did not see the bypass connections: {c:?}");
         let cost = HookCost::of(&r, c.bypassed_not_in_set);
         drop(r);
-        redirect_bpf::Redirector::detach(&self.pins.0.join("bench")).unwrap_or_else(|e| panic!("detach: {e}"));
+        redirect_bpf::Redirector::detach(&self.pins.path().join("bench")).unwrap_or_else(|e| panic!("detach: {e}"));
         // Unpinned links are released by the kernel asynchronously, within milliseconds.
         std::thread::sleep(Duration::from_millis(250));
         cost
@@ -460,7 +437,7 @@ fn run_redirected_case(case: Case, opts: &Opts) -> (Vec<Measured>, Option<HookCo
     let pod = &s.topo.nodes[0].pods[0];
     let out = LOADS.iter().map(|&load| measure(pod, case, load, opts)).collect();
     let cost = (case == Case::RedirectedEbpf).then(|| {
-        let r = redirect_bpf::Redirector::open(&s.pins.0.join("node1")).unwrap_or_else(|e| panic!("open the proxy's pins: {e}"));
+        let r = redirect_bpf::Redirector::open(&s.pins.path().join("node1")).unwrap_or_else(|e| panic!("open the proxy's pins: {e}"));
         let c = r.counters();
         assert!(c.redirected > 0 && c.getsockopt_answered > 0, "the eBPF case did not redirect: {c:?}");
         HookCost::of(&r, c.redirected)

@@ -122,3 +122,39 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
+
+/// A private bpffs instance (for BPF pins), unmounted and removed on drop.
+pub struct BpfFs(std::path::PathBuf);
+
+impl BpfFs {
+    /// Mounts one at `at` (created if missing).
+    pub fn mount_at(at: &std::path::Path) -> BpfFs {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(at).unwrap_or_else(|e| panic!("bpffs mountpoint {}: {e}", at.display()));
+        let target = std::ffi::CString::new(at.as_os_str().as_bytes()).expect("a path without NUL");
+        // SAFETY: NUL-terminated strings, no data argument.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", at.display(), std::io::Error::last_os_error());
+        BpfFs(at.to_path_buf())
+    }
+
+    /// Mounts one in a fresh directory under the temp dir, named by `tag`.
+    pub fn mount(tag: &str) -> BpfFs {
+        Self::mount_at(&std::env::temp_dir().join(format!("np-bpffs-{}-{tag}", std::process::id())))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(c) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -17,9 +17,7 @@
 //! state and fails no bypass connection; f) the nftables fallback does a)–c), also
 //! when `--redirect auto` cannot load eBPF.
 
-use std::ffi::CString;
 use std::net::SocketAddr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,7 +25,7 @@ use serde_json::{json, Value};
 use tests::ads_server::any_from_json;
 use tests::clients::Background;
 use tests::config::{cluster, hcm, socket_address};
-use tests::netns::{in_netns, require_root};
+use tests::netns::{in_netns, require_root, BpfFs};
 use tests::topology::{Pod, Topology};
 use tests::*;
 use xds_client::pb::envoy::config::cluster::v3::Cluster;
@@ -45,31 +43,6 @@ const NODE1_OVERLAY: &str = "198.18.254.1";
 /// The SO_MARK on the proxy's upstream connections.
 const MARK: &str = "20048";
 const T: Duration = Duration::from_secs(15);
-
-/// A private bpffs instance for the pins, unmounted on drop.
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn mount(tag: &str) -> BpfFs {
-        let path = std::env::temp_dir().join(format!("np-redirect-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("bpffs mountpoint");
-        let target = CString::new(path.as_os_str().as_bytes()).expect("path");
-        // SAFETY: NUL-terminated strings, no data argument.
-        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(rc, 0, "mount -t bpf bpf {}: {}", path.display(), std::io::Error::last_os_error());
-        BpfFs(path)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        if let Ok(c) = CString::new(self.0.as_os_str().as_bytes()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Everything one test runs; fields drop in order (proxy before the ADS server,
 /// processes before the pins, the topology last).
@@ -179,7 +152,7 @@ impl Scene {
     }
 
     fn pin_dir(&self) -> PathBuf {
-        self.bpffs.0.join("node1")
+        self.bpffs.path().join("node1")
     }
 
     fn start_proxy(&mut self, mode: &str) {
