@@ -26,6 +26,7 @@ use super::ConfigCache;
 use crate::drain::Drain;
 use crate::identity::CertStore;
 use crate::tls::{self, TrustDomains};
+use crate::upstream::pool::connect_marked;
 use crate::xds::workload::LiveWorkloads;
 
 /// What the listener needs from the rest of the proxy.
@@ -155,7 +156,7 @@ pub(crate) fn forwarded_for(headers: &http::HeaderMap) -> Option<std::net::IpAdd
 
 /// Connects to `target` for a stream of a connection made for `workload`.
 async fn open_upstream(workload: &Workload, target: SocketAddr, mark: Option<u32>, timeout: Duration) -> Result<TcpStream, StatusCode> {
-    match tokio::time::timeout(timeout, super::outbound::marked_connect(target, mark)).await {
+    match tokio::time::timeout(timeout, connect_marked(target, mark)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             info!(workload = %workload.uid, %target, error = %e, "the workload did not accept the tunnelled connection");

@@ -3,13 +3,12 @@
 //! workload's certificate and accepts only the destination's identities.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use istio_compat::model::workload::Identity;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::client::{Pool, PoolKey};
@@ -17,6 +16,7 @@ use super::plan::Tunnel;
 use super::{ConfigCache, H2Stream, HboneError};
 use crate::identity::CertStore;
 use crate::tls::{self, Certified, TrustDomains};
+use crate::upstream::pool::connect_marked;
 
 /// Opens HBONE streams for this node's workloads.
 pub struct Outbound {
@@ -63,7 +63,7 @@ impl Outbound {
         let headers = tunnel.headers(source_ip, &self.cluster, traceparent);
         let (gateway, mark, timeout) = (tunnel.gateway, self.mark, self.connect_timeout);
         let dial = move || async move {
-            let tcp = tokio::time::timeout(timeout, marked_connect(gateway, mark))
+            let tcp = tokio::time::timeout(timeout, connect_marked(gateway, mark))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {gateway} timed out after {timeout:?}")))??;
             let name = ServerName::try_from("hbone").map_err(io::Error::other)?;
@@ -82,15 +82,4 @@ impl Outbound {
             tls::client_config(cert, cert.roots(), &self.trust, expected.to_vec()).map_err(|e| format!("TLS client config for {}: {e}", cert.identity()))
         })
     }
-}
-
-/// A TCP connection to `addr` carrying `mark` (SO_MARK) when given.
-pub(crate) async fn marked_connect(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    if let Some(mark) = mark {
-        socket2::SockRef::from(&socket).set_mark(mark)?;
-    }
-    let s = socket.connect(addr).await?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
 }

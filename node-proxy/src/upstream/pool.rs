@@ -281,21 +281,8 @@ impl EndpointPool {
 /// `mark` (SO_MARK) when given.
 pub async fn connect(addr: SocketAddr, cluster: &ClusterState, mark: Option<u32>) -> Result<TcpStream, PoolError> {
     let timeout = cluster.config.connect_timeout;
-    let connecting = async {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        if let Some(mark) = mark {
-            socket2::SockRef::from(&socket).set_mark(mark)?;
-        }
-        socket.connect(addr).await
-    };
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+    match tokio::time::timeout(timeout, connect_marked(addr, mark)).await {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
             cluster.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(PoolError::Connect(e))
@@ -305,4 +292,20 @@ pub async fn connect(addr: SocketAddr, cluster: &ClusterState, mark: Option<u32>
             Err(PoolError::ConnectTimeout(timeout))
         }
     }
+}
+
+/// A TCP connection to `addr` carrying `mark` (SO_MARK) when given, with TCP_NODELAY:
+/// every leg the proxy dials (cluster endpoints, HBONE peers, the workloads behind the
+/// HBONE listener), so that none of them is redirected back to the proxy.
+pub async fn connect_marked(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    let s = socket.connect(addr).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
