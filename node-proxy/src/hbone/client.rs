@@ -46,13 +46,20 @@ struct Conn {
 }
 
 impl Conn {
+    /// Whether the connection takes a new stream now (`Ready(Ok)`), is gone
+    /// (`Ready(Err)`: GOAWAY or closed), or is busy (`Pending`); without waiting.
+    fn poll_ready_now(&mut self) -> Poll<Result<(), h2::Error>> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        self.sender.poll_ready(&mut cx)
+    }
+
     /// Open, not at its stream limit, and accepting new streams.
     fn usable(&mut self) -> bool {
-        if self.streams.load(Ordering::Acquire) >= self.max_streams {
-            return false;
-        }
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+        self.streams.load(Ordering::Acquire) < self.max_streams && matches!(self.poll_ready_now(), Poll::Ready(Ok(())))
+    }
+
+    fn is_closed(&mut self) -> bool {
+        matches!(self.poll_ready_now(), Poll::Ready(Err(_)))
     }
 
     fn idle_for(&self, now: Instant) -> Option<Duration> {
@@ -162,7 +169,7 @@ impl Pool {
     fn checkout(&self, key: &PoolKey) -> Option<(SendRequest<Bytes>, StreamGuard)> {
         let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(key)?;
-        list.retain_mut(|c| !c.sender_is_closed());
+        list.retain_mut(|c| !c.is_closed());
         let c = list.iter_mut().find_map(|c| c.usable().then_some(c))?;
         c.streams.fetch_add(1, Ordering::AcqRel);
         Some((c.sender.clone(), StreamGuard { streams: c.streams.clone(), idle_since: c.idle_since.clone() }))
@@ -207,19 +214,12 @@ impl Pool {
     }
 }
 
-impl Conn {
-    fn sender_is_closed(&mut self) -> bool {
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Err(_)))
-    }
-}
-
 fn sweep(inner: &Inner, idle_release: Duration) {
     let now = Instant::now();
     let mut conns = inner.conns.lock().unwrap_or_else(|p| p.into_inner());
     for list in conns.values_mut() {
         // Dropping the sender lets the connection end once its streams have.
-        list.retain_mut(|c| !c.sender_is_closed() && c.idle_for(now).is_none_or(|idle| idle < idle_release));
+        list.retain_mut(|c| !c.is_closed() && c.idle_for(now).is_none_or(|idle| idle < idle_release));
     }
     conns.retain(|_, list| !list.is_empty());
     let live: Vec<PoolKey> = conns.keys().cloned().collect();
