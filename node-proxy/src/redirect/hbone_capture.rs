@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use istio_compat::model::workload::{TunnelProtocol, WorkloadModel};
 
-use super::nftables::run_nft;
+use super::nftables::{apply_elements, delete_table, run_nft};
 
 /// The table, in family `inet`.
 pub const TABLE: &str = "node_proxy_hbone";
@@ -57,21 +57,12 @@ table inet {TABLE} {{
 
     /// Adds and deletes pod addresses in one transaction.
     pub fn apply(&self, add: &[IpAddr], remove: &[IpAddr]) -> Result<(), String> {
-        let mut script = String::new();
-        for (verb, list) in [("add", add), ("delete", remove)] {
-            for ip in list {
-                script.push_str(&element(verb, *ip));
-            }
-        }
-        if script.is_empty() {
-            return Ok(());
-        }
-        run_nft(&script)
+        apply_elements(add, remove, |verb, ip| element(verb, *ip))
     }
 
     /// Deletes the table. Absent is fine.
     pub fn remove() -> Result<(), String> {
-        run_nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+        delete_table(TABLE)
     }
 }
 

@@ -50,22 +50,33 @@ table inet {TABLE} {{
     /// Adds and deletes set elements in one transaction (`remove` must hold only
     /// elements added before).
     pub fn apply(&self, add: &[SocketAddr], remove: &[SocketAddr]) -> Result<(), String> {
-        let mut script = String::new();
-        for (verb, list) in [("add", add), ("delete", remove)] {
-            for addr in list {
-                script.push_str(&element(verb, addr));
-            }
-        }
-        if script.is_empty() {
-            return Ok(());
-        }
-        run_nft(&script)
+        apply_elements(add, remove, element)
     }
 
     /// Deletes the table (`node-proxy bpf detach` in nftables mode). Absent is fine.
     pub fn remove() -> Result<(), String> {
-        run_nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+        delete_table(TABLE)
     }
+}
+
+/// Adds `add` and deletes `remove` in one `nft -f` transaction, `element(verb, item)`
+/// writing each line. Nothing to do runs nothing.
+pub(super) fn apply_elements<T>(add: &[T], remove: &[T], element: impl Fn(&str, &T) -> String) -> Result<(), String> {
+    let mut script = String::new();
+    for (verb, list) in [("add", add), ("delete", remove)] {
+        for item in list {
+            script.push_str(&element(verb, item));
+        }
+    }
+    if script.is_empty() {
+        return Ok(());
+    }
+    run_nft(&script)
+}
+
+/// Deletes `table inet <table>`. Absent is fine (declaring it first makes the delete unconditional).
+pub(super) fn delete_table(table: &str) -> Result<(), String> {
+    run_nft(&format!("table inet {table}\ndelete table inet {table}\n"))
 }
 
 /// `add element inet node_proxy dst4 { 10.0.0.1 . 80 }` and the like.
