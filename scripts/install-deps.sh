@@ -23,8 +23,8 @@ fi
 packages=(ca-certificates curl build-essential pkg-config clang llvm libbpf-dev nftables iproute2)
 if [ "$want_test" = 1 ]; then
   # Real clients and peers: curl, h2load, python3 (grpcio), nginx/haproxy for benches,
-  # iptables/nftables for the redirect tests, tcpdump for captures.
-  packages+=(nghttp2-client python3 python3-venv python3-pip iptables procps psmisc util-linux)
+  # iptables/nftables for the redirect tests, tcpdump for captures, iperf3 for the HBONE bench.
+  packages+=(nghttp2-client python3 python3-venv python3-pip iptables procps psmisc util-linux tcpdump iperf3)
 fi
 
 missing=()

@@ -295,6 +295,8 @@ fn scene(case: Case, opts: &Opts) -> Scene {
                     "off",
                     "--readiness-address",
                     "off",
+                    "--hbone-address",
+                    "off",
                     "--log-level",
                     "warn",
                     "--redirect",

@@ -898,6 +898,8 @@ fn main() {
         "off".into(),
         "--readiness-address".into(),
         "off".into(),
+        "--hbone-address".into(),
+        "off".into(),
         "--workers".into(),
         "1".into(),
         "--log-level".into(),

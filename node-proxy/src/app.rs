@@ -15,6 +15,7 @@ use crate::config;
 use crate::drain::Drain;
 use crate::listener::{self, ListenerManager, Options};
 use crate::logging::LogControl;
+use crate::mesh::{Mesh, MeshError, MeshSettings};
 use crate::redirect::{Redirect, RedirectSettings};
 use crate::runtime::{Shared, Worker};
 use crate::snapshot::{Live, Snapshot};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub xds: Option<XdsSettings>,
     /// Redirect pods' connections that need the proxy to it.
     pub redirect: Option<RedirectSettings>,
+    /// Workload certificates, HBONE in and out (absent: plain TCP upstream, no :15008).
+    pub mesh: Option<MeshSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Redirect(#[from] crate::redirect::RedirectError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
 }
 
 /// Runs the proxy until it is told to stop. Returns once drained.
@@ -102,6 +107,19 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let drain = Arc::new(Drain::default());
     let metrics = Arc::new(Metrics::new());
     let workloads = Arc::new(LiveWorkloads::default());
+    let default_access_log = settings.access_log.clone().map(|(path, format)| Arc::new(AccessLog { path, format }));
+    // Built on the control runtime: certificate renewals and the HBONE pool's sweeper run there.
+    let mesh = match settings.mesh.clone() {
+        Some(m) => {
+            let telemetry = crate::hbone::inbound::Telemetry { metrics: metrics.clone(), access_log: default_access_log.clone() };
+            Some(control.block_on(Mesh::new(m, workloads.clone(), settings.upstream_mark, Some(telemetry)))?)
+        }
+        None => None,
+    };
+    let mut hbone_listeners: Vec<Option<std::net::TcpListener>> = match &mesh {
+        Some(m) => m.bind(workers)?.into_iter().map(Some).collect(),
+        None => (0..workers).map(|_| None).collect(),
+    };
     let shared = Arc::new(Shared {
         live: live.clone(),
         metrics: metrics.clone(),
@@ -109,6 +127,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         active_faults: AtomicU32::new(0),
         upstream_mark: settings.upstream_mark,
         workloads: workloads.clone(),
+        mesh: mesh.clone(),
     });
     let workload_xds = settings.xds.as_ref().filter(|x| x.workload_api).map(|_| WorkloadXds::new(workloads.clone(), metrics.clone()));
     let workloads_guard = workload_xds.as_ref().map(|_| readiness.guard("workloads"));
@@ -148,13 +167,13 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         }
     }
 
-    let default_access_log = settings.access_log.clone().map(|(path, format)| Arc::new(AccessLog { path, format }));
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut threads = Vec::new();
     for (id, commands) in receivers.into_iter().enumerate() {
         let shared = shared.clone();
         let default_access_log = default_access_log.clone();
         let started = started_tx.clone();
+        let hbone = hbone_listeners.get_mut(id).and_then(Option::take).zip(mesh.clone());
         let thread = std::thread::Builder::new().name(format!("worker-{id}")).spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -169,6 +188,12 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
                 let options = Rc::new(Options { default_access_log });
                 let _ = started.send(());
                 let reaper = tokio::task::spawn_local(reap_idle(worker.clone()));
+                if let Some((socket, mesh)) = hbone {
+                    match tokio::net::TcpListener::from_std(socket) {
+                        Ok(l) => drop(tokio::spawn(mesh.inbound.clone().run(l, shared.drain.clone()))),
+                        Err(e) => tracing::error!("worker {id}: the HBONE listener: {e}"),
+                    }
+                }
                 listener::serve_commands(worker.clone(), commands, options).await;
                 // Draining: in-flight connections finish on this thread.
                 shared.drain.wait_closed(Duration::from_secs(3600)).await;
@@ -226,6 +251,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
             tracing::info!("ready");
         });
         tokio::spawn(crate::control::run(live.clone()));
+        if let Some(m) = mesh {
+            tracing::info!(node = %m.node, network = %m.network, "acting for this node's workloads: certificates, HBONE on :15008");
+            tokio::spawn(m.follow(drain.clone()));
+        }
         if let Some(r) = redirect {
             // From readiness on (configuration and workloads loaded): until then a
             // restarted proxy keeps the set its predecessor left pinned.

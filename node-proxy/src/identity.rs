@@ -155,7 +155,7 @@ async fn renew(issuer: Arc<dyn Issuer>, identity: Identity, tx: watch::Sender<Op
         let wait = match issuer.issue(&identity).await {
             Ok(cert) => {
                 backoff.reset();
-                let refresh = cert.refresh_at();
+                let refresh = cert.refresh_at(SystemTime::now());
                 tracing::info!(identity = %identity, not_after = ?cert.not_after(), "workload certificate issued");
                 tx.send_replace(Some(Arc::new(cert)));
                 // At least a moment, so a CA handing out nearly expired certificates is not hammered.
@@ -245,7 +245,7 @@ mod tests {
         let (s, issuer) = store(Duration::from_secs(4), usize::MAX);
         s.set_identities([id("a")]);
         let first = s.certificate(&id("a"), Duration::from_secs(5)).await.unwrap();
-        sleep_until(first.refresh_at() + Duration::from_millis(700)).await;
+        sleep_until(first.refresh_at(first.not_before()) + Duration::from_millis(700)).await;
         let second = s.current(&id("a")).expect("a current certificate");
         assert!(second.not_after() > first.not_after(), "renewed after half of its lifetime");
         assert!(!first.is_expired(SystemTime::now()), "renewed before the first one expired");
@@ -257,7 +257,7 @@ mod tests {
         let (s, issuer) = store(Duration::from_secs(4), 1);
         s.set_identities([id("a")]);
         let first = s.certificate(&id("a"), Duration::from_secs(5)).await.unwrap();
-        sleep_until(first.refresh_at() + Duration::from_millis(700)).await;
+        sleep_until(first.refresh_at(first.not_before()) + Duration::from_millis(700)).await;
         let still = s.current(&id("a")).expect("the old certificate is still in use");
         assert_eq!(still.not_after(), first.not_after());
         assert!(issuer.calls.load(Ordering::SeqCst) >= 3, "renewal retried with backoff");

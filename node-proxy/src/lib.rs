@@ -5,7 +5,7 @@
 //! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
 //! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
 //! telemetry ([`telemetry`]), graceful shutdown ([`drain`]), HBONE tunnels ([`hbone`]), workload mTLS ([`tls`]) and
-//! certificates ([`identity`]), configuration from istiod ([`xds`]) and the redirect of pods'
+//! certificates ([`identity`]), the node's part in the mesh ([`mesh`]), configuration from istiod ([`xds`]) and the redirect of pods'
 //! connections to the proxy ([`redirect`]). [`app`] wires them.
 
 pub mod admin;
@@ -19,6 +19,7 @@ pub mod identity;
 pub mod io;
 pub mod listener;
 pub mod logging;
+pub mod mesh;
 pub mod redirect;
 pub mod runtime;
 pub mod snapshot;

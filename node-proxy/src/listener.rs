@@ -201,8 +201,11 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
     };
     let Ok(local) = stream.local_addr() else { return };
     // The original destination, when the connection was redirected to us.
-    let original_dst =
-        if listener.use_original_dst || listener.detect_original_dst { redirect_bpf::original_dst(&stream, local).ok().filter(|d| *d != local) } else { None };
+    let original_dst = if listener.use_original_dst || listener.detect_original_dst {
+        redirect_bpf::original_dst(&stream, local).ok().filter(|d| !same_address(*d, local))
+    } else {
+        None
+    };
     let destination = original_dst.unwrap_or(local);
     if listener.use_original_dst {
         // Hand off to the listener for the original destination, if there is one.
@@ -297,4 +300,10 @@ async fn sniff_stream(mut stream: TcpStream, timeout: Option<Duration>) -> Resul
             return Ok((buf.freeze(), Some(Detected::Other), stream));
         }
     }
+}
+
+/// Whether two socket addresses are the same endpoint (an IPv4 address and its
+/// v4-mapped IPv6 form are).
+fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }

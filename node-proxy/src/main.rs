@@ -101,6 +101,88 @@ struct RunArgs {
     xds: XdsArgs,
     #[command(flatten)]
     redirect: RedirectArgs,
+    #[command(flatten)]
+    mesh: MeshArgs,
+}
+
+/// mTLS between nodes: the workloads' certificates and HBONE (Istio's ztunnel contract).
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Mesh (workload certificates and HBONE)")]
+struct MeshArgs {
+    /// The HBONE listener (HTTP/2 CONNECT in mTLS), which peers reach as <pod IP>:15008;
+    /// "off": no mTLS at all (upstream legs are plain TCP).
+    #[arg(long, env = "NODE_PROXY_HBONE_ADDRESS", default_value = "[::]:15008", value_parser = parse_optional_addr)]
+    hbone_address: OptionalAddr,
+    /// Capture connections to this node's HBONE pods' <IP>:15008 with nftables, to the listener.
+    #[arg(long, env = "NODE_PROXY_HBONE_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    hbone_capture: bool,
+    /// The mesh's trust domain (MeshConfig trustDomain).
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Other trust domains whose identities are accepted (MeshConfig trustDomainAliases); repeatable.
+    #[arg(long)]
+    trust_domain_alias: Vec<String>,
+    /// This node's network (Istio's topology.istio.io/network); empty: the default network.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// istiod's CA (IstioCertificateService), e.g. https://istiod.istio-system.svc:15012.
+    /// Default: the xDS address when it is https; else the local CA (--ca-cert/--ca-key, or generated).
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Istio's root certificate to trust for the CA's serving certificate (default: --xds-root-cert).
+    #[arg(long, env = "CA_ROOT_CA")]
+    ca_root_cert: Option<PathBuf>,
+    /// A local mesh CA: certificate (PEM; Istio's cacerts ca-cert.pem, with cert-chain.pem and
+    /// root-cert.pem beside it when intermediate) and key. Every node given the same CA trusts the others.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Validity requested for workload certificates (istio-agent's SECRET_TTL); renewed at half-life.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: Duration,
+}
+
+impl MeshArgs {
+    fn settings(self, xds: &XdsArgs) -> Result<Option<node_proxy::mesh::MeshSettings>, String> {
+        use node_proxy::mesh::{CaSource, MeshSettings};
+        let Some(hbone_address) = self.hbone_address.0 else { return Ok(None) };
+        let istiod = self.ca_address.clone().or_else(|| xds.xds_address.clone().filter(|a| a.starts_with("https://")));
+        let ca = match (&self.ca_cert, &self.ca_key, istiod) {
+            (Some(cert), Some(key), _) => {
+                let ca = node_proxy::tls::LocalCa::load(&self.trust_domain, cert, key).map_err(|e| format!("the local CA (--ca-cert/--ca-key): {e}"))?;
+                CaSource::Local(std::sync::Arc::new(ca))
+            }
+            (_, _, Some(address)) => {
+                let root_path = self.ca_root_cert.clone().unwrap_or_else(|| xds.xds_root_cert.clone());
+                let root_cert_pem = std::fs::read_to_string(&root_path)
+                    .map_err(|e| format!("Istio's root certificate {} (for the CA): {e}; set --ca-root-cert", root_path.display()))?;
+                CaSource::Istiod(istio_compat::ca::CaClientConfig {
+                    address,
+                    root_cert_pem,
+                    token_path: Some(xds.token_path.clone()),
+                    cluster_id: xds.cluster_id.clone(),
+                    validity: self.workload_cert_ttl,
+                    domain_name: xds.xds_server_name.clone(),
+                })
+            }
+            _ => {
+                let ca = node_proxy::tls::LocalCa::generate(&self.trust_domain).map_err(|e| format!("generating a local mesh CA: {e}"))?;
+                tracing::warn!(trust_domain = %self.trust_domain, "no CA configured: generated a mesh CA for this process only; other nodes trust it only if given the same CA (--ca-cert/--ca-key) or istiod's (--ca-address)");
+                CaSource::Local(std::sync::Arc::new(ca))
+            }
+        };
+        Ok(Some(MeshSettings {
+            node: xds.node_name.clone(),
+            network: self.network,
+            trust: node_proxy::tls::TrustDomains::new(self.trust_domain, self.trust_domain_alias),
+            ca,
+            hbone_address,
+            capture: self.hbone_capture,
+            cluster_id: xds.cluster_id.clone(),
+            cert_ttl: self.workload_cert_ttl,
+        }))
+    }
 }
 
 /// Redirecting pods' connections that need the proxy (L7 routes, policy, mTLS) to it.
@@ -268,7 +350,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => v / 1000.0,
         "s" => v,
         "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?}: use ms, s or m")),
+        "h" => v * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -399,6 +482,14 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mesh = match args.mesh.settings(&args.xds) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = Settings {
         config: args.config,
         workers,
@@ -423,6 +514,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         },
         xds: args.xds.settings(),
+        mesh,
     };
     match app::run(settings, logs) {
         Ok(()) => ExitCode::SUCCESS,

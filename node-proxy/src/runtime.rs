@@ -29,6 +29,8 @@ pub struct Shared {
     pub upstream_mark: Option<u32>,
     /// Istio's workload API view (empty without xDS).
     pub workloads: Arc<crate::xds::workload::LiveWorkloads>,
+    /// Workload certificates and HBONE (absent: every upstream leg is plain TCP).
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 /// One worker's state.
@@ -84,7 +86,7 @@ const METRIC_CACHE_LIMIT: usize = 4096;
 
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
-        let pools = Pools::new(shared.upstream_mark);
+        let pools = Pools::new(shared.upstream_mark, shared.mesh.clone());
         Rc::new(Worker { id, shared, pools, metric_cache: RefCell::new(HashMap::new()) })
     }
 

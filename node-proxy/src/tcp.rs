@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 use istio_compat::model::cluster::Discovery;
 use istio_compat::model::listener::{AccessLog, Listener, TcpCluster, TcpProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::io::PrefixedIo;
 use crate::runtime::Worker;
@@ -20,7 +19,7 @@ use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
 use crate::telemetry::metrics::{SourceLabels, TcpLabels};
 use crate::upstream::host::Host;
 use crate::upstream::outlier::Outcome;
-use crate::upstream::pool::connect;
+use crate::upstream::pool::UpstreamIo;
 
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
@@ -61,6 +60,8 @@ pub async fn proxy(
         route_name: None,
         grpc_status: None,
         upstream_transport_failure_reason: None,
+        downstream_peer_uri_san: None,
+        upstream_peer_uri_san: None,
     };
     let cluster_name: Arc<str> = match &tcp.cluster {
         TcpCluster::Cluster(c) => c.clone(),
@@ -123,9 +124,22 @@ pub async fn proxy(
             rec.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
             break;
         };
-        match connect(host.address, &cluster, worker.shared.upstream_mark).await {
+        let leg = match worker.pools.leg(remote.ip(), host.address) {
+            Ok(leg) => leg,
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, host = %host.address, "no leg to the endpoint: {e}");
+                rec.upstream_transport_failure_reason = Some(e.to_string());
+                rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                break;
+            }
+        };
+        match worker.pools.dial(&leg, &cluster).await {
             Ok(s) => {
                 cluster.record_outcome(&host, Outcome::Response(200));
+                if let crate::mesh::Leg::Hbone { tunnel, .. } = &leg {
+                    // The only identity the tunnel's TLS accepted (no service SANs are planned).
+                    rec.upstream_peer_uri_san = Some(Arc::from(tunnel.destination.identity.to_string()));
+                }
                 upstream = Some((s, _slot));
                 break;
             }
@@ -146,7 +160,7 @@ pub async fn proxy(
         return;
     };
     rec.response_flags = ResponseFlags::NONE;
-    rec.upstream_local_address = upstream.local_addr().ok();
+    rec.upstream_local_address = upstream.local_addr();
     let (received, sent) = splice(io, upstream, tcp.idle_timeout).await;
     let m = &worker.shared.metrics;
     m.tcp_received_bytes.get_or_create(&labels).inc_by(received);
@@ -166,10 +180,25 @@ fn finish(mut rec: RequestRecord, start: Instant, logs: &[AccessLog], received: 
 
 /// Copies both ways until both sides have closed (half-close is passed on) or
 /// nothing moves for `idle`. Returns (bytes from downstream, bytes to downstream).
-async fn splice(down: PrefixedIo, up: TcpStream, idle: Option<Duration>) -> (u64, u64) {
+async fn splice(down: PrefixedIo, up: UpstreamIo, idle: Option<Duration>) -> (u64, u64) {
     let (prefix, down) = down.into_parts();
-    let (mut dr, mut dw) = down.into_split();
-    let (mut ur, mut uw) = up.into_split();
+    let (dr, dw) = down.into_split();
+    match up {
+        UpstreamIo::Tcp(tcp) => {
+            let (ur, uw) = tcp.into_split();
+            copy_both(prefix, (dr, dw), (ur, uw), idle).await
+        }
+        UpstreamIo::Hbone(stream) => copy_both(prefix, (dr, dw), tokio::io::split(stream), idle).await,
+    }
+}
+
+async fn copy_both<DR, DW, UR, UW>(prefix: bytes::Bytes, (mut dr, mut dw): (DR, DW), (mut ur, mut uw): (UR, UW), idle: Option<Duration>) -> (u64, u64)
+where
+    DR: tokio::io::AsyncRead + Unpin,
+    DW: tokio::io::AsyncWrite + Unpin,
+    UR: tokio::io::AsyncRead + Unpin,
+    UW: tokio::io::AsyncWrite + Unpin,
+{
     let mut received = prefix.len() as u64;
     if !prefix.is_empty() && uw.write_all(&prefix).await.is_err() {
         return (received, 0);

@@ -300,9 +300,11 @@ int np_getsockopt(struct bpf_sockopt *ctx)
 		v4 = 0;
 	else
 		return 1;
-	/* The kernel (conntrack) already answered: keep its answer. */
-	if (ctx->retval == 0)
-		return 1;
+	/* Our entry first, even when the kernel answered: once any NAT rule exists in
+	 * the namespace (the HBONE capture), conntrack tracks every connection and
+	 * answers for a connection it did not translate with its actual destination:
+	 * the proxy's own address. Without our entry, the kernel's answer stands (the
+	 * nftables fallback's REDIRECTed connections). */
 	if (!sk)
 		return 1;
 
@@ -321,7 +323,8 @@ int np_getsockopt(struct bpf_sockopt *ctx)
 
 	d = bpf_map_lookup_elem(&conn_orig, &k);
 	if (!d) {
-		count(C_GETSOCKOPT_MISSED);
+		if (ctx->retval != 0)
+			count(C_GETSOCKOPT_MISSED);
 		return 1;
 	}
 

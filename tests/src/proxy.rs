@@ -31,6 +31,9 @@ pub struct ProxyOptions {
     pub wrapper: Vec<String>,
     pub extra_args: Vec<String>,
     pub log_level: String,
+    /// `--hbone-address`: off unless a test takes part in the mesh (parallel proxies
+    /// in one namespace cannot all bind :15008).
+    pub hbone_address: String,
 }
 
 impl Default for ProxyOptions {
@@ -43,6 +46,7 @@ impl Default for ProxyOptions {
             wrapper: Vec::new(),
             extra_args: Vec::new(),
             log_level: "info".to_owned(),
+            hbone_address: "off".to_owned(),
         }
     }
 }
@@ -144,6 +148,8 @@ impl Proxy {
                 &format!("{}ms", opts.drain_timeout.as_millis()),
                 "--log-level",
                 &opts.log_level,
+                "--hbone-address",
+                &opts.hbone_address,
             ]
             .map(str::to_owned),
         );

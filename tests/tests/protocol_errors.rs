@@ -228,8 +228,10 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
 
 fn run_with_config(path: &str) -> (std::process::ExitStatus, String) {
     let admin = format!("127.0.0.1:{}", free_port());
-    let (status, _out, err) =
-        run_node_proxy(&["--config", path, "--admin-address", &admin, "--metrics-address", "off", "--readiness-address", "off"], Duration::from_secs(10));
+    let (status, _out, err) = run_node_proxy(
+        &["--config", path, "--admin-address", &admin, "--metrics-address", "off", "--readiness-address", "off", "--hbone-address", "off"],
+        Duration::from_secs(10),
+    );
     (status, err)
 }
 

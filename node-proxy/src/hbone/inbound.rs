@@ -9,14 +9,22 @@
 //! peer cannot use one pod's certificate to reach another): 400 otherwise. Then the
 //! workload's L4 authorization policies decide with the verified peer identity (401
 //! when denied), and 503 answers a workload that does not accept the connection.
+//!
+//! Each relayed stream is reported as the destination sees it (`reporter=destination`,
+//! `connection_security_policy=mutual_tls`, the verified peer as `source_principal`):
+//! Istio's TCP metrics and an access log line when it ends.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 use istio_compat::authz::l4::{evaluate, Connection, Decision};
+use istio_compat::model::listener::AccessLog;
 use istio_compat::model::workload::{Identity, Workload};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -25,6 +33,8 @@ use super::server::{serve, ConnectRequest};
 use super::ConfigCache;
 use crate::drain::Drain;
 use crate::identity::CertStore;
+use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
+use crate::telemetry::metrics::{DestinationLabels, Metrics, SourceLabels, TcpLabels};
 use crate::tls::{self, TrustDomains};
 use crate::upstream::pool::connect_marked;
 use crate::xds::workload::LiveWorkloads;
@@ -41,8 +51,17 @@ pub struct Inbound {
     /// How long a connection may wait for its workload's first certificate.
     pub cert_wait: Duration,
     pub connect_timeout: Duration,
+    /// Where relayed streams are reported (absent: nowhere).
+    pub telemetry: Option<Telemetry>,
     /// Server configs per identity, rebuilt when the certificate changes.
     configs: ConfigCache<Identity, rustls::ServerConfig>,
+}
+
+/// Istio's TCP metrics and the access log, for the streams this listener relays.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Inbound {
@@ -55,6 +74,7 @@ impl Inbound {
             mark,
             cert_wait: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            telemetry: None,
             configs: ConfigCache::default(),
         }
     }
@@ -104,16 +124,19 @@ impl Inbound {
         debug!(%peer, peer_identity = %peer_id, workload = %workload.uid, "HBONE connection accepted");
         let (mark, timeout) = (self.mark, self.connect_timeout);
         let label = format!("{peer} ({peer_id})");
-        let workloads = self.workloads.clone();
+        let (workloads, network, telemetry) = (self.workloads.clone(), self.network.clone(), self.telemetry.clone());
         serve(tls, &label, drain, move |req: ConnectRequest| {
-            let (workload, workloads, peer_id) = (workload.clone(), workloads.clone(), peer_id.clone());
+            let (workload, workloads, peer_id, network, telemetry) = (workload.clone(), workloads.clone(), peer_id.clone(), network.clone(), telemetry.clone());
             async move {
                 if !workload.addresses.contains(&req.target.ip()) {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
                     return Err(StatusCode::BAD_REQUEST);
                 }
                 authorize(&workloads, &workload, &peer_id, peer.ip(), &req)?;
-                open_upstream(&workload, req.target, mark, timeout).await
+                let start = (Instant::now(), SystemTime::now());
+                let upstream = open_upstream(&workload, req.target, mark, timeout).await?;
+                let report = telemetry.map(|t| Report::open(t, &workloads, &network, &workload, &peer_id, peer, &req, &upstream, start));
+                Ok(Metered { inner: upstream, read: 0, written: 0, report })
             }
         })
         .await
@@ -166,5 +189,130 @@ async fn open_upstream(workload: &Workload, target: SocketAddr, mark: Option<u32
             info!(workload = %workload.uid, %target, "connecting to the workload timed out");
             Err(StatusCode::SERVICE_UNAVAILABLE)
         }
+    }
+}
+
+/// What is reported when a relayed stream ends.
+struct Report {
+    telemetry: Telemetry,
+    labels: TcpLabels,
+    record: RequestRecord,
+    started: Instant,
+}
+
+impl Report {
+    /// Counts the stream as opened; the rest is reported when it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        telemetry: Telemetry,
+        workloads: &LiveWorkloads,
+        network: &str,
+        workload: &Workload,
+        peer_id: &Identity,
+        peer: SocketAddr,
+        req: &ConnectRequest,
+        upstream: &TcpStream,
+        (started, start_time): (Instant, SystemTime),
+    ) -> Report {
+        let principal = peer_id.to_string();
+        let source_ip = forwarded_for(&req.headers).unwrap_or(peer.ip());
+        // The source workload's labels only when the workload view agrees with what the peer proved.
+        let source = match workloads.load().index.workload(network, source_ip) {
+            Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
+            _ => SourceLabels::for_principal(&principal),
+        };
+        let labels = TcpLabels {
+            reporter: "destination",
+            source,
+            destination: DestinationLabels::for_workload(workload),
+            response_flags: Arc::from("-"),
+            connection_security_policy: "mutual_tls",
+        };
+        telemetry.metrics.tcp_opened.get_or_create(&labels).inc();
+        let record = RequestRecord {
+            start_time,
+            method: "-".into(),
+            path: "-".into(),
+            protocol: "-",
+            response_code: 0,
+            response_flags: ResponseFlags::NONE,
+            response_code_details: "-",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_service_time: None,
+            x_forwarded_for: Some(source_ip.to_string()),
+            user_agent: None,
+            request_id: None,
+            authority: req.target.to_string(),
+            upstream_host: Some(req.target),
+            upstream_cluster: Some(Arc::from(format!("inbound|{}||", req.target.port()))),
+            upstream_local_address: upstream.local_addr().ok(),
+            downstream_local_address: SocketAddr::new(req.target.ip(), super::PORT),
+            downstream_remote_address: peer,
+            requested_server_name: None,
+            route_name: None,
+            grpc_status: None,
+            upstream_transport_failure_reason: None,
+            downstream_peer_uri_san: Some(Arc::from(principal)),
+            upstream_peer_uri_san: None,
+        };
+        Report { telemetry, labels, record, started }
+    }
+}
+
+/// The connection to the workload, counting bytes both ways; reports when dropped
+/// (the stream ended).
+struct Metered {
+    inner: TcpStream,
+    /// From the workload (sent to the peer).
+    read: u64,
+    /// To the workload (received from the peer).
+    written: u64,
+    report: Option<Report>,
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let Some(mut r) = self.report.take() else { return };
+        let m = &r.telemetry.metrics;
+        m.tcp_received_bytes.get_or_create(&r.labels).inc_by(self.written);
+        m.tcp_sent_bytes.get_or_create(&r.labels).inc_by(self.read);
+        m.tcp_closed.get_or_create(&r.labels).inc();
+        if let Some(log) = &r.telemetry.access_log {
+            r.record.bytes_received = self.written;
+            r.record.bytes_sent = self.read;
+            r.record.duration = r.started.elapsed();
+            r.record.emit(std::slice::from_ref(log));
+        }
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.written += *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -39,6 +39,8 @@ pub struct Tunnel {
 pub enum PlanError {
     #[error("no workload on network {network:?} has the source address {ip}: the proxy cannot speak for it (is the pod known to istiod, and is its address on the node?)")]
     UnknownSource { network: String, ip: IpAddr },
+    #[error("the source workload {uid} runs on node {node:?}, not on this proxy's node {ours:?}: this proxy does not act for it")]
+    NotLocal { uid: String, node: String, ours: String },
     #[error("destination workload {uid} is behind a waypoint: waypoints are not supported yet, the connection is refused rather than sent around its policy")]
     Waypoint { uid: String },
 }

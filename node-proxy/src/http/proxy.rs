@@ -9,7 +9,7 @@
 //! and metrics written when it ends.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -237,6 +237,8 @@ impl Flow {
             route_name: None,
             grpc_status: None,
             upstream_transport_failure_reason: None,
+            downstream_peer_uri_san: None,
+            upstream_peer_uri_san: None,
         };
         Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), done: false, cx }
     }
@@ -584,7 +586,7 @@ async fn forward(
                 RequestBody::Replay(r) => MirrorBody::Pending(Box::pin(r.completed())),
                 RequestBody::Stream(_) => continue,
             };
-            spawn_mirror(cx.worker.clone(), snapshot.clone(), mirror, &parts, &authority, &upstream_path, body);
+            spawn_mirror(cx.worker.clone(), snapshot.clone(), mirror, &parts, &authority, &upstream_path, body, cx.remote.ip());
         }
     }
 
@@ -656,7 +658,7 @@ async fn forward(
         let active = ActiveRequest::new(&host);
         let timers = AttemptTimers::new(deadline, retry, hcm.stream_idle_timeout);
         let sent_at = Instant::now();
-        let result = send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, &timers).await;
+        let result = send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, &timers, cx.remote.ip()).await;
         match result {
             Ok((resp, connection)) => {
                 let status = resp.status();
@@ -701,7 +703,8 @@ async fn forward(
                     AttemptError::Pool(PoolError::ConnectTimeout(_)) => {
                         (AttemptFailure::ConnectFailure, LocalReply::CONNECT_TIMEOUT, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
                     }
-                    AttemptError::Pool(_) => {
+                    AttemptError::Pool(e) => {
+                        flow.rec.upstream_transport_failure_reason = Some(e.to_string());
                         (AttemptFailure::ConnectFailure, LocalReply::CONNECT_FAILURE, ResponseFlags::UPSTREAM_CONNECTION_FAILURE, Outcome::ConnectFailed)
                     }
                     AttemptError::RefusedStream => {
@@ -835,9 +838,10 @@ async fn send_attempt(
     protocol: Protocol,
     req: Request<ReqBody>,
     timers: &AttemptTimers,
+    source: IpAddr,
 ) -> Result<(Response<Incoming>, Option<PooledH1>), AttemptError> {
     let exchange = async {
-        let checkout = worker.pools.checkout(cluster, host.address, protocol).await.map_err(AttemptError::Pool)?;
+        let checkout = worker.pools.checkout(cluster, host.address, protocol, source).await.map_err(AttemptError::Pool)?;
         match checkout {
             Checkout::Http1(mut pooled) => {
                 let Some(sender) = pooled.sender() else { return Err(AttemptError::Reset { request_sent: false, remote: false }) };
@@ -1002,7 +1006,17 @@ enum MirrorBody {
 }
 
 /// Sends a copy of the request to the mirror cluster; its response is discarded.
-fn spawn_mirror(worker: Rc<Worker>, snapshot: Arc<Snapshot>, policy: &MirrorPolicy, parts: &Parts, authority: &str, path: &str, body: MirrorBody) {
+#[allow(clippy::too_many_arguments)]
+fn spawn_mirror(
+    worker: Rc<Worker>,
+    snapshot: Arc<Snapshot>,
+    policy: &MirrorPolicy,
+    parts: &Parts,
+    authority: &str,
+    path: &str,
+    body: MirrorBody,
+    source: IpAddr,
+) {
     let shadow_authority = if policy.disable_shadow_host_suffix { authority.to_owned() } else { shadow_host(authority) };
     let cluster_name = policy.cluster.clone();
     let mut headers = parts.headers.clone();
@@ -1037,7 +1051,7 @@ fn spawn_mirror(worker: Rc<Worker>, snapshot: Arc<Snapshot>, policy: &MirrorPoli
         let _active = ActiveRequest::new(&host);
         let timeout = std::time::Duration::from_secs(30);
         let timers = AttemptTimers { deadline: Some((tokio::time::Instant::now() + timeout, AttemptError::Timeout)), idle: None };
-        match send_attempt(&worker, &cluster, &host, protocol, req, &timers).await {
+        match send_attempt(&worker, &cluster, &host, protocol, req, &timers, source).await {
             Ok((resp, _conn)) => {
                 use http_body_util::BodyExt;
                 let _ = resp.into_body().collect().await;

@@ -105,6 +105,10 @@ pub struct RequestRecord {
     pub route_name: Option<Arc<str>>,
     pub grpc_status: Option<i32>,
     pub upstream_transport_failure_reason: Option<String>,
+    /// The verified SPIFFE identity of the downstream mTLS peer (`%DOWNSTREAM_PEER_URI_SAN%`).
+    pub downstream_peer_uri_san: Option<Arc<str>>,
+    /// The verified SPIFFE identity of the upstream mTLS peer (`%UPSTREAM_PEER_URI_SAN%`).
+    pub upstream_peer_uri_san: Option<Arc<str>>,
 }
 
 fn dash(v: Option<&str>) -> &str {
@@ -195,6 +199,16 @@ impl RequestRecord {
             "route_name": self.route_name.as_deref(),
             "grpc_status": self.grpc_status,
         });
+        let mut v = v;
+        // Beyond Istio's default fields, only when mTLS gave an identity.
+        if let Some(o) = v.as_object_mut() {
+            if let Some(san) = &self.downstream_peer_uri_san {
+                o.insert("downstream_peer_uri_san".into(), serde_json::Value::from(&**san));
+            }
+            if let Some(san) = &self.upstream_peer_uri_san {
+                o.insert("upstream_peer_uri_san".into(), serde_json::Value::from(&**san));
+            }
+        }
         v.to_string()
     }
 
@@ -257,6 +271,8 @@ impl RequestRecord {
             "REQUESTED_SERVER_NAME" => dash(self.requested_server_name.as_deref()).to_owned(),
             "ROUTE_NAME" => dash(self.route_name.as_deref()).to_owned(),
             "UPSTREAM_TRANSPORT_FAILURE_REASON" => dash(self.upstream_transport_failure_reason.as_deref()).to_owned(),
+            "DOWNSTREAM_PEER_URI_SAN" => dash(self.downstream_peer_uri_san.as_deref()).to_owned(),
+            "UPSTREAM_PEER_URI_SAN" => dash(self.upstream_peer_uri_san.as_deref()).to_owned(),
             "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => self.grpc_status.map_or_else(|| "-".to_owned(), |c| c.to_string()),
             _ => {
                 if let Some(name) = op.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
@@ -324,6 +340,8 @@ mod tests {
             route_name: Some("default".into()),
             grpc_status: None,
             upstream_transport_failure_reason: None,
+            downstream_peer_uri_san: None,
+            upstream_peer_uri_san: None,
         }
     }
 

@@ -74,7 +74,60 @@ impl SourceLabels {
     }
 }
 
+impl SourceLabels {
+    /// A workload of Istio's workload API, as seen through its verified `principal`.
+    pub fn for_workload(w: &istio_compat::model::workload::Workload, principal: &str) -> Arc<Self> {
+        let or_unknown = |s: &str| if s.is_empty() { unknown() } else { Arc::from(s) };
+        Self::new(
+            or_unknown(&w.workload_name),
+            or_unknown(&w.namespace),
+            Arc::from(principal),
+            or_unknown(&w.canonical_name),
+            or_unknown(&w.canonical_revision),
+            or_unknown(&w.cluster_id),
+        )
+    }
+
+    /// Only the verified `principal` is known (the source is not in the workload view).
+    pub fn for_principal(principal: &str) -> Arc<Self> {
+        Self::new(unknown(), unknown(), Arc::from(principal), unknown(), unknown(), unknown())
+    }
+}
+
 impl DestinationLabels {
+    /// A workload of Istio's workload API (the destination of an HBONE stream).
+    pub fn for_workload(w: &istio_compat::model::workload::Workload) -> Arc<Self> {
+        let or_unknown = |s: &str| if s.is_empty() { unknown() } else { Arc::from(s) };
+        let labels = DestinationLabels {
+            workload: or_unknown(&w.workload_name),
+            workload_namespace: or_unknown(&w.namespace),
+            principal: Arc::from(w.identity.to_string()),
+            app: or_unknown(&w.canonical_name),
+            version: or_unknown(&w.canonical_revision),
+            service: unknown(),
+            service_name: unknown(),
+            service_namespace: unknown(),
+            cluster: or_unknown(&w.cluster_id),
+            hash: 0,
+        };
+        Self::hashed(labels)
+    }
+
+    fn hashed(labels: DestinationLabels) -> Arc<Self> {
+        let hash = hash_all(&[
+            &labels.workload,
+            &labels.workload_namespace,
+            &labels.principal,
+            &labels.app,
+            &labels.version,
+            &labels.service,
+            &labels.service_name,
+            &labels.service_namespace,
+            &labels.cluster,
+        ]);
+        Arc::new(DestinationLabels { hash, ..labels })
+    }
+
     /// From Istio's cluster metadata (services) and endpoint metadata (`workload`:
     /// `name;namespace;canonical service;revision;cluster`).
     pub fn from_istio(service_host: Option<&str>, service_name: Option<&str>, service_namespace: Option<&str>, workload: Option<&str>) -> Arc<Self> {
@@ -98,18 +151,7 @@ impl DestinationLabels {
             cluster: part(4),
             hash: 0,
         };
-        let hash = hash_all(&[
-            &labels.workload,
-            &labels.workload_namespace,
-            &labels.principal,
-            &labels.app,
-            &labels.version,
-            &labels.service,
-            &labels.service_name,
-            &labels.service_namespace,
-            &labels.cluster,
-        ]);
-        Arc::new(DestinationLabels { hash, ..labels })
+        Self::hashed(labels)
     }
 
     /// All labels `unknown` (shared: allocated once).

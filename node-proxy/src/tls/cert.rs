@@ -99,11 +99,12 @@ impl Certified {
         self.not_after
     }
 
-    /// When to fetch a new certificate: half-way through the validity period, as Istio
-    /// rotates (SECRET_GRACE_PERIOD_RATIO 0.5).
-    pub fn refresh_at(&self) -> SystemTime {
-        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
-        self.not_before + lifetime / 2
+    /// When to fetch a new certificate received at `received`: half of the validity
+    /// left then, as istio-agent rotates (SECRET_GRACE_PERIOD_RATIO 0.5) — counted from
+    /// receipt, not from a `not_before` the CA backdated for clock skew.
+    pub fn refresh_at(&self, received: SystemTime) -> SystemTime {
+        let from = received.max(self.not_before);
+        from + self.not_after.duration_since(from).unwrap_or(Duration::ZERO) / 2
     }
 
     pub fn is_expired(&self, now: SystemTime) -> bool {

@@ -3,22 +3,33 @@
 //! many streams. Honours `max_requests_per_connection`, the idle timeout, the
 //! connect timeout and the cluster's `max_connections` / `max_pending_requests`
 //! circuit breakers.
+//!
+//! Every leg the pools and the TCP proxy dial goes through [`Pools::dial`]: plain TCP,
+//! or an HBONE stream when the endpoint is a meshed workload ([`Mesh::leg`]). Over
+//! HBONE a connection carries its source workload's identity and address, so its pool
+//! is that source's alone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::cluster::{ClusterState, Slot};
+use crate::hbone::plan::PlanError;
+use crate::hbone::{H2Stream, HboneError};
 use crate::http::body::ReqBody;
+use crate::mesh::{Leg, Mesh};
 use crate::runtime::LocalExec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,19 +49,106 @@ pub enum PoolError {
     /// `max_connections` reached and `max_pending_requests` full.
     #[error("overflow: too many pending requests")]
     Overflow,
+    /// No leg to the endpoint can be planned (the source is not a workload this proxy acts for).
+    #[error("{0}")]
+    Plan(PlanError),
+    #[error("{0}")]
+    Tunnel(HboneError),
 }
 
-/// Pools of this worker, keyed by endpoint and protocol.
+/// The bytes to an endpoint: a TCP connection, or a stream inside an HBONE tunnel.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    Tcp(TcpStream),
+    Hbone(H2Stream),
+}
+
+impl UpstreamIo {
+    /// The local address of a TCP leg (an HBONE stream shares its tunnel's).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamIo::Tcp(s) => s.local_addr().ok(),
+            UpstreamIo::Hbone(_) => None,
+        }
+    }
+
+    /// `mutual_tls` through HBONE, `none` otherwise (Istio's connection_security_policy).
+    pub fn security_policy(&self) -> &'static str {
+        match self {
+            UpstreamIo::Tcp(_) => "none",
+            UpstreamIo::Hbone(_) => "mutual_tls",
+        }
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Hbone(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Hbone(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Tcp(s) => s.is_write_vectored(),
+            UpstreamIo::Hbone(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Pools of this worker, keyed by endpoint, protocol and (over HBONE) source address.
 #[derive(Default)]
 pub struct Pools {
-    pools: RefCell<HashMap<(SocketAddr, Protocol), Rc<EndpointPool>>>,
+    pools: RefCell<HashMap<PoolKey, Rc<EndpointPool>>>,
+    dialer: Rc<Dialer>,
+}
+
+/// Endpoint, protocol, and the source address when the leg is HBONE.
+type PoolKey = (SocketAddr, Protocol, Option<IpAddr>);
+
+/// Opens legs to endpoints.
+#[derive(Default)]
+struct Dialer {
     /// SO_MARK for upstream sockets (so redirect rules can skip the proxy's own traffic).
     mark: Option<u32>,
+    mesh: Option<Arc<Mesh>>,
 }
 
 struct EndpointPool {
-    addr: SocketAddr,
-    mark: Option<u32>,
+    /// How connections are opened: the latest leg planned for this key.
+    leg: RefCell<Leg>,
+    dialer: Rc<Dialer>,
     /// The cluster's idle timeout for these connections.
     idle_timeout: Duration,
     /// Woken when an HTTP/2 connection attempt finishes.
@@ -113,14 +211,48 @@ impl Drop for PooledH1 {
 }
 
 impl Pools {
-    pub fn new(mark: Option<u32>) -> Self {
-        Pools { pools: RefCell::default(), mark }
+    /// Pools dialing with `mark`, through HBONE to meshed endpoints when `mesh` is given.
+    pub fn new(mark: Option<u32>, mesh: Option<Arc<Mesh>>) -> Self {
+        Pools { pools: RefCell::default(), dialer: Rc::new(Dialer { mark, mesh }) }
     }
 
-    /// A connection to `addr` for one request of `cluster`.
-    pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol) -> Result<Checkout, PoolError> {
+    /// The leg from the downstream peer `source` to `endpoint`.
+    pub fn leg(&self, source: IpAddr, endpoint: SocketAddr) -> Result<Leg, PoolError> {
+        match &self.dialer.mesh {
+            None => Ok(Leg::Plain(endpoint)),
+            Some(mesh) => mesh.leg(source, endpoint).map_err(PoolError::Plan),
+        }
+    }
+
+    /// A connection over `leg` within `cluster`'s connect timeout (TCP proxy).
+    pub async fn dial(&self, leg: &Leg, cluster: &ClusterState) -> Result<UpstreamIo, PoolError> {
+        self.dialer.dial(leg, cluster).await
+    }
+
+    /// A connection to `addr` for one request of `cluster` from the downstream peer `source`.
+    pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol, source: IpAddr) -> Result<Checkout, PoolError> {
         let idle_timeout = cluster.config.idle_timeout.unwrap_or(Duration::MAX);
-        let pool = self.pools.borrow_mut().entry((addr, protocol)).or_insert_with(|| Rc::new(EndpointPool::new(addr, idle_timeout, self.mark))).clone();
+        let leg = self.leg(source, addr)?;
+        let key = match &leg {
+            Leg::Plain(_) => (addr, protocol, None),
+            Leg::Hbone { source, .. } => (addr, protocol, Some(*source)),
+        };
+        let pool = match self.pools.borrow_mut().entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let stale = match (&leg, &*e.get().leg.borrow()) {
+                    (Leg::Hbone { tunnel, .. }, Leg::Hbone { tunnel: held, .. }) => {
+                        !Arc::ptr_eq(&tunnel.source, &held.source) || !Arc::ptr_eq(&tunnel.destination, &held.destination)
+                    }
+                    _ => false,
+                };
+                if stale {
+                    // The workloads' view changed (identity, addresses): new connections follow it.
+                    e.get().retarget(leg.clone());
+                }
+                e.get().clone()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Rc::new(EndpointPool::new(leg, idle_timeout, self.dialer.clone()))).clone(),
+        };
         match protocol {
             Protocol::Http1 => pool.checkout_h1(cluster).await.map(Checkout::Http1),
             Protocol::Http2 => pool.checkout_h2(cluster).await.map(Checkout::Http2),
@@ -146,10 +278,10 @@ impl Pools {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, idle_timeout: Duration, mark: Option<u32>) -> Self {
+    fn new(leg: Leg, idle_timeout: Duration, dialer: Rc<Dialer>) -> Self {
         EndpointPool {
-            addr,
-            mark,
+            leg: RefCell::new(leg),
+            dialer,
             idle_timeout,
             h2_connected: Notify::new(),
             idle: RefCell::new(Vec::new()),
@@ -157,6 +289,10 @@ impl EndpointPool {
             released: Notify::new(),
             connecting_h2: Cell::new(false),
         }
+    }
+
+    fn retarget(&self, leg: Leg) {
+        *self.leg.borrow_mut() = leg;
     }
 
     async fn checkout_h1(self: &Rc<Self>, cluster: &Arc<ClusterState>) -> Result<PooledH1, PoolError> {
@@ -214,9 +350,10 @@ impl EndpointPool {
     }
 
     async fn connect_h1(&self, cluster: &ClusterState) -> Result<http1::SendRequest<ReqBody>, PoolError> {
-        let io = connect(self.addr, cluster, self.mark).await?;
+        let leg = self.leg.borrow().clone();
+        let io = self.dialer.dial(&leg, cluster).await?;
         let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(PoolError::Handshake)?;
-        let addr = self.addr;
+        let addr = leg.endpoint();
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %addr, "upstream HTTP/1 connection ended: {e}");
@@ -260,14 +397,15 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self, cluster: &ClusterState) -> Result<http2::SendRequest<ReqBody>, PoolError> {
-        let io = connect(self.addr, cluster, self.mark).await?;
+        let leg = self.leg.borrow().clone();
+        let io = self.dialer.dial(&leg, cluster).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(60))
             .handshake(TokioIo::new(io))
             .await
             .map_err(PoolError::Handshake)?;
-        let addr = self.addr;
+        let addr = leg.endpoint();
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(upstream = %addr, "upstream HTTP/2 connection ended: {e}");
@@ -277,19 +415,32 @@ impl EndpointPool {
     }
 }
 
-/// A TCP connection to `addr` within the cluster's connect timeout, marked with
-/// `mark` (SO_MARK) when given.
-pub async fn connect(addr: SocketAddr, cluster: &ClusterState, mark: Option<u32>) -> Result<TcpStream, PoolError> {
-    let timeout = cluster.config.connect_timeout;
-    match tokio::time::timeout(timeout, connect_marked(addr, mark)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => {
-            cluster.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(PoolError::Connect(e))
-        }
-        Err(_) => {
-            cluster.stats.cx_connect_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(PoolError::ConnectTimeout(timeout))
+impl Dialer {
+    /// A connection over `leg` within the cluster's connect timeout: TCP marked with
+    /// `mark` (SO_MARK) when given, or a stream through the pooled HBONE tunnel.
+    async fn dial(&self, leg: &Leg, cluster: &ClusterState) -> Result<UpstreamIo, PoolError> {
+        let timeout = cluster.config.connect_timeout;
+        let attempt = async {
+            match (leg, &self.mesh) {
+                (Leg::Plain(addr), _) => connect_marked(*addr, self.mark).await.map(UpstreamIo::Tcp).map_err(PoolError::Connect),
+                (Leg::Hbone { tunnel, source }, Some(mesh)) => {
+                    mesh.outbound.connect(tunnel, *source, None).await.map(UpstreamIo::Hbone).map_err(PoolError::Tunnel)
+                }
+                (Leg::Hbone { tunnel, .. }, None) => {
+                    Err(PoolError::Connect(io::Error::other(format!("HBONE to {} without the mesh configured", tunnel.gateway))))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                cluster.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
+            Err(_) => {
+                cluster.stats.cx_connect_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(PoolError::ConnectTimeout(timeout))
+            }
         }
     }
 }

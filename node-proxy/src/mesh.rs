@@ -1,0 +1,199 @@
+//! This node's part in the mesh: the certificates of the workload identities it acts
+//! for, HBONE out of the node (the upstream leg to a meshed endpoint) and into it (the
+//! `:15008` listener, and the capture that brings peers' HBONE for local pods there).
+//!
+//! Owns: [`MeshSettings`], starting these parts, keeping them following the workload
+//! view (which identities hold a certificate: those with a workload on this node;
+//! which pod addresses are captured), and choosing the leg to an endpoint
+//! ([`Mesh::leg`]). Does not own: the CA protocol (`istio_compat::ca`), certificate
+//! renewal (`identity`), TLS (`tls`), the HBONE wire (`hbone`), the nftables table
+//! (`redirect::hbone_capture`).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use istio_compat::ca::{CaClient, CaClientConfig};
+use istio_compat::model::workload::Identity;
+
+use crate::drain::Drain;
+use crate::hbone::inbound::{Inbound, Telemetry};
+use crate::hbone::outbound::Outbound;
+use crate::hbone::plan::{plan, PlanError, Tunnel, Upstream};
+use crate::identity::{CertStore, IstiodIssuer, LocalIssuer};
+use crate::redirect::hbone_capture::{local_hbone_addresses, HboneCapture};
+use crate::tls::{LocalCa, TrustDomains};
+use crate::xds::workload::LiveWorkloads;
+
+/// Where workload certificates come from.
+#[derive(Clone)]
+pub enum CaSource {
+    /// istiod's IstioCertificateService, impersonating each local workload identity.
+    Istiod(CaClientConfig),
+    /// A mesh CA held by this process (an operator's files, or generated at start).
+    Local(Arc<LocalCa>),
+}
+
+impl std::fmt::Debug for CaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaSource::Istiod(c) => write!(f, "istiod CA at {}", c.address),
+            CaSource::Local(ca) => write!(f, "local CA for {}", ca.trust_domain()),
+        }
+    }
+}
+
+/// What `node-proxy run` needs to take part in the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    /// The Kubernetes node this proxy serves: it acts for the workloads on it.
+    pub node: String,
+    /// This node's network ("" is the default network).
+    pub network: String,
+    pub trust: TrustDomains,
+    pub ca: CaSource,
+    /// Where the HBONE listener binds (`[::]:15008`).
+    pub hbone_address: SocketAddr,
+    /// Capture `<local HBONE pod IP>:15008` to the listener with nftables.
+    pub capture: bool,
+    /// The cluster named in the `baggage` header when a workload does not say.
+    pub cluster_id: String,
+    /// Validity of workload certificates from the local CA (istiod's may differ).
+    pub cert_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("istiod's CA: {0}")]
+    Ca(#[from] istio_compat::ca::CaError),
+    #[error("cannot bind the HBONE listener {address}: {source} (another proxy or ztunnel on this node? set --hbone-address, or off)")]
+    Bind { address: SocketAddr, source: std::io::Error },
+}
+
+/// The running parts; shared by the workers (outbound legs, inbound listeners) and
+/// the control thread (following the workload view).
+pub struct Mesh {
+    pub node: String,
+    pub network: String,
+    pub workloads: Arc<LiveWorkloads>,
+    pub certs: Arc<CertStore>,
+    pub outbound: Outbound,
+    pub inbound: Arc<Inbound>,
+    capture: bool,
+    hbone_address: SocketAddr,
+}
+
+/// How to reach one chosen endpoint.
+#[derive(Clone, Debug)]
+pub enum Leg {
+    Plain(SocketAddr),
+    /// Through HBONE, for the connection from `source` (a local workload).
+    Hbone {
+        tunnel: Arc<Tunnel>,
+        source: IpAddr,
+    },
+}
+
+impl Leg {
+    /// The endpoint the bytes are for.
+    pub fn endpoint(&self) -> SocketAddr {
+        match self {
+            Leg::Plain(a) => *a,
+            Leg::Hbone { tunnel, .. } => tunnel.target,
+        }
+    }
+}
+
+impl Mesh {
+    /// Builds the parts on the current tokio runtime (the HBONE pool's sweeper and the
+    /// certificate renewals run on it). Nothing is fetched or bound yet.
+    pub async fn new(settings: MeshSettings, workloads: Arc<LiveWorkloads>, mark: Option<u32>, telemetry: Option<Telemetry>) -> Result<Arc<Mesh>, MeshError> {
+        let certs = Arc::new(match settings.ca {
+            CaSource::Istiod(config) => CertStore::new(Arc::new(IstiodIssuer(CaClient::new(config).await?))),
+            CaSource::Local(ca) => CertStore::new(Arc::new(LocalIssuer { ca, validity: settings.cert_ttl })),
+        });
+        let outbound = Outbound::new(certs.clone(), settings.trust.clone(), mark, settings.cluster_id.clone());
+        let mut inbound = Inbound::new(workloads.clone(), certs.clone(), settings.trust, settings.network.clone(), mark);
+        inbound.telemetry = telemetry;
+        let inbound = Arc::new(inbound);
+        Ok(Arc::new(Mesh {
+            node: settings.node,
+            network: settings.network,
+            workloads,
+            certs,
+            outbound,
+            inbound,
+            capture: settings.capture,
+            hbone_address: settings.hbone_address,
+        }))
+    }
+
+    /// One SO_REUSEPORT listening socket per worker on the HBONE address.
+    pub fn bind(&self, workers: usize) -> Result<Vec<std::net::TcpListener>, MeshError> {
+        (0..workers.max(1))
+            .map(|_| crate::listener::bind_reuseport(self.hbone_address).map_err(|source| MeshError::Bind { address: self.hbone_address, source }))
+            .collect()
+    }
+
+    /// The leg from `source` (the downstream peer: a pod on this node) to `endpoint`:
+    /// HBONE when the endpoint's workload speaks it, plain TCP otherwise.
+    pub fn leg(&self, source: IpAddr, endpoint: SocketAddr) -> Result<Leg, PlanError> {
+        let source = source.to_canonical();
+        let endpoint = SocketAddr::new(endpoint.ip().to_canonical(), endpoint.port());
+        let view = self.workloads.load();
+        match plan(&view.index, &self.network, source, endpoint, &[])? {
+            Upstream::Plain(a) => Ok(Leg::Plain(a)),
+            Upstream::Hbone(t) if *t.source.node != *self.node => {
+                Err(PlanError::NotLocal { uid: t.source.uid.to_string(), node: t.source.node.to_string(), ours: self.node.clone() })
+            }
+            Upstream::Hbone(t) => Ok(Leg::Hbone { tunnel: Arc::new(t), source }),
+        }
+    }
+
+    /// Keeps the certificates and the capture following the workload view until `drain`.
+    pub async fn follow(self: Arc<Self>, drain: Arc<Drain>) {
+        let mut changes = self.workloads.changes();
+        let mut capture: Option<HboneCapture> = None;
+        let mut captured: BTreeSet<IpAddr> = BTreeSet::new();
+        loop {
+            let view = self.workloads.load();
+            let local: BTreeSet<Identity> =
+                view.model.workloads.values().filter(|w| *w.node == *self.node && !self.node.is_empty()).map(|w| w.identity.clone()).collect();
+            self.certs.set_identities(local);
+            if self.capture {
+                let wanted = local_hbone_addresses(&view.model, &self.network, &self.node);
+                if capture.is_none() && !wanted.is_empty() {
+                    match HboneCapture::start(self.hbone_address.port()) {
+                        Ok(c) => capture = Some(c),
+                        Err(e) => tracing::error!(
+                            "cannot capture this node's pods' HBONE port: {e}; peers reaching <pod IP>:15008 are not served (node-proxy needs root and nft: apt-get install nftables)"
+                        ),
+                    }
+                }
+                if capture.is_some() {
+                    let add: Vec<IpAddr> = wanted.difference(&captured).copied().collect();
+                    let remove: Vec<IpAddr> = captured.difference(&wanted).copied().collect();
+                    if !add.is_empty() || !remove.is_empty() {
+                        match capture.as_ref().map(|c| c.apply(&add, &remove)) {
+                            Some(Err(e)) => tracing::error!("updating the HBONE capture: {e}"),
+                            _ => {
+                                tracing::info!(added = ?add, removed = ?remove, "HBONE capture updated");
+                                captured = wanted;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = drain.signaled() => break,
+            }
+        }
+        if capture.is_some() {
+            if let Err(e) = HboneCapture::remove() {
+                tracing::warn!("removing the HBONE capture: {e}");
+            }
+        }
+    }
+}
