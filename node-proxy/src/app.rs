@@ -98,7 +98,13 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
 
     // After the listeners are bound (the proxy's listening sockets are in its cgroup,
     // where the getsockopt hook answers), before anything is redirected to them.
-    let redirect = settings.redirect.clone().map(Redirect::start).transpose()?.map(|r| Arc::new(std::sync::Mutex::new(r)));
+    let redirect = settings.redirect.clone().map(Redirect::start).transpose()?;
+    // STRICT PeerAuthentication in the kernel, for the pods the eBPF redirect serves.
+    let strict_guard = match (&redirect, &settings.mesh) {
+        (Some(r), Some(_)) if r.is_bpf() => Some(r.start_inbound_guard()?),
+        _ => None,
+    };
+    let redirect = redirect.map(|r| Arc::new(std::sync::Mutex::new(r)));
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
     let readiness = Arc::new(Readiness::default());
@@ -253,7 +259,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         tokio::spawn(crate::control::run(live.clone()));
         if let Some(m) = mesh {
             tracing::info!(node = %m.node, network = %m.network, "acting for this node's workloads: certificates, HBONE on :15008");
-            tokio::spawn(m.follow(drain.clone()));
+            tokio::spawn(m.follow(drain.clone(), strict_guard));
         }
         if let Some(r) = redirect {
             // From readiness on (configuration and workloads loaded): until then a

@@ -457,6 +457,14 @@ fn bpf_detach(pin_dir: &std::path::Path, nftables: bool) -> ExitCode {
             ok = false;
         }
     }
+    let inbound = node_proxy::redirect::inbound_pin_dir(pin_dir);
+    match redirect_bpf::InboundGuard::detach(&inbound) {
+        Ok(()) => println!("detached: removed the STRICT guard's pins under {}", inbound.display()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ok = false;
+        }
+    }
     if nftables {
         match node_proxy::redirect::nftables::Nftables::remove() {
             Ok(()) => println!("removed nftables table inet {}", node_proxy::redirect::nftables::TABLE),

@@ -17,12 +17,16 @@ use std::time::Duration;
 use istio_compat::ca::{CaClient, CaClientConfig};
 use istio_compat::model::workload::Identity;
 
+use istio_compat::authz::l4::mtls_requirement;
+use istio_compat::model::workload::WorkloadModel;
+use redirect_bpf::InboundGuard;
+
 use crate::drain::Drain;
 use crate::hbone::inbound::{Inbound, Telemetry};
 use crate::hbone::outbound::Outbound;
 use crate::hbone::plan::{plan, PlanError, Tunnel, Upstream};
 use crate::identity::{CertStore, IstiodIssuer, LocalIssuer};
-use crate::redirect::hbone_capture::{local_hbone_addresses, HboneCapture};
+use crate::redirect::hbone_capture::{local_hbone_addresses, local_hbone_workloads, HboneCapture};
 use crate::tls::{LocalCa, TrustDomains};
 use crate::xds::workload::LiveWorkloads;
 
@@ -151,16 +155,21 @@ impl Mesh {
         }
     }
 
-    /// Keeps the certificates and the capture following the workload view until `drain`.
-    pub async fn follow(self: Arc<Self>, drain: Arc<Drain>) {
+    /// Keeps the certificates, the capture and (given a guard) the kernel's STRICT
+    /// entries following the workload view until `drain`.
+    pub async fn follow(self: Arc<Self>, drain: Arc<Drain>, guard: Option<InboundGuard>) {
         let mut changes = self.workloads.changes();
         let mut capture: Option<HboneCapture> = None;
         let mut captured: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut strict = guard.map(StrictEntries::new);
         loop {
             let view = self.workloads.load();
             let local: BTreeSet<Identity> =
                 view.model.workloads.values().filter(|w| *w.node == *self.node && !self.node.is_empty()).map(|w| w.identity.clone()).collect();
             self.certs.set_identities(local);
+            if let Some(strict) = &mut strict {
+                strict.follow(&view.model, &self.network, &self.node);
+            }
             if self.capture {
                 let wanted = local_hbone_addresses(&view.model, &self.network, &self.node);
                 if capture.is_none() && !wanted.is_empty() {
@@ -196,4 +205,84 @@ impl Mesh {
             }
         }
     }
+}
+
+/// The kernel's STRICT entries (`redirect_bpf::InboundGuard`) as the workload view
+/// says: for each HBONE workload on this node, its PeerAuthentication mode per address
+/// (and per port where a port's mode differs), and the node's own addresses toward
+/// those pods as the sources allowed through (the proxy's connections to the pods).
+struct StrictEntries {
+    guard: InboundGuard,
+    /// (pod IP, port or every port) -> STRICT.
+    written: std::collections::BTreeMap<(IpAddr, Option<u16>), bool>,
+    sources: BTreeSet<IpAddr>,
+}
+
+impl StrictEntries {
+    fn new(guard: InboundGuard) -> Self {
+        StrictEntries { guard, written: Default::default(), sources: BTreeSet::new() }
+    }
+
+    fn follow(&mut self, model: &WorkloadModel, network: &str, node: &str) {
+        let mut wanted = std::collections::BTreeMap::new();
+        let mut sources = BTreeSet::new();
+        for w in local_hbone_workloads(model, node) {
+            let requirement = mtls_requirement(model, w);
+            for ip in w.addresses.iter().copied().filter(|ip| w.has_address(network, *ip)) {
+                if requirement.strict {
+                    wanted.insert((ip, None), true);
+                }
+                for (port, strict) in &requirement.ports {
+                    wanted.insert((ip, Some(*port)), *strict);
+                }
+                if let Some(source) = source_toward(ip) {
+                    sources.insert(source);
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        for (&(ip, port), &strict) in &wanted {
+            if self.written.get(&(ip, port)) != Some(&strict) {
+                if let Err(e) = self.guard.set_strict(ip, port, strict) {
+                    errors.push(format!("{ip} port {port:?}: {e}"));
+                }
+            }
+        }
+        for &(ip, port) in self.written.keys().filter(|k| !wanted.contains_key(k)) {
+            if let Err(e) = self.guard.clear(ip, port) {
+                errors.push(format!("clearing {ip} port {port:?}: {e}"));
+            }
+        }
+        for ip in sources.difference(&self.sources) {
+            if let Err(e) = self.guard.allow_source(*ip) {
+                errors.push(format!("allowing source {ip}: {e}"));
+            }
+        }
+        for ip in self.sources.difference(&sources) {
+            if let Err(e) = self.guard.disallow_source(*ip) {
+                errors.push(format!("removing source {ip}: {e}"));
+            }
+        }
+        if wanted != self.written || sources != self.sources {
+            let strict: Vec<String> = wanted
+                .iter()
+                .map(|((ip, port), s)| format!("{ip}:{}={}", port.map_or("*".to_owned(), |p| p.to_string()), if *s { "STRICT" } else { "open" }))
+                .collect();
+            tracing::info!(entries = ?strict, sources = ?sources, "STRICT mTLS entries updated");
+        }
+        if !errors.is_empty() {
+            tracing::error!(errors = ?errors, "STRICT mTLS entries not fully written: plaintext to these pods may pass");
+        }
+        self.written = wanted;
+        self.sources = sources;
+    }
+}
+
+/// The address this node's connections to `ip` leave from (the routing table's
+/// choice; a UDP connect sends nothing).
+fn source_toward(ip: IpAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if ip.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect((ip, 9)).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
 }

@@ -100,6 +100,25 @@ fn allow_only(name: &str, principal: &str) -> Authorization {
     }
 }
 
+/// What istiod makes of a namespace-wide STRICT PeerAuthentication for ztunnel: a DENY
+/// of every peer without a principal (plaintext).
+fn converted_strict(name: &str) -> Authorization {
+    Authorization {
+        name: format!("converted_peer_authentication_{name}"),
+        namespace: NS.to_owned(),
+        scope: sec::Scope::Namespace as i32,
+        action: sec::Action::Deny as i32,
+        groups: vec![sec::Group {
+            rules: vec![sec::Rules {
+                matches: vec![sec::Match {
+                    not_principals: vec![sec::StringMatch { match_type: Some(sec::string_match::MatchType::Presence(())) }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+    }
+}
+
 /// The VIP's listener: HTTP, route to cluster `svc` (the server's endpoint), adding a header.
 fn vip_listener() -> Value {
     let route = json!({
@@ -286,23 +305,6 @@ fn root(test: &str) -> bool {
     require_root(test)
 }
 
-/// Holds a scene for manual probing: MESH_HOLD=1 cargo test --test mesh -- --ignored hold
-#[test]
-#[ignore]
-fn hold() {
-    let s = Scene::new("mesh-hold", "24h");
-    eprintln!(
-        "node1 ns {} node2 ns {} pod10 ns {} admin1 {} admin2 {}",
-        s.topo.nodes[0].ns.name(),
-        s.topo.nodes[1].ns.name(),
-        s.client().ns.name(),
-        s.proxy1.admin_address(),
-        s.proxy2.admin_address()
-    );
-    eprintln!("pod10 wrapper: {}", s.client().wrapper().join(" "));
-    std::thread::sleep(Duration::from_secs(std::env::var("MESH_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(120)));
-}
-
 /// Cross-node traffic is HBONE: only TLS on the overlay, the destination sees the source pod's identity.
 #[test]
 fn cross_node_traffic_is_mtls_and_the_destination_sees_the_source_pod() {
@@ -443,6 +445,80 @@ fn policy_by_identity_and_bad_certificates_are_refused() {
     let config = node_proxy::tls::client_config(&good, &roots, &node_proxy::tls::TrustDomains::local(TD), vec![identity("server")]).expect("client config");
     let peer = in_netns(Some(s.topo.nodes[0].ns.name()), || handshake(config, sa("198.18.2.10:15008")));
     assert_eq!(peer.as_deref(), Ok("spiffe://cluster.local/ns/mesh/sa/server"), "node2 presents pod20's identity");
+}
+
+/// STRICT PeerAuthentication: plaintext to a STRICT pod is dropped in the kernel unless
+/// it comes from the node proxy; mesh traffic goes on.
+#[test]
+fn strict_peer_authentication_drops_plaintext_to_the_pod() {
+    if !root("strict_peer_authentication_drops_plaintext_to_the_pod") {
+        return;
+    }
+    let s = Scene::new("mesh-strict", "24h");
+    // A server in pod10's cgroup (the guard acts on the pods' sockets).
+    let mut server = s.client().command("python3");
+    server.args(["-m", "http.server", "7070", "--bind", "198.18.1.10"]);
+    let _app = Background::spawn(server, "python3 http.server");
+    let node2 = s.topo.nodes[1].ns.name().to_owned();
+    let plaintext = || in_netns(Some(&node2), || plain_get(sa("198.18.1.10:7070")));
+    assert_eventually("PERMISSIVE (no policy): plaintext from node2 reaches pod10", T, || {
+        let r = plaintext();
+        if r.starts_with("HTTP/1.0 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+
+    for ads in [&s.ads1, &s.ads2] {
+        ads.set(AUTHORIZATION, &format!("{NS}/converted_peer_authentication_strict"), any(AUTHORIZATION, &converted_strict("strict")));
+    }
+    assert_eventually("node1 writes pod10's STRICT entry", T, || {
+        let err = s.proxy1.stderr();
+        if err.lines().any(|l| l.contains("STRICT mTLS entries updated") && l.contains("198.18.1.10:*=STRICT")) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
+    let r = plaintext();
+    assert!(r.starts_with("ERR"), "STRICT: plaintext from node2 to pod10 is dropped: {r}");
+    // The mesh path still works both ways for pod10 (its replies come from node1's proxy).
+    let d = s.client().dial(sa(VIP), "/strict/l7");
+    assert_eq!(d.status(), 200, "{}", d.response);
+    let counters = s.proxy1.admin_get("/redirect");
+    assert_eq!(counters.status, 200);
+
+    // Back to PERMISSIVE: the entry goes, plaintext passes again.
+    for ads in [&s.ads1, &s.ads2] {
+        ads.remove(AUTHORIZATION, &format!("{NS}/converted_peer_authentication_strict"));
+    }
+    assert_eventually("plaintext passes once the policy is gone", T, || {
+        let r = plaintext();
+        if r.starts_with("HTTP/1.0 200") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+}
+
+/// A plaintext `GET /` from the calling thread's namespace, 2 s to connect: the status line or `ERR <why>`.
+fn plain_get(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => return format!("ERR {e}"),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") {
+        return format!("ERR {e}");
+    }
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => String::from_utf8_lossy(&out).lines().next().unwrap_or("ERR empty").to_owned(),
+        Err(e) => format!("ERR {e}"),
+    }
 }
 
 /// Certificates valid for 4 s rotate every 2 s on both nodes while requests flow: none fails.

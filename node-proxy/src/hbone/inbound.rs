@@ -14,7 +14,7 @@
 //! `connection_security_policy=mutual_tls`, the verified peer as `source_principal`):
 //! Istio's TCP metrics and an access log line when it ends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::StatusCode;
 use istio_compat::authz::l4::{evaluate, Connection, Decision};
 use istio_compat::model::listener::AccessLog;
-use istio_compat::model::workload::{Identity, Workload};
+use istio_compat::model::workload::{AddressIndex, Identity, Workload};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -132,7 +132,7 @@ impl Inbound {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
                     return Err(StatusCode::BAD_REQUEST);
                 }
-                authorize(&workloads, &workload, &peer_id, peer.ip(), &req)?;
+                authorize(&workloads, &network, &workload, &peer_id, peer.ip(), &req)?;
                 let start = (Instant::now(), SystemTime::now());
                 let upstream = open_upstream(&workload, req.target, mark, timeout).await?;
                 let report = telemetry.map(|t| Report::open(t, &workloads, &network, &workload, &peer_id, peer, &req, &upstream, start));
@@ -153,12 +153,17 @@ impl Inbound {
 
 /// The L4 authorization of one tunnelled connection (ztunnel's decision over the
 /// workload API's policies, converted PeerAuthentication included): 401 when denied.
-/// The source address is the one the source proxy forwarded (`forwarded: for=`), as
-/// the tunnel's own peer address is that proxy's node, not the workload.
-fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: &Identity, peer_ip: std::net::IpAddr, req: &ConnectRequest) -> Result<(), StatusCode> {
-    let source_ip = forwarded_for(&req.headers).unwrap_or(peer_ip);
-    let conn = Connection { source: Some(peer_id), source_ip, destination_ip: req.target.ip(), destination_port: req.target.port() };
+fn authorize(
+    workloads: &LiveWorkloads,
+    network: &str,
+    workload: &Workload,
+    peer_id: &Identity,
+    peer_ip: std::net::IpAddr,
+    req: &ConnectRequest,
+) -> Result<(), StatusCode> {
     let view = workloads.load();
+    let source_ip = source_address(&view.index, network, peer_id, peer_ip, &req.headers);
+    let conn = Connection { source: Some(peer_id), source_ip, destination_ip: req.target.ip(), destination_port: req.target.port() };
     match evaluate(&view.model, workload, &conn) {
         Decision::Allow(_) => Ok(()),
         denied => {
@@ -168,12 +173,33 @@ fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: &Identity,
     }
 }
 
-/// The first `for=` address of a `forwarded` header (RFC 7239; IPv6 quoted in brackets).
-pub(crate) fn forwarded_for(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+/// The source workload's address for policy and telemetry. A per-node proxy's tunnel
+/// comes from its node's address, so the source proxy names the workload's in
+/// `forwarded: for=`; that claim is believed only when the workload at that address
+/// has the identity the peer proved (a peer cannot borrow another identity's address
+/// to slip past a source-IP rule). Otherwise: the tunnel's own peer address, as ztunnel.
+fn source_address(index: &AddressIndex, network: &str, peer_id: &Identity, peer_ip: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    match forwarded_for(headers) {
+        Some(ip) if index.workload(network, ip).is_some_and(|w| w.identity == *peer_id) => ip,
+        Some(ip) => {
+            debug!(claimed = %ip, peer = %peer_id, "forwarded source address not believed: no workload of the peer's identity has it");
+            peer_ip
+        }
+        None => peer_ip,
+    }
+}
+
+/// The first `for=` address of a `forwarded` header (RFC 7239): an IP, or `ip:port`
+/// as ztunnel writes it (`for="198.18.1.10:41234"`, IPv6 in brackets).
+pub(crate) fn forwarded_for(headers: &http::HeaderMap) -> Option<IpAddr> {
     let value = headers.get(super::FORWARDED)?.to_str().ok()?;
     value.split([';', ',']).find_map(|part| {
         let v = part.trim().strip_prefix("for=").or_else(|| part.trim().strip_prefix("For="))?;
-        v.trim_matches('"').trim_start_matches('[').trim_end_matches(']').parse().ok()
+        let v = v.trim_matches('"');
+        v.parse::<IpAddr>()
+            .ok()
+            .or_else(|| v.parse::<SocketAddr>().ok().map(|a| a.ip()))
+            .or_else(|| v.trim_start_matches('[').trim_end_matches(']').parse().ok())
     })
 }
 
@@ -215,9 +241,10 @@ impl Report {
         (started, start_time): (Instant, SystemTime),
     ) -> Report {
         let principal = peer_id.to_string();
-        let source_ip = forwarded_for(&req.headers).unwrap_or(peer.ip());
+        let view = workloads.load();
+        let source_ip = source_address(&view.index, network, peer_id, peer.ip(), &req.headers);
         // The source workload's labels only when the workload view agrees with what the peer proved.
-        let source = match workloads.load().index.workload(network, source_ip) {
+        let source = match view.index.workload(network, source_ip) {
             Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
             _ => SourceLabels::for_principal(&principal),
         };
@@ -314,5 +341,33 @@ impl AsyncWrite for Metered {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use istio_compat::model::workload::{AddressResource, WorkloadModel};
+
+    #[test]
+    fn a_forwarded_address_is_believed_only_for_the_identity_that_holds_it() {
+        let mut m = WorkloadModel::default();
+        let w = serde_json::json!({ "uid": "Kubernetes//Pod/ns1/client", "addresses": ["198.18.1.10"], "node": "node1", "tunnel": "HBONE",
+            "identity": "spiffe://cluster.local/ns/ns1/sa/client" });
+        m.insert_address(AddressResource::Workload(Arc::new(serde_json::from_value(w).unwrap())));
+        let index = AddressIndex::new(&m);
+        let peer_ip: IpAddr = "198.18.254.1".parse().unwrap();
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("forwarded", v.parse().unwrap());
+            h
+        };
+        let client = Identity::new("cluster.local", "ns1", "client");
+        let other = Identity::new("cluster.local", "ns1", "other");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_address(&index, "", &client, peer_ip, &headers("for=198.18.1.10")), ip("198.18.1.10"));
+        assert_eq!(source_address(&index, "", &other, peer_ip, &headers("for=198.18.1.10")), peer_ip, "another identity cannot claim it");
+        assert_eq!(source_address(&index, "", &client, peer_ip, &headers("for=198.18.9.9")), peer_ip, "an address no workload has");
+        assert_eq!(source_address(&index, "", &client, peer_ip, &http::HeaderMap::new()), peer_ip);
     }
 }

@@ -10,13 +10,13 @@
 //! Does not own: TLS (the caller hands in the established stream and the verified peer
 //! identity), policy, or which destinations get tunnelled.
 //!
-//! The wire format, as ztunnel speaks it:
+//! The wire format, as ztunnel speaks it (differences: docs/hbone-interop.md):
 //! - TCP to the destination workload's IP, port 15008; TLS 1.3 with ALPN `h2`, each side
 //!   presenting the SPIFFE certificate of the workload it acts for.
 //! - Per proxied connection one HTTP/2 stream: `:method CONNECT`, `:authority` = the
 //!   destination `ip:port` (authority form, no scheme or path), headers `baggage`
 //!   (k8s.* / service.* members describing the source), `forwarded: for=<source ip>`
-//!   and `traceparent`. The server answers `200` and the stream's DATA frames carry
+//!   (ztunnel writes `for="<ip>:<port>"`; both are read) and `traceparent`. The server answers `200` and the stream's DATA frames carry
 //!   the connection's bytes both ways; END_STREAM is a half-close. `401` means policy
 //!   denied it, `503` that the destination could not be reached, `400` a malformed
 //!   request.

@@ -368,6 +368,8 @@ mod mtls {
             ("for=\"[fd00:18:1::10]\"", Some("fd00:18:1::10")),
             ("by=x;for=10.0.0.1, for=10.0.0.2", Some("10.0.0.1")),
             ("for=_hidden", None),
+            ("for=\"198.18.1.10:41234\"", Some("198.18.1.10")),
+            ("for=\"[fd00:18:1::10]:41234\"", Some("fd00:18:1::10")),
         ] {
             h.insert("forwarded", value.parse().unwrap());
             assert_eq!(crate::hbone::inbound::forwarded_for(&h), want.map(|w| w.parse().unwrap()), "{value}");

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use istio_compat::model::workload::{TunnelProtocol, WorkloadModel};
+use istio_compat::model::workload::{TunnelProtocol, Workload, WorkloadModel};
 
 use super::nftables::{apply_elements, delete_table, run_nft};
 
@@ -77,12 +77,12 @@ fn element(verb: &str, ip: IpAddr) -> String {
 
 /// The addresses to capture: those of the HBONE workloads on `node` (on `network`).
 pub fn local_hbone_addresses(model: &WorkloadModel, network: &str, node: &str) -> BTreeSet<IpAddr> {
-    model
-        .workloads
-        .values()
-        .filter(|w| w.tunnel == TunnelProtocol::Hbone && &*w.node == node)
-        .flat_map(|w| w.addresses.iter().copied().filter(|ip| w.has_address(network, *ip)))
-        .collect()
+    local_hbone_workloads(model, node).flat_map(|w| w.addresses.iter().copied().filter(|ip| w.has_address(network, *ip))).collect()
+}
+
+/// The HBONE workloads on `node` (none for an unnamed node).
+pub fn local_hbone_workloads<'a>(model: &'a WorkloadModel, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+    model.workloads.values().map(|w| &**w).filter(move |w| w.tunnel == TunnelProtocol::Hbone && &*w.node == node && !node.is_empty())
 }
 
 #[cfg(test)]

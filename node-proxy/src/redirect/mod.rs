@@ -206,6 +206,35 @@ impl Redirect {
     }
 }
 
+impl Redirect {
+    /// Whether the eBPF programs redirect (not the nftables fallback).
+    pub fn is_bpf(&self) -> bool {
+        matches!(self.backend, Backend::Bpf(_))
+    }
+
+    /// The kernel's STRICT enforcement for the same pods (`redirect_bpf::InboundGuard`),
+    /// pinned beside the redirect ([`inbound_pin_dir`]). Attached fresh: a guard left
+    /// by an earlier process is replaced, as its entries are not known here; the
+    /// workload view refills it.
+    pub fn start_inbound_guard(&self) -> Result<redirect_bpf::InboundGuard, RedirectError> {
+        let mount = redirect_bpf::cgroup2_mount().ok_or(RedirectError::NoCgroup2Mount)?;
+        let pods = self.settings.pods_cgroup.as_ref().ok_or(RedirectError::NoCgroup)?;
+        let pods = if pods.is_absolute() { pods.clone() } else { mount.join(pods) };
+        let dir = inbound_pin_dir(&self.settings.pin_dir);
+        redirect_bpf::InboundGuard::detach(&dir)?;
+        let guard = redirect_bpf::InboundGuard::attach(&pods, &dir)?;
+        tracing::info!(pods_cgroup = %pods.display(), pin_dir = %dir.display(), "STRICT mTLS enforcement: plaintext to STRICT pods is dropped unless it comes from this proxy");
+        Ok(guard)
+    }
+}
+
+/// Where the inbound guard pins: `<pin dir>-inbound`, beside the redirect's.
+pub fn inbound_pin_dir(pin_dir: &Path) -> PathBuf {
+    let mut name = pin_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-inbound");
+    pin_dir.with_file_name(name)
+}
+
 /// Attaches (or keeps, after a restart) the BPF programs; returns the set they hold.
 fn start_bpf(settings: &RedirectSettings) -> Result<(Redirector, BTreeSet<SocketAddr>), RedirectError> {
     let mount = redirect_bpf::cgroup2_mount().ok_or(RedirectError::NoCgroup2Mount)?;

@@ -120,6 +120,10 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(cert.certified_key().clone())));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // As ztunnel: no SNI (the name means nothing here), and no session resumption, so
+    // every connection's peer goes through the SPIFFE verifier.
+    config.enable_sni = false;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
