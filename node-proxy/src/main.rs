@@ -132,6 +132,9 @@ struct MeshArgs {
     /// Istio's root certificate to trust for the CA's serving certificate (default: --xds-root-cert).
     #[arg(long, env = "CA_ROOT_CA")]
     ca_root_cert: Option<PathBuf>,
+    /// The name to verify in the CA's certificate (default: --xds-server-name, else the address's host).
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    ca_server_name: Option<String>,
     /// A local mesh CA: certificate (PEM; Istio's cacerts ca-cert.pem, with cert-chain.pem and
     /// root-cert.pem beside it when intermediate) and key. Every node given the same CA trusts the others.
     #[arg(long, requires = "ca_key")]
@@ -163,7 +166,7 @@ impl MeshArgs {
                     token_path: Some(xds.token_path.clone()),
                     cluster_id: xds.cluster_id.clone(),
                     validity: self.workload_cert_ttl,
-                    domain_name: xds.xds_server_name.clone(),
+                    domain_name: self.ca_server_name.clone().or_else(|| xds.xds_server_name.clone()),
                 })
             }
             _ => {
