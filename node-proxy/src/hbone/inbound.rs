@@ -132,6 +132,12 @@ impl Inbound {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
                     return Err(StatusCode::BAD_REQUEST);
                 }
+                if req.target.port() == super::PORT {
+                    // From the node, <pod IP>:15008 is captured back to this listener: a
+                    // loop, as ztunnel's SelfCall refusal guards against.
+                    info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to the HBONE port itself refused");
+                    return Err(StatusCode::SERVICE_UNAVAILABLE);
+                }
                 authorize(&workloads, &network, &workload, &peer_id, peer.ip(), &req)?;
                 let start = (Instant::now(), SystemTime::now());
                 let upstream = open_upstream(&workload, req.target, mark, timeout).await?;

@@ -384,7 +384,8 @@ mod mtls {
         let k = key(&client, vec![id("server")], s.listener);
         let other: SocketAddr = format!("127.0.0.2:{}", s.echo.port()).parse().unwrap();
         let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        for (target, status) in [(other, 400), (dead, 503)] {
+        let own_port: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+        for (target, status) in [(other, 400), (dead, 503), (own_port, 503)] {
             let dial = tls_dial(&s.ca, vec![s.ca.root_der()], &client, vec![id("server")], s.listener);
             match pool.connect(&k, target, &ConnectHeaders::default(), dial).await {
                 Err(HboneError::Status { status: got, .. }) => assert_eq!(got.as_u16(), status, "{target}"),
