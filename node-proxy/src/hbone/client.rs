@@ -15,9 +15,12 @@ use h2::client::SendRequest;
 use http::{HeaderValue, Method, Request, StatusCode};
 use istio_compat::model::workload::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{H2Stream, HboneError, BAGGAGE, CONNECTION_WINDOW, FORWARDED, FRAME_SIZE, IDLE_RELEASE, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, TRACEPARENT};
+use super::{
+    H2Stream, HboneError, BAGGAGE, CONNECTION_WINDOW, FORWARDED, FRAME_SIZE, IDLE_RELEASE, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_STREAMS_PER_CONNECTION,
+    STREAM_WINDOW, TRACEPARENT,
+};
 
 /// Which connections may carry a stream: the identity we present, the identities we
 /// accept on the other end, and where we dial. Two workloads never share a connection.
@@ -98,6 +101,8 @@ struct Inner {
 pub struct Pool {
     inner: Arc<Inner>,
     idle_release: Duration,
+    /// PING interval and how long an answer may take.
+    keepalive: (Duration, Duration),
 }
 
 impl Default for Pool {
@@ -120,7 +125,13 @@ impl Pool {
                 sweep(&inner, idle_release);
             }
         });
-        Pool { inner, idle_release }
+        Pool { inner, idle_release, keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) }
+    }
+
+    /// Another PING interval and answer timeout (tests).
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Pool {
+        self.keepalive = (interval, timeout);
+        self
     }
 
     /// Opens a `CONNECT` stream to `target` on a pooled connection for `key`, dialing
@@ -201,16 +212,36 @@ impl Pool {
             .await
             .map_err(|source| HboneError::Handshake { peer: peer.clone(), source })?;
         let max_streams = MAX_STREAMS_PER_CONNECTION.min(u32::try_from(connection.max_concurrent_send_streams()).unwrap_or(u32::MAX)).max(1);
+        let mut connection = connection;
+        let ping = connection.ping_pong();
+        let (interval, timeout) = self.keepalive;
         tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => debug!(peer, "HBONE connection closed"),
-                Err(e) => debug!(peer, error = %e, "HBONE connection ended with an error"),
+            tokio::select! {
+                done = connection => match done {
+                    Ok(()) => debug!(peer, "HBONE connection closed"),
+                    Err(e) => debug!(peer, error = %e, "HBONE connection ended with an error"),
+                },
+                // Dropping the connection fails its streams and closes the senders.
+                why = keepalive(ping, interval, timeout) => info!(peer, "HBONE connection dropped: {why}"),
             }
         });
         debug!(peer = %key.address, source = %key.source, "HBONE connection opened");
         let conn = Conn { sender, streams: Arc::new(AtomicU32::new(0)), idle_since: Arc::new(Mutex::new(Instant::now())), max_streams };
         self.inner.conns.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().push(conn);
         Ok(())
+    }
+}
+
+/// PINGs every `interval`; returns why it stopped (an answer late by `timeout`, or an error).
+async fn keepalive(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> String {
+    let Some(mut ping) = ping else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
+            Err(_) => return format!("no answer to a keepalive PING within {timeout:?}: the peer is gone"),
+        }
     }
 }
 

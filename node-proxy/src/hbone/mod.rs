@@ -51,6 +51,11 @@ pub const FRAME_SIZE: u32 = 1024 * 1024;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// How long a pooled connection may go without streams before it is closed.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(300);
+/// A client connection PINGs its peer this often, and is dropped when a PING goes
+/// unanswered for [`KEEPALIVE_TIMEOUT`] (ztunnel's values), so a pooled tunnel to a
+/// vanished node is noticed before the kernel's TCP timeouts would.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Header names of the `CONNECT` request.
 pub const BAGGAGE: &str = "baggage";

@@ -199,6 +199,30 @@ async fn malformed_requests_get_405_or_400_and_the_connection_goes_on() {
 }
 
 #[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_from_the_pool() {
+    // A raw h2 server that answers one CONNECT, then never polls its connection again
+    // (a node that vanished without a FIN): PINGs go unanswered.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut conn = h2::server::handshake(s).await.unwrap();
+        let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+        let _send = respond.send_response(http::Response::new(()), false).unwrap();
+        // Flush the response, then freeze.
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.accept()).await;
+        std::future::pending::<()>().await;
+        drop(conn);
+    });
+    let pool = Pool::default().with_keepalive(Duration::from_millis(100), Duration::from_millis(200));
+    let _stream = pool.connect(&key("client", addr), "127.0.0.1:9".parse().unwrap(), &ConnectHeaders::default(), dial(addr)).await.unwrap();
+    assert_eq!(pool.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pool.release_idle();
+    assert_eq!(pool.connections(), 0, "the unanswered PING dropped the connection");
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_released() {
     let (target, (server, _)) = (echo().await, hbone_server().await);
     let pool = Pool::new(Duration::from_millis(100));
