@@ -96,6 +96,8 @@ pub struct AdminState {
     pub workloads: Option<WorkloadXds>,
     /// The redirect of pods' connections, when it runs.
     pub redirect: Option<crate::redirect::Shared>,
+    /// Certificates and HBONE, when the proxy takes part in the mesh.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -194,6 +196,10 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
             Some(r) => json(serde_json::to_string_pretty(&r.lock().unwrap_or_else(|p| p.into_inner()).status()).unwrap_or_default()),
             None => text(StatusCode::NOT_FOUND, "pods' connections are not redirected to this proxy (start with --redirect)\n"),
         },
+        (Port::Admin, "/mesh") => match &state.mesh {
+            Some(m) => json(serde_json::to_string_pretty(&m.status()).unwrap_or_default()),
+            None => text(StatusCode::NOT_FOUND, "mTLS is off (--hbone-address off)\n"),
+        },
         (Port::Admin, "/logging") => {
             if let Some(level) = query_param(&req, "level") {
                 if req.method() != Method::POST {
@@ -212,7 +218,7 @@ fn route(port: Port, state: &AdminState, req: Request<Incoming>) -> Response<Ful
         }
         (Port::Admin, "/") => text(
             StatusCode::OK,
-            "node-proxy admin: /ready /config_dump[?format=model|include_eds] /workloads /redirect /stats/prometheus /logging[?level=] /quitquitquit\n",
+            "node-proxy admin: /ready /config_dump[?format=model|include_eds] /workloads /redirect /mesh /stats/prometheus /logging[?level=] /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -155,6 +155,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         xds: xds.clone(),
         workloads: workload_xds.clone(),
         redirect: redirect.clone(),
+        mesh: mesh.clone(),
     });
 
     let ports = [

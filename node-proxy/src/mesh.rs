@@ -155,6 +155,33 @@ impl Mesh {
         }
     }
 
+    /// `/mesh` on the admin port: the certificates held and the pooled tunnels.
+    pub fn status(&self) -> serde_json::Value {
+        let rfc3339 = crate::telemetry::access_log::rfc3339_millis;
+        let certificates: Vec<serde_json::Value> = self
+            .certs
+            .identities()
+            .into_iter()
+            .map(|id| match self.certs.current(&id) {
+                Some(c) => serde_json::json!({
+                    "identity": id.to_string(),
+                    "state": "valid",
+                    "not_before": rfc3339(c.not_before()),
+                    "not_after": rfc3339(c.not_after()),
+                    "chain_length": c.chain().len(),
+                }),
+                None => serde_json::json!({ "identity": id.to_string(), "state": "pending (not issued yet, or expired and not renewed: see the log)" }),
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.node,
+            "network": self.network,
+            "hbone_address": self.hbone_address.to_string(),
+            "certificates": certificates,
+            "outbound_tunnels": self.outbound.connections(),
+        })
+    }
+
     /// Keeps the certificates, the capture and (given a guard) the kernel's STRICT
     /// entries following the workload view until `drain`.
     pub async fn follow(self: Arc<Self>, drain: Arc<Drain>, guard: Option<InboundGuard>) {

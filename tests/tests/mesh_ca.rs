@@ -90,6 +90,17 @@ fn workload_certificates_come_from_istiods_ca_and_the_hbone_listener_presents_th
             Err(err)
         }
     });
+    // The admin port shows what is held.
+    let mesh: serde_json::Value = serde_json::from_str(&proxy.admin_get("/mesh").body).expect("/mesh is JSON");
+    let state = |sa: &str| {
+        mesh["certificates"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["identity"] == format!("spiffe://cluster.local/ns/mesh/sa/{sa}")))
+            .map(|c| c["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(state("server").as_deref(), Some("valid"), "{mesh}");
+    assert!(state("denied").is_some_and(|s| s.starts_with("pending")), "{mesh}");
+    assert_eq!(mesh["node"], "n1");
     // What istiod saw: the proxy's token, impersonating the workload identity.
     let requests = ca.requests();
     let server = requests
