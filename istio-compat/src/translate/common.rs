@@ -67,6 +67,9 @@ pub fn runtime_percent(p: &Option<core::RuntimeFractionalPercent>, default: Perc
 }
 
 pub fn regex(r: &matcher::RegexMatcher, path: &str) -> Result<Pattern, Invalid> {
+    if r.regex.is_empty() {
+        return Err(Invalid::new(path, "empty regex"));
+    }
     Pattern::new(&r.regex).map_err(|e| Invalid::new(path, format!("invalid regex {:?}: {e}", r.regex)))
 }
 
@@ -75,13 +78,21 @@ pub fn regex_rewrite(r: &matcher::RegexMatchAndSubstitute, path: &str) -> Result
     Ok(RegexRewrite { pattern: regex(pattern, &format!("{path}.pattern"))?, substitution: RegexSubstitution::new(&r.substitution) })
 }
 
+/// Envoy's `StringMatcher`; prefix, suffix and contains must not be empty (its validation).
 pub fn string_matcher(m: &matcher::StringMatcher, path: &str) -> Result<StringMatcher, Invalid> {
     use matcher::string_matcher::MatchPattern;
+    let non_empty = |s: &String, what: &str| {
+        if s.is_empty() {
+            Err(Invalid::new(path, format!("empty {what} in a string matcher")))
+        } else {
+            Ok(s.clone())
+        }
+    };
     let kind = match &m.match_pattern {
         Some(MatchPattern::Exact(s)) => StringMatch::Exact(s.clone()),
-        Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(s.clone()),
-        Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(s.clone()),
-        Some(MatchPattern::Contains(s)) => StringMatch::Contains(s.clone()),
+        Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(non_empty(s, "prefix")?),
+        Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(non_empty(s, "suffix")?),
+        Some(MatchPattern::Contains(s)) => StringMatch::Contains(non_empty(s, "contains")?),
         Some(MatchPattern::SafeRegex(r)) => StringMatch::Regex(regex(r, &format!("{path}.safe_regex"))?),
         Some(MatchPattern::Custom(_)) => return Err(Invalid::new(path, "custom string matchers are not supported")),
         None => return Err(Invalid::new(path, "a string matcher needs a pattern")),
@@ -89,8 +100,12 @@ pub fn string_matcher(m: &matcher::StringMatcher, path: &str) -> Result<StringMa
     Ok(StringMatcher { kind, ignore_case: m.ignore_case })
 }
 
+#[allow(deprecated)]
 pub fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<HeaderMatcher, Invalid> {
     use route::header_matcher::HeaderMatchSpecifier as S;
+    if h.name.is_empty() {
+        return Err(Invalid::new(path, "a header matcher needs a name"));
+    }
     let plain = |kind| HeaderMatchRule::String(StringMatcher { kind, ignore_case: false });
     let rule = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => plain(StringMatch::Exact(s.clone())),

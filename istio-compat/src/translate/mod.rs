@@ -11,7 +11,7 @@
 #![allow(deprecated)]
 
 mod cluster;
-mod common;
+pub(crate) mod common;
 mod coverage;
 mod listener;
 mod route;
