@@ -76,10 +76,18 @@ fn sidecar_dump_reports_what_it_skips() {
     let t = translate::from_document(&text).unwrap();
     // Istio's telemetry filters are reported as ignored, by their type.
     assert!(t.unsupported.iter().any(|u| u.type_url == "type.googleapis.com/stats.PluginConfig" && u.effect == Effect::Ignored));
-    // RBAC is not enforced yet, so chains that carry it refuse connections rather than allow them.
+    // RBAC filters are translated (not reported), onto the chains that carry them:
+    // network RBAC on the chain, HTTP RBAC on its connection manager.
     let rbac: Vec<_> = t.unsupported.iter().filter(|u| u.type_url.ends_with("rbac.v3.RBAC")).collect();
-    assert!(!rbac.is_empty());
-    assert!(rbac.iter().all(|u| u.effect == Effect::ChainRefused), "{rbac:?}");
+    assert!(rbac.is_empty(), "{rbac:?}");
+    let chains = t.model.listeners.values().flat_map(|l| l.filter_chains.iter().chain(&l.default_filter_chain));
+    let network: usize = chains.map(|c| c.rbac.len()).sum();
+    assert!(network > 0, "the inbound TCP chains' network RBAC filters are on their chains");
+    // What still refuses a chain: downstream TLS, and the CUSTOM action's ext_authz
+    // (the HTTP chains that carry RBAC here also carry ext_authz).
+    let refused: Vec<_> = t.unsupported.iter().filter(|u| u.effect == Effect::ChainRefused).collect();
+    assert!(refused.iter().all(|u| u.type_url.ends_with("TransportSocket") || u.type_url.ends_with("ext_authz.v3.ExtAuthz")), "{refused:#?}");
+    assert!(refused.iter().any(|u| u.type_url.ends_with("ext_authz.v3.ExtAuthz")));
     // The virtual outbound listener is there, handing connections on by original destination.
     let outbound = t.model.listeners.values().find(|l| l.address.port() == 15001).expect("virtualOutbound");
     assert!(outbound.use_original_dst);

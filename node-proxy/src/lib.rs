@@ -1,6 +1,6 @@
 //! node-proxy: one L7 proxy per Kubernetes node for Istio.
 //!
-//! The runtime: listeners and sniffing ([`listener`]), the HTTP/gRPC data path
+//! The runtime: listeners and sniffing ([`listener`]), the RBAC filters' enforcement ([`authz`]), the HTTP/gRPC data path
 //! ([`http`]), the TCP proxy ([`tcp`]), upstream clusters, load balancing and pools
 //! ([`upstream`]), the live configuration ([`snapshot`], loaded by [`config`]),
 //! worker threads ([`runtime`]), admin/metrics/readiness ports ([`admin`]),
@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod control;
 pub mod drain;

@@ -240,6 +240,22 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
         tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
         return;
     };
+    let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty());
+    let peer_principal = if hcm_rbac || !chain.rbac.is_empty() { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
+    if !chain.rbac.is_empty() {
+        let mut req = istio_compat::authz::rbac::Request::tcp(remote, destination);
+        req.requested_server_name = server_name.as_deref().unwrap_or("");
+        req.peer_principal = peer_principal.as_deref();
+        if let Err(details) = crate::authz::check(&worker.shared.metrics, "network", None, &chain.rbac, &req) {
+            tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %destination, "closing connection: {details}");
+            let tcp = match &chain.kind {
+                ChainKind::Tcp(t) => Some(t),
+                _ => None,
+            };
+            crate::tcp::log_denied(&listener, tcp, remote, destination, server_name, options.default_access_log.clone(), details);
+            return;
+        }
+    }
     let io = PrefixedIo::new(prefix, stream);
     match &chain.kind {
         ChainKind::Http(_) => {
@@ -252,6 +268,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
                 destination,
                 original_dst,
                 server_name,
+                peer_principal,
                 source: SourceLabels::unknown(),
                 default_access_log: options.default_access_log.clone(),
                 head_verdicts: Default::default(),

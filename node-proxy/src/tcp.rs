@@ -35,34 +35,7 @@ pub async fn proxy(
     default_log: Option<Arc<AccessLog>>,
 ) {
     let start = Instant::now();
-    let mut rec = RequestRecord {
-        start_time: SystemTime::now(),
-        method: "-".into(),
-        path: "-".into(),
-        protocol: "-",
-        response_code: 0,
-        response_flags: ResponseFlags::NONE,
-        response_code_details: "-",
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration: Duration::ZERO,
-        upstream_service_time: None,
-        x_forwarded_for: None,
-        user_agent: None,
-        request_id: None,
-        authority: String::new(),
-        upstream_host: None,
-        upstream_cluster: None,
-        upstream_local_address: None,
-        downstream_local_address: destination,
-        downstream_remote_address: remote,
-        requested_server_name: server_name,
-        route_name: None,
-        grpc_status: None,
-        upstream_transport_failure_reason: None,
-        downstream_peer_uri_san: None,
-        upstream_peer_uri_san: None,
-    };
+    let mut rec = record(remote, destination, server_name);
     let cluster_name: Arc<str> = match &tcp.cluster {
         TcpCluster::Cluster(c) => c.clone(),
         TcpCluster::Weighted(list) => {
@@ -167,6 +140,61 @@ pub async fn proxy(
     m.tcp_sent_bytes.get_or_create(&labels).inc_by(sent);
     m.tcp_closed.get_or_create(&labels).inc();
     finish(rec, start, &logs, received, sent);
+}
+
+/// A TCP connection's access-log record, before anything is known of its upstream.
+fn record(remote: SocketAddr, destination: SocketAddr, server_name: Option<String>) -> RequestRecord {
+    RequestRecord {
+        start_time: SystemTime::now(),
+        method: "-".into(),
+        path: "-".into(),
+        protocol: "-",
+        response_code: 0,
+        response_flags: ResponseFlags::NONE,
+        response_code_details: "-".into(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: Duration::ZERO,
+        upstream_service_time: None,
+        x_forwarded_for: None,
+        user_agent: None,
+        request_id: None,
+        authority: String::new(),
+        upstream_host: None,
+        upstream_cluster: None,
+        upstream_local_address: None,
+        downstream_local_address: destination,
+        downstream_remote_address: remote,
+        requested_server_name: server_name,
+        route_name: None,
+        grpc_status: None,
+        upstream_transport_failure_reason: None,
+        downstream_peer_uri_san: None,
+        upstream_peer_uri_san: None,
+    }
+}
+
+/// The access log line of a connection the network RBAC filters closed, with Envoy's
+/// details naming the policy.
+pub fn log_denied(
+    listener: &Listener,
+    tcp: Option<&TcpProxy>,
+    remote: SocketAddr,
+    destination: SocketAddr,
+    server_name: Option<String>,
+    default_log: Option<Arc<AccessLog>>,
+    details: String,
+) {
+    let mut rec = record(remote, destination, server_name);
+    rec.response_code_details = details.into();
+    let logs: Vec<AccessLog> = match tcp {
+        Some(t) if !t.access_log.is_empty() => t.access_log.clone(),
+        _ if !listener.access_log.is_empty() => listener.access_log.clone(),
+        _ => default_log.iter().map(|l| (**l).clone()).collect(),
+    };
+    if !logs.is_empty() {
+        rec.emit(&logs);
+    }
 }
 
 fn finish(mut rec: RequestRecord, start: Instant, logs: &[AccessLog], received: u64, sent: u64) {

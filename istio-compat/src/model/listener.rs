@@ -50,6 +50,10 @@ pub struct FilterChain {
     pub name: Name,
     #[serde(default, rename = "match")]
     pub matcher: FilterChainMatch,
+    /// `envoy.filters.network.rbac` filters before the terminal filter, in order:
+    /// each decides on the connection when it is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<crate::authz::rbac::Rbac>,
     pub kind: ChainKind,
 }
 
@@ -318,6 +322,10 @@ pub struct HttpConnectionManager {
     pub fault: Option<FaultConfig>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub has_fault_filter: bool,
+    /// `envoy.filters.http.rbac` filters, in order: each decides on every request
+    /// before it is routed; the first denial stops it (403).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<crate::authz::rbac::Rbac>,
     /// Envoy: 5 min. `None`: disabled.
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
@@ -404,7 +412,7 @@ mod tests {
     use super::*;
 
     fn chain(name: &str, matcher: FilterChainMatch) -> FilterChain {
-        FilterChain { name: name.into(), matcher, kind: ChainKind::Refuse { reason: String::new() } }
+        FilterChain { name: name.into(), matcher, rbac: Vec::new(), kind: ChainKind::Refuse { reason: String::new() } }
     }
 
     fn listener(chains: Vec<FilterChain>) -> Listener {

@@ -9,12 +9,15 @@ use xds_client::pb::envoy::config::listener::v3 as listener;
 use xds_client::pb::envoy::extensions::access_loggers::file::v3 as file_log;
 use xds_client::pb::envoy::extensions::access_loggers::stream::v3 as stream_log;
 use xds_client::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
+use xds_client::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use xds_client::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use xds_client::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
 use xds_client::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use xds_client::pb::google::protobuf::Any;
 
 use super::common::{bool_or, socket_address, timeout, u32_or};
 use super::{coverage, extension_type, route, Context, Effect, Invalid};
+use crate::authz::rbac;
 use crate::model::listener::{
     AccessLog, AccessLogFormat, ChainKind, Codec, FilterChain, FilterChainMatch, HttpConnectionManager, Inspect, Inspection, Listener, PortPredicate,
     RouteSource, SourceType, TcpCluster, TcpProxy,
@@ -25,6 +28,8 @@ pub const ISTIO_DEFAULT_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const HTTP_RBAC: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+const NETWORK_RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// Filters that only feed Istio's telemetry or peer metadata plumbing: skipping them
 /// changes no routing or policy decision (reported as ignored).
@@ -151,9 +156,10 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
     if chain.transport_socket.is_some() {
         let reason = "downstream TLS (transport_socket) is not supported yet".to_owned();
         cx.report(&format!("{path}.transport_socket"), "envoy.config.core.v3.TransportSocket", Effect::ChainRefused);
-        return Ok(FilterChain { name: chain.name.as_str().into(), matcher, kind: ChainKind::Refuse { reason } });
+        return Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac: Vec::new(), kind: ChainKind::Refuse { reason } });
     }
     let mut kind = None;
+    let mut rbac = Vec::new();
     for (i, f) in chain.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
         let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -171,6 +177,10 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
                 let config = decode::<tcp::TcpProxy>(any, &fpath)?;
                 kind = Some(ChainKind::Tcp(tcp_proxy(&config, &format!("{fpath}.typed_config"), cx)?));
             }
+            NETWORK_RBAC => {
+                let config = decode::<network_rbac::Rbac>(any, &fpath)?;
+                rbac.push(rbac::rbac_from_network(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
+            }
             t if is_plumbing(&f.name, t) => cx.report(&format!("{fpath} ({})", f.name), t, Effect::Ignored),
             t => {
                 // RBAC and anything unknown: refuse the chain rather than serve it without the filter.
@@ -181,7 +191,7 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
         }
     }
     let kind = kind.ok_or_else(|| Invalid::new(path, "the chain has no http_connection_manager or tcp_proxy filter"))?;
-    Ok(FilterChain { name: chain.name.as_str().into(), matcher, kind })
+    Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac, kind })
 }
 
 fn chain_match(m: &listener::FilterChainMatch, path: &str) -> Result<FilterChainMatch, Invalid> {
@@ -236,6 +246,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
     };
     let mut fault = None;
     let mut has_fault_filter = false;
+    let mut rbac = Vec::new();
     let mut has_router = false;
     let mut refuse = None;
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -273,6 +284,12 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
                     fault = route::fault(&config, &format!("{fpath}.typed_config"), cx)?;
                 }
             }
+            (_, HTTP_RBAC) if !f.disabled => {
+                if let Some(any) = any {
+                    let config: http_rbac::Rbac = decode(any, &fpath)?;
+                    rbac.push(rbac::rbac_from_http(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
+                }
+            }
             (name, t) if is_plumbing(name, t) => cx.report(&format!("{fpath} ({name})"), t, Effect::Ignored),
             (name, t) if f.is_optional || f.disabled && !is_security_filter(t) => cx.report(&format!("{fpath} ({name})"), t, Effect::FilterSkipped),
             (name, t) => {
@@ -294,6 +311,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
         routes,
         fault,
         has_fault_filter,
+        rbac,
         stream_idle_timeout: timeout(&h.stream_idle_timeout, Some(Duration::from_secs(300))),
         request_headers_timeout: timeout(&h.request_headers_timeout, None),
         idle_timeout: timeout(&protocol_options.and_then(|o| o.idle_timeout), Some(Duration::from_secs(3600))),
@@ -394,4 +412,9 @@ fn text_format(s: &str) -> AccessLogFormat {
     } else {
         AccessLogFormat::Text(s.to_owned())
     }
+}
+
+/// An error from a filter's own translation, placed under the filter's path.
+fn within(e: Invalid, path: &str) -> Invalid {
+    Invalid { path: format!("{path}.{}", e.path), reason: e.reason }
 }

@@ -269,7 +269,7 @@ impl Report {
             protocol: "-",
             response_code: 0,
             response_flags: ResponseFlags::NONE,
-            response_code_details: "-",
+            response_code_details: "-".into(),
             bytes_received: 0,
             bytes_sent: 0,
             duration: Duration::ZERO,

@@ -75,6 +75,9 @@ impl LocalReply {
         "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: upstream TLS is not supported by node-proxy yet",
         "upstream_reset_before_response_started{connection_failure,TLS_not_supported}",
     );
+    /// The RBAC filter's denial (gRPC: PERMISSION_DENIED).
+    pub const RBAC_DENIED: LocalReply =
+        LocalReply { status: StatusCode::FORBIDDEN, body: "RBAC: access denied", details: "rbac_access_denied", grpc_status: Some(7) };
     pub const CHAIN_REFUSED: LocalReply = LocalReply::new(StatusCode::FORBIDDEN, "", "filter_chain_refused");
     pub const BAD_REQUEST: LocalReply = LocalReply::new(StatusCode::BAD_REQUEST, "", "http1.codec_error");
 

@@ -42,6 +42,7 @@ use crate::upstream::cluster::{ClusterState, Slot};
 use crate::upstream::host::{ActiveRequest, Host};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{Checkout, PoolError, PooledH1, Protocol};
+use istio_compat::authz::rbac::Request as RbacRequest;
 
 /// One downstream connection's context.
 pub struct ConnCtx {
@@ -56,6 +57,8 @@ pub struct ConnCtx {
     /// Set only when the connection was redirected (ORIGINAL_DST clusters need it).
     pub original_dst: Option<SocketAddr>,
     pub server_name: Option<String>,
+    /// The peer's principal as the RBAC filters see it ([`crate::authz::peer_principal`]).
+    pub peer_principal: Option<String>,
     pub source: Arc<SourceLabels>,
     /// Access logs to write when the configuration names none.
     pub default_access_log: Option<Arc<AccessLog>>,
@@ -122,6 +125,24 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     };
     let authority = flow.rec.authority.clone();
     let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
+    if !hcm.rbac.is_empty() {
+        // Envoy's remote address: the peer, or (use_remote_address false) the last
+        // x-forwarded-for hop it was given.
+        let remote = if hcm.use_remote_address { None } else { last_forwarded_for(&parts.headers) }.map_or(cx.remote, |ip| SocketAddr::new(ip, 0));
+        let req = RbacRequest {
+            source: cx.remote,
+            direct_remote: cx.remote,
+            remote,
+            destination: cx.destination,
+            requested_server_name: cx.server_name.as_deref().unwrap_or(""),
+            peer_principal: cx.peer_principal.as_deref(),
+            http: Some(head),
+            metadata: None,
+        };
+        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), &hcm.rbac, &req) {
+            return flow.deny(details);
+        }
+    }
     let Some(vhost) = table.virtual_host(&authority) else {
         return flow.local(LocalReply::NO_ROUTE, ResponseFlags::NO_ROUTE_FOUND);
     };
@@ -137,7 +158,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
             let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
             let mut resp = local_reply::with_body(status, d.body.as_deref());
             levels.apply_response(resp.headers_mut());
-            flow.rec.response_code_details = "direct_response";
+            flow.rec.response_code_details = "direct_response".into();
             flow.finish_local(resp)
         }
         Action::Redirect(r) => {
@@ -146,7 +167,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
                 resp.headers_mut().insert(LOCATION, v);
             }
             levels.apply_response(resp.headers_mut());
-            flow.rec.response_code_details = "direct_response";
+            flow.rec.response_code_details = "direct_response".into();
             flow.finish_local(resp)
         }
         Action::Forward(fwd) => forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await,
@@ -219,7 +240,7 @@ impl Flow {
             protocol: protocol_name(parts.version),
             response_code: 0,
             response_flags: ResponseFlags::NONE,
-            response_code_details: "via_upstream",
+            response_code_details: "via_upstream".into(),
             bytes_received: 0,
             bytes_sent: 0,
             duration: Default::default(),
@@ -243,13 +264,20 @@ impl Flow {
         Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), done: false, cx }
     }
 
+    /// The RBAC filter's 403 (gRPC: PERMISSION_DENIED), `details` naming the policy.
+    fn deny(mut self, details: String) -> Response<RespBody> {
+        self.rec.response_code_details = details.into();
+        let resp = LocalReply::RBAC_DENIED.response(self.grpc);
+        self.finish_local(resp)
+    }
+
     fn rec_local(self, reply: LocalReply, flag: ResponseFlags) -> Response<RespBody> {
         self.local(reply, flag)
     }
 
     fn local(mut self, reply: LocalReply, flag: ResponseFlags) -> Response<RespBody> {
         self.rec.response_flags.set(flag);
-        self.rec.response_code_details = reply.details;
+        self.rec.response_code_details = reply.details.into();
         let resp = reply.response(self.grpc);
         self.finish_local(resp)
     }
@@ -373,6 +401,12 @@ fn protocol_name(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
+}
+
+/// The last address of `x-forwarded-for` (the hop the previous proxy saw).
+fn last_forwarded_for(headers: &http::HeaderMap) -> Option<IpAddr> {
+    let value = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
+    value.rsplit(',').next()?.trim().parse().ok()
 }
 
 fn header_string(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -555,7 +589,7 @@ async fn forward(
                         }
                         Some(Abort::Grpc(code)) => {
                             flow.rec.response_flags.set(ResponseFlags::FAULT_INJECTED);
-                            flow.rec.response_code_details = "fault_filter_abort";
+                            flow.rec.response_code_details = "fault_filter_abort".into();
                             return flow.finish_local(local_reply::grpc_trailers_only(code, "fault filter abort"));
                         }
                         None => {}
@@ -933,7 +967,7 @@ fn respond(
     }
     let body = RespBody::upstream(body).with_idle_timeout(timers.idle.as_ref().map(|(d, _)| *d));
     let resp = Response::from_parts(parts, body);
-    flow.rec.response_code_details = "via_upstream";
+    flow.rec.response_code_details = "via_upstream".into();
     flow.attach(resp, resources, timers.deadline.as_ref().map(|(d, _)| *d))
 }
 

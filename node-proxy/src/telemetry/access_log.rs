@@ -87,7 +87,8 @@ pub struct RequestRecord {
     pub protocol: &'static str,
     pub response_code: u16,
     pub response_flags: ResponseFlags,
-    pub response_code_details: &'static str,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `rbac_access_denied_matched_policy[...]`, ...).
+    pub response_code_details: std::borrow::Cow<'static, str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub duration: Duration,
@@ -258,7 +259,7 @@ impl RequestRecord {
             "PROTOCOL" => self.protocol.to_owned(),
             "RESPONSE_CODE" => self.response_code.to_string(),
             "RESPONSE_FLAGS" => self.response_flags.to_string(),
-            "RESPONSE_CODE_DETAILS" => self.response_code_details.to_owned(),
+            "RESPONSE_CODE_DETAILS" => self.response_code_details.to_string(),
             "BYTES_RECEIVED" => self.bytes_received.to_string(),
             "BYTES_SENT" => self.bytes_sent.to_string(),
             "DURATION" => self.duration.as_millis().to_string(),
@@ -322,7 +323,7 @@ mod tests {
                 f.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
                 f
             },
-            response_code_details: "upstream_reset_before_response_started{connection_failure}",
+            response_code_details: "upstream_reset_before_response_started{connection_failure}".into(),
             bytes_received: 0,
             bytes_sent: 91,
             duration: Duration::from_millis(12),

@@ -286,6 +286,36 @@ pub struct Metrics {
     pub downstream_cx_active: prometheus_client::metrics::gauge::Gauge,
     pub downstream_rq_total: Counter,
     pub xds: XdsMetrics,
+    pub rbac: RbacMetrics,
+}
+
+/// The RBAC filters' decisions: Envoy's `rbac.allowed`, `rbac.denied`,
+/// `rbac.shadow_allowed` and `rbac.shadow_denied` statistics, labelled by the filter
+/// kind and its owner's stat prefix (the HTTP connection manager's, or the network
+/// filter's own).
+pub struct RbacMetrics {
+    pub allowed: Family<RbacLabels, Counter>,
+    pub denied: Family<RbacLabels, Counter>,
+    pub shadow_allowed: Family<RbacLabels, Counter>,
+    pub shadow_denied: Family<RbacLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RbacLabels {
+    /// `http` or `network`.
+    pub filter: String,
+    pub stat_prefix: String,
+}
+
+impl RbacMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = RbacMetrics { allowed: Family::default(), denied: Family::default(), shadow_allowed: Family::default(), shadow_denied: Family::default() };
+        registry.register("envoy_rbac_allowed", "Requests or connections the RBAC filters allowed", m.allowed.clone());
+        registry.register("envoy_rbac_denied", "Requests or connections the RBAC filters denied", m.denied.clone());
+        registry.register("envoy_rbac_shadow_allowed", "Requests or connections the shadow (dry-run) rules would allow", m.shadow_allowed.clone());
+        registry.register("envoy_rbac_shadow_denied", "Requests or connections the shadow (dry-run) rules would deny", m.shadow_denied.clone());
+        m
+    }
 }
 
 /// The xDS client's health, in the spirit of Envoy's `control_plane.*` and
@@ -387,6 +417,7 @@ impl Metrics {
         registry.register("envoy_http_downstream_cx_active", "Downstream connections open", downstream_cx_active.clone());
         registry.register("envoy_http_downstream_rq", "Downstream requests", downstream_rq_total.clone());
         let xds = XdsMetrics::register(&mut registry);
+        let rbac = RbacMetrics::register(&mut registry);
         Metrics {
             registry,
             requests_total,
@@ -401,6 +432,7 @@ impl Metrics {
             downstream_cx_active,
             downstream_rq_total,
             xds,
+            rbac,
         }
     }
 
