@@ -88,15 +88,6 @@ pub async fn proxy(
         };
         tried.push(host.address);
         rec.upstream_host = Some(host.address);
-        if host.tls_required {
-            rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".into());
-            rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
-            break;
-        }
-        let Some(_slot) = cluster.try_start_connection() else {
-            rec.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
-            break;
-        };
         let leg = match worker.pools.leg(remote.ip(), host.address) {
             Ok(leg) => leg,
             Err(e) => {
@@ -105,6 +96,16 @@ pub async fn proxy(
                 rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
                 break;
             }
+        };
+        // Istio's mTLS to a meshed endpoint is HBONE; other upstream TLS is not originated yet.
+        if host.tls_required && !matches!(leg, crate::mesh::Leg::Hbone { .. }) {
+            rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".into());
+            rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            break;
+        }
+        let Some(_slot) = cluster.try_start_connection() else {
+            rec.response_flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+            break;
         };
         match worker.pools.dial(&leg, &cluster).await {
             Ok(s) => {

@@ -4,9 +4,10 @@
 //! ([`WorkloadModel::policies_for`]: global, its namespace's, and those selecting
 //! it); any matching DENY policy denies; otherwise, when ALLOW policies apply, one of
 //! them must match; with none, the connection is allowed. A policy matches when any
-//! rule does, a rule when every clause does, a clause when any of its matches does,
-//! and a match when each of its non-empty fields holds (a positive field: any value
-//! matches; a `not_` field: none does).
+//! rule does, a rule when every clause does, a clause when any of its matches does
+//! (a clause without matches holds), and a match when each of its non-empty fields
+//! holds (a positive field: any value matches; a `not_` field: none does). An empty
+//! match holds for nothing, as in ztunnel (`rbac.rs`, `Authorization::matches`).
 //!
 //! The peer's identity is the verified mTLS identity, or none for plaintext: principal
 //! and namespace fields then see the empty string, so `presence` does not match it and
@@ -74,7 +75,10 @@ pub fn evaluate(model: &WorkloadModel, workload: &Workload, conn: &Connection<'_
 
 /// Whether `policy` matches `conn` (regardless of its action).
 pub fn matches(policy: &Policy, conn: &Connection<'_>) -> bool {
-    policy.rules.iter().any(|rule| rule.clauses.iter().all(|clause| clause.matches.iter().any(|m| match_holds(m, conn))))
+    policy
+        .rules
+        .iter()
+        .any(|rule| rule.clauses.iter().all(|clause| clause.matches.is_empty() || clause.matches.iter().any(|m| !m.is_empty() && match_holds(m, conn))))
 }
 
 fn match_holds(m: &Match, conn: &Connection<'_>) -> bool {

@@ -481,7 +481,8 @@ pub struct Clause {
 }
 
 /// Conditions on a connection: every non-empty field must hold; within a field, any
-/// value may match (for a `not_` field: none may). An empty match matches everything.
+/// value may match (for a `not_` field: none may). An empty match matches nothing
+/// (ztunnel skips it; istiod warns that such a policy has no effect at ztunnel).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Match {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -509,6 +510,13 @@ pub struct Match {
     pub destination_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ports: Vec<u16>,
+}
+
+impl Match {
+    /// No condition at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Match::default()
+    }
 }
 
 /// A match on a namespace or principal.
@@ -628,7 +636,9 @@ impl WorkloadModel {
             .iter()
             .filter(move |(key, p)| match p.scope {
                 PolicyScope::Global => true,
-                PolicyScope::Namespace => p.namespace == workload.namespace,
+                // ztunnel files a namespace policy under its namespace, and one without
+                // a namespace under "", where the global policies are.
+                PolicyScope::Namespace => p.namespace.is_empty() || p.namespace == workload.namespace,
                 PolicyScope::WorkloadSelector => workload.authorization_policies.iter().any(|n| n == *key),
             })
             .map(|(_, p)| p)

@@ -665,7 +665,9 @@ async fn forward(
         if host.workload.is_some() {
             flow.destination = host.destination_labels(&cluster.config);
         }
-        if host.tls_required {
+        // Istio's mTLS to a meshed endpoint is HBONE (the pool plans the leg); other
+        // upstream TLS is not originated yet.
+        if host.tls_required && !matches!(cx.worker.pools.leg(cx.remote.ip(), host.address), Ok(crate::mesh::Leg::Hbone { .. })) {
             flow.rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".to_owned());
             return flow.local(LocalReply::TLS_UNSUPPORTED, ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         }

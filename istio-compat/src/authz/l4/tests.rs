@@ -50,7 +50,7 @@ fn no_policy_allows_and_an_allow_policy_allows_only_what_it_matches() {
 #[test]
 fn deny_wins_over_allow() {
     let allow_all = policy(json!({ "name": "all", "namespace": "foo", "scope": "NAMESPACE", "action": "ALLOW",
-        "rules": [{ "clauses": [{ "matches": [{}] }] }] }));
+        "rules": [{ "clauses": [] }] }));
     let deny_port = policy(json!({ "name": "no-9090", "namespace": "foo", "scope": "WORKLOAD_SELECTOR", "action": "DENY",
         "rules": [{ "clauses": [{ "matches": [{ "destination_ports": [9090] }] }] }] }));
     let (m, w) = model(vec![allow_all, deny_port], &["foo/no-9090"]);
@@ -59,15 +59,32 @@ fn deny_wins_over_allow() {
 }
 
 #[test]
+fn an_empty_match_matches_nothing_and_a_rule_without_clauses_everything() {
+    // ztunnel (rbac.rs `Authorization::matches`) skips empty matches; istiod warns that
+    // such a DENY "has no enforceable rules at ztunnel".
+    let empty_match = policy(json!({ "name": "empty", "namespace": "foo", "scope": "NAMESPACE", "action": "DENY",
+        "rules": [{ "clauses": [{ "matches": [{}] }] }] }));
+    let (m, w) = model(vec![empty_match], &[]);
+    assert_eq!(evaluate(&m, &w, &conn(None, "10.0.0.9", 80)), Decision::Allow(None));
+    let no_clauses = policy(json!({ "name": "all", "namespace": "foo", "scope": "NAMESPACE", "action": "DENY", "rules": [{ "clauses": [] }] }));
+    let (m, w) = model(vec![no_clauses], &[]);
+    assert_eq!(evaluate(&m, &w, &conn(None, "10.0.0.9", 80)), Decision::Denied("foo/all".into()));
+    // A namespace policy without a namespace sits with the global ones in ztunnel.
+    let unnamespaced = policy(json!({ "name": "nons", "namespace": "", "scope": "NAMESPACE", "action": "DENY", "rules": [{ "clauses": [] }] }));
+    let (m, w) = model(vec![unnamespaced], &[]);
+    assert_eq!(evaluate(&m, &w, &conn(None, "10.0.0.9", 80)), Decision::Denied("/nons".into()));
+}
+
+#[test]
 fn scope_decides_which_policies_apply() {
     let elsewhere = policy(json!({ "name": "deny-all", "namespace": "other", "scope": "NAMESPACE", "action": "DENY",
-        "rules": [{ "clauses": [{ "matches": [{}] }] }] }));
+        "rules": [{ "clauses": [] }] }));
     let unselected = policy(json!({ "name": "deny-selected", "namespace": "foo", "scope": "WORKLOAD_SELECTOR", "action": "DENY",
-        "rules": [{ "clauses": [{ "matches": [{}] }] }] }));
+        "rules": [{ "clauses": [] }] }));
     let (m, w) = model(vec![elsewhere, unselected], &[]);
     assert!(evaluate(&m, &w, &conn(None, "10.0.0.9", 80)).allowed());
     let global = policy(json!({ "name": "deny-mesh", "namespace": "istio-system", "scope": "GLOBAL", "action": "DENY",
-        "rules": [{ "clauses": [{ "matches": [{}] }] }] }));
+        "rules": [{ "clauses": [] }] }));
     let (m, w) = model(vec![global], &[]);
     assert_eq!(evaluate(&m, &w, &conn(None, "10.0.0.9", 80)), Decision::Denied("istio-system/deny-mesh".into()));
 }
