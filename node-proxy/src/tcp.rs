@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use istio_compat::model::cluster::Discovery;
 use istio_compat::model::listener::{AccessLog, Listener, TcpCluster, TcpProxy};
@@ -35,7 +35,7 @@ pub async fn proxy(
     default_log: Option<Arc<AccessLog>>,
 ) {
     let start = Instant::now();
-    let mut rec = record(remote, destination, server_name);
+    let mut rec = RequestRecord::tcp(remote, destination, server_name);
     let cluster_name: Arc<str> = match &tcp.cluster {
         TcpCluster::Cluster(c) => c.clone(),
         TcpCluster::Weighted(list) => {
@@ -143,38 +143,6 @@ pub async fn proxy(
     finish(rec, start, &logs, received, sent);
 }
 
-/// A TCP connection's access-log record, before anything is known of its upstream.
-fn record(remote: SocketAddr, destination: SocketAddr, server_name: Option<String>) -> RequestRecord {
-    RequestRecord {
-        start_time: SystemTime::now(),
-        method: "-".into(),
-        path: "-".into(),
-        protocol: "-",
-        response_code: 0,
-        response_flags: ResponseFlags::NONE,
-        response_code_details: "-".into(),
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration: Duration::ZERO,
-        upstream_service_time: None,
-        x_forwarded_for: None,
-        user_agent: None,
-        request_id: None,
-        authority: String::new(),
-        upstream_host: None,
-        upstream_cluster: None,
-        upstream_local_address: None,
-        downstream_local_address: destination,
-        downstream_remote_address: remote,
-        requested_server_name: server_name,
-        route_name: None,
-        grpc_status: None,
-        upstream_transport_failure_reason: None,
-        downstream_peer_uri_san: None,
-        upstream_peer_uri_san: None,
-    }
-}
-
 /// The access log line of a connection the network RBAC filters closed, with Envoy's
 /// details naming the policy.
 pub fn log_denied(
@@ -186,7 +154,7 @@ pub fn log_denied(
     default_log: Option<Arc<AccessLog>>,
     details: String,
 ) {
-    let mut rec = record(remote, destination, server_name);
+    let mut rec = RequestRecord::tcp(remote, destination, server_name);
     rec.response_code_details = details.into();
     let logs: Vec<AccessLog> = match tcp {
         Some(t) if !t.access_log.is_empty() => t.access_log.clone(),

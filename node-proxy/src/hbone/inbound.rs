@@ -33,7 +33,7 @@ use super::server::{serve, ConnectRequest};
 use super::ConfigCache;
 use crate::drain::Drain;
 use crate::identity::CertStore;
-use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
+use crate::telemetry::access_log::RequestRecord;
 use crate::telemetry::metrics::{DestinationLabels, Metrics, SourceLabels, TcpLabels};
 use crate::tls::{self, TrustDomains};
 use crate::upstream::pool::connect_marked;
@@ -262,34 +262,14 @@ impl Report {
             connection_security_policy: "mutual_tls",
         };
         telemetry.metrics.tcp_opened.get_or_create(&labels).inc();
-        let record = RequestRecord {
-            start_time,
-            method: "-".into(),
-            path: "-".into(),
-            protocol: "-",
-            response_code: 0,
-            response_flags: ResponseFlags::NONE,
-            response_code_details: "-".into(),
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration: Duration::ZERO,
-            upstream_service_time: None,
-            x_forwarded_for: Some(source_ip.to_string()),
-            user_agent: None,
-            request_id: None,
-            authority: req.target.to_string(),
-            upstream_host: Some(req.target),
-            upstream_cluster: Some(Arc::from(format!("inbound|{}||", req.target.port()))),
-            upstream_local_address: upstream.local_addr().ok(),
-            downstream_local_address: SocketAddr::new(req.target.ip(), super::PORT),
-            downstream_remote_address: peer,
-            requested_server_name: None,
-            route_name: None,
-            grpc_status: None,
-            upstream_transport_failure_reason: None,
-            downstream_peer_uri_san: Some(Arc::from(principal)),
-            upstream_peer_uri_san: None,
-        };
+        let mut record = RequestRecord::tcp(peer, SocketAddr::new(req.target.ip(), super::PORT), None);
+        record.start_time = start_time;
+        record.x_forwarded_for = Some(source_ip.to_string());
+        record.authority = req.target.to_string();
+        record.upstream_host = Some(req.target);
+        record.upstream_cluster = Some(Arc::from(format!("inbound|{}||", req.target.port())));
+        record.upstream_local_address = upstream.local_addr().ok();
+        record.downstream_peer_uri_san = Some(Arc::from(principal));
         Report { telemetry, labels, record, started }
     }
 }

@@ -138,6 +138,38 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 }
 
 impl RequestRecord {
+    /// A TCP connection's record (no request line), before anything is known of its upstream.
+    pub fn tcp(remote: SocketAddr, local: SocketAddr, server_name: Option<String>) -> RequestRecord {
+        RequestRecord {
+            start_time: SystemTime::now(),
+            method: "-".into(),
+            path: "-".into(),
+            protocol: "-",
+            response_code: 0,
+            response_flags: ResponseFlags::NONE,
+            response_code_details: "-".into(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_service_time: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: String::new(),
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_local_address: None,
+            downstream_local_address: local,
+            downstream_remote_address: remote,
+            requested_server_name: server_name,
+            route_name: None,
+            grpc_status: None,
+            upstream_transport_failure_reason: None,
+            downstream_peer_uri_san: None,
+            upstream_peer_uri_san: None,
+        }
+    }
+
     /// Istio's default access log line (meshConfig.accessLogEncoding TEXT).
     pub fn istio_text(&self) -> String {
         let mut s = String::with_capacity(384);
