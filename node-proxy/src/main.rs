@@ -435,6 +435,23 @@ fn bpf_status(pin_dir: &std::path::Path) -> ExitCode {
         }
         Err(e) => println!("programs: unreadable ({e})"),
     }
+    let inbound = node_proxy::redirect::inbound_pin_dir(pin_dir);
+    match redirect_bpf::InboundGuard::open(&inbound) {
+        Ok(guard) => {
+            let c = guard.counters();
+            println!("STRICT guard ({}):", inbound.display());
+            for (name, v) in [
+                ("dropped_plaintext", c.dropped_plaintext),
+                ("allowed_from_proxy", c.allowed_from_proxy),
+                ("passed_not_strict", c.passed_not_strict),
+                ("passed_self", c.passed_self),
+                ("passed_not_tcp", c.passed_not_tcp),
+            ] {
+                println!("  {name}: {v}");
+            }
+        }
+        Err(_) => println!("STRICT guard: not attached"),
+    }
     match redirector.entries() {
         Ok(mut entries) => {
             entries.sort();
