@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use istio_compat::model::cluster::Discovery;
 use istio_compat::model::listener::{AccessLog, Listener, TcpCluster, TcpProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::io::PrefixedIo;
+use crate::io::{relay, PrefixedIo};
 use crate::runtime::Worker;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{RequestRecord, ResponseFlags};
@@ -179,68 +178,9 @@ fn finish(mut rec: RequestRecord, start: Instant, logs: &[AccessLog], received: 
 /// nothing moves for `idle`. Returns (bytes from downstream, bytes to downstream).
 async fn splice(down: PrefixedIo, up: UpstreamIo, idle: Option<Duration>) -> (u64, u64) {
     let (prefix, down) = down.into_parts();
-    let (dr, dw) = down.into_split();
+    let down = down.into_split();
     match up {
-        UpstreamIo::Tcp(tcp) => {
-            let (ur, uw) = tcp.into_split();
-            copy_both(prefix, (dr, dw), (ur, uw), idle).await
-        }
-        UpstreamIo::Hbone(stream) => copy_both(prefix, (dr, dw), tokio::io::split(stream), idle).await,
+        UpstreamIo::Tcp(tcp) => relay(prefix, down, tcp.into_split(), idle).await,
+        UpstreamIo::Hbone(stream) => relay(prefix, down, tokio::io::split(stream), idle).await,
     }
-}
-
-async fn copy_both<DR, DW, UR, UW>(prefix: bytes::Bytes, (mut dr, mut dw): (DR, DW), (mut ur, mut uw): (UR, UW), idle: Option<Duration>) -> (u64, u64)
-where
-    DR: tokio::io::AsyncRead + Unpin,
-    DW: tokio::io::AsyncWrite + Unpin,
-    UR: tokio::io::AsyncRead + Unpin,
-    UW: tokio::io::AsyncWrite + Unpin,
-{
-    let mut received = prefix.len() as u64;
-    if !prefix.is_empty() && uw.write_all(&prefix).await.is_err() {
-        return (received, 0);
-    }
-    let mut sent = 0u64;
-    let mut down_buf = vec![0u8; 16 * 1024];
-    let mut up_buf = vec![0u8; 16 * 1024];
-    let (mut down_open, mut up_open) = (true, true);
-    while down_open || up_open {
-        let timer = async {
-            match idle {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = dr.read(&mut down_buf), if down_open => match r {
-                Ok(0) | Err(_) => {
-                    down_open = false;
-                    let _ = uw.shutdown().await;
-                }
-                Ok(n) => {
-                    received += n as u64;
-                    if uw.write_all(&down_buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            r = ur.read(&mut up_buf), if up_open => match r {
-                Ok(0) | Err(_) => {
-                    up_open = false;
-                    let _ = dw.shutdown().await;
-                }
-                Ok(n) => {
-                    sent += n as u64;
-                    if dw.write_all(&up_buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            _ = timer => {
-                tracing::debug!("tcp proxy idle timeout");
-                break;
-            }
-        }
-    }
-    (received, sent)
 }

@@ -18,6 +18,7 @@ pub mod clients;
 pub mod config;
 pub mod corpus;
 pub mod grpc;
+pub mod mesh_scene;
 pub mod metrics;
 pub mod netns;
 pub mod origin;

@@ -16,6 +16,9 @@
 //! one that names it lets it through); a wrong trust domain, an expired certificate
 //! and an untrusted root are each rejected with a log saying which; and certificates
 //! that rotate every 2 s under steady load fail no request.
+//!
+//! The scene (topology, ADS servers, proxies, workloads, policies, listeners) is
+//! [`tests::mesh_scene`], shared with the HBONE benchmark (benches/benches/hbone.rs).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,282 +27,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use istio_compat::model::workload::Identity;
 use node_proxy::tls::LocalCa;
-use prost::Message;
-use serde_json::{json, Value};
-use tests::ads_server::any_from_json;
 use tests::clients::Background;
-use tests::config::{cluster, hcm, socket_address};
-use tests::netns::{in_netns, require_root, BpfFs};
-use tests::topology::{Pod, Topology};
+use tests::mesh_scene::{allow_only, any, converted_strict, identity, sa, Scene, GUARDED, NS, SERVER, TD, VIP};
+use tests::netns::{in_netns, require_root};
+use tests::topology::Pod;
 use tests::*;
-use xds_client::istio::security::{self as sec, Authorization};
-use xds_client::istio::workload::{address, Address, TunnelProtocol, Workload};
-use xds_client::pb::envoy::config::cluster::v3::Cluster;
-use xds_client::pb::envoy::config::listener::v3::Listener;
-use xds_client::pb::google::protobuf::Any;
-use xds_client::type_url::{ADDRESS, AUTHORIZATION, CLUSTER, LISTENER};
+use xds_client::type_url::AUTHORIZATION;
 
-const TD: &str = "cluster.local";
-const NS: &str = "mesh";
-const VIP: &str = "198.18.100.1:80";
-/// pod20: the server; pod21: the guarded server (policy tests).
-const SERVER: &str = "198.18.2.10:8080";
-const GUARDED: &str = "198.18.2.11:9090";
-const MARK: &str = "20048";
 const T: Duration = Duration::from_secs(20);
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-fn identity(sa: &str) -> Identity {
-    Identity::new(TD, NS, sa)
-}
-
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
-    Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
-}
-
-/// An ambient (HBONE) workload of namespace `mesh`.
-fn workload(pod: &Pod, node: &str, service_account: &str, policies: &[&str]) -> Address {
-    Address {
-        r#type: Some(address::Type::Workload(Workload {
-            uid: format!("Kubernetes//Pod/{NS}/{}", pod.name),
-            name: pod.name.clone(),
-            namespace: NS.to_owned(),
-            addresses: vec![pod.ip4.octets().to_vec()],
-            node: node.to_owned(),
-            tunnel_protocol: TunnelProtocol::Hbone as i32,
-            trust_domain: TD.to_owned(),
-            service_account: service_account.to_owned(),
-            workload_name: service_account.to_owned(),
-            canonical_name: service_account.to_owned(),
-            canonical_revision: "v1".to_owned(),
-            cluster_id: "Kubernetes".to_owned(),
-            authorization_policies: policies.iter().map(|p| format!("{NS}/{p}")).collect(),
-            ..Default::default()
-        })),
-    }
-}
-
-/// An ALLOW policy (workload-selector scope) admitting only `principal`.
-fn allow_only(name: &str, principal: &str) -> Authorization {
-    Authorization {
-        name: name.to_owned(),
-        namespace: NS.to_owned(),
-        scope: sec::Scope::WorkloadSelector as i32,
-        action: sec::Action::Allow as i32,
-        groups: vec![sec::Group {
-            rules: vec![sec::Rules {
-                matches: vec![sec::Match {
-                    principals: vec![sec::StringMatch { match_type: Some(sec::string_match::MatchType::Exact(principal.to_owned())) }],
-                    ..Default::default()
-                }],
-            }],
-        }],
-    }
-}
-
-/// What istiod makes of a namespace-wide STRICT PeerAuthentication for ztunnel: a DENY
-/// of every peer without a principal (plaintext).
-fn converted_strict(name: &str) -> Authorization {
-    Authorization {
-        name: format!("converted_peer_authentication_{name}"),
-        namespace: NS.to_owned(),
-        scope: sec::Scope::Namespace as i32,
-        action: sec::Action::Deny as i32,
-        groups: vec![sec::Group {
-            rules: vec![sec::Rules {
-                matches: vec![sec::Match {
-                    not_principals: vec![sec::StringMatch { match_type: Some(sec::string_match::MatchType::Presence(())) }],
-                    ..Default::default()
-                }],
-            }],
-        }],
-    }
-}
-
-/// The VIP's listener: HTTP, route to cluster `svc` (the server's endpoint), adding a header.
-fn vip_listener() -> Value {
-    let route = json!({
-        "name": "vip",
-        "virtual_hosts": [{
-            "name": "svc",
-            "domains": ["*"],
-            "routes": [{
-                "match": { "prefix": "/" },
-                "route": { "cluster": "svc" },
-                "request_headers_to_add": [{ "header": { "key": "x-node-proxy", "value": "node1" } }],
-            }],
-        }],
-    });
-    json!({
-        "name": "198.18.100.1_80",
-        "address": socket_address(sa(VIP)),
-        "bind_to_port": false,
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(route) }] }],
-    })
-}
-
-fn virtual_outbound() -> Value {
-    json!({
-        "name": "virtualOutbound",
-        "address": socket_address(sa("[::]:15001")),
-        "use_original_dst": true,
-        "filter_chains": [{ "filters": [{
-            "name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": "PassthroughCluster",
-                "cluster": "PassthroughCluster",
-            },
-        }] }],
-    })
-}
-
-/// The mesh CA's files, given to both proxies.
-struct CaFiles {
-    ca: LocalCa,
-    dir: tempfile::TempDir,
-}
-
-impl CaFiles {
-    fn create() -> CaFiles {
-        let ca = LocalCa::generate(TD).expect("generate the mesh CA");
-        let dir = tempfile::tempdir().expect("temp dir");
-        ca.write_files(&dir.path().join("ca-cert.pem"), &dir.path().join("ca-key.pem")).expect("write the CA");
-        CaFiles { ca, dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("ca-cert.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("ca-key.pem")
-    }
-}
-
-/// Fields drop in order: proxies before their ADS servers, processes before the pins,
-/// the topology last.
-struct Scene {
-    proxy1: Proxy,
-    proxy2: Proxy,
-    ads1: AdsServer,
-    ads2: AdsServer,
-    server: Origin,
-    guarded: Origin,
-    ca: CaFiles,
-    _bpffs: BpfFs,
-    topo: Topology,
-}
-
-impl Scene {
-    fn new(tag: &str, cert_ttl: &str) -> Scene {
-        let topo = Topology::create();
-        let ca = CaFiles::create();
-        let bpffs = BpfFs::mount(tag);
-        let server = topo.nodes[1].pods[0].origin("server", sa(SERVER));
-        let guarded = topo.nodes[1].pods[1].origin("guarded", sa(GUARDED));
-        let ads1 = in_netns(Some(topo.nodes[0].ns.name()), AdsServer::start);
-        let ads2 = in_netns(Some(topo.nodes[1].ns.name()), AdsServer::start);
-        for ads in [&ads1, &ads2] {
-            let pods = [
-                (&topo.nodes[0].pods[0], "node1", "client", &[][..]),
-                (&topo.nodes[1].pods[0], "node2", "server", &[]),
-                (&topo.nodes[1].pods[1], "node2", "guarded", &["guard"]),
-            ];
-            for (pod, node, sa, policies) in pods {
-                let w = workload(pod, node, sa, policies);
-                ads.set(ADDRESS, &format!("Kubernetes//Pod/{NS}/{}", pod.name), any(ADDRESS, &w));
-            }
-            ads.set(AUTHORIZATION, &format!("{NS}/guard"), any(AUTHORIZATION, &allow_only("guard", &format!("{TD}/ns/{NS}/sa/nobody"))));
-            ads.set(CLUSTER, "svc", any_from_json::<Cluster>(cluster("svc", &[sa(SERVER)])));
-            ads.set(
-                CLUSTER,
-                "PassthroughCluster",
-                any_from_json::<Cluster>(
-                    json!({ "name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "2s" }),
-                ),
-            );
-            ads.set(LISTENER, "virtualOutbound", any_from_json::<Listener>(virtual_outbound()));
-            ads.set(LISTENER, "198.18.100.1_80", any_from_json::<Listener>(vip_listener()));
-        }
-        let options = |node: usize, extra: &[&str]| {
-            let n = &topo.nodes[node];
-            let mut args: Vec<String> = [
-                "--node-name",
-                if node == 0 { "node1" } else { "node2" },
-                "--ca-cert",
-                &ca.cert().display().to_string(),
-                "--ca-key",
-                &ca.key().display().to_string(),
-                "--workload-cert-ttl",
-                cert_ttl,
-                "--upstream-mark",
-                MARK,
-                "--access-log-format",
-                "json",
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            ProxyOptions {
-                netns: Some(n.ns.name().to_owned()),
-                wrapper: n.proxy_cgroup_wrapper(),
-                extra_args: args,
-                hbone_address: "[::]:15008".to_owned(),
-                log_level: std::env::var("MESH_TEST_LOG").unwrap_or_else(|_| "info,node_proxy::hbone=debug".to_owned()),
-                ..Default::default()
-            }
-        };
-        let pin_dir = bpffs.path().join("node1");
-        let redirect = [
-            "--redirect",
-            "ebpf",
-            "--redirect-cgroup",
-            &topo.nodes[0].pods_cgroup.path().display().to_string(),
-            "--redirect-address",
-            "198.18.1.1:15001",
-            "--bpf-pin-dir",
-            &pin_dir.display().to_string(),
-        ]
-        .map(str::to_owned);
-        let redirect: Vec<&str> = redirect.iter().map(String::as_str).collect();
-        let proxy2 = Proxy::start_xds(&ads2.url(), options(1, &[]));
-        let proxy1 = Proxy::start_xds(&ads1.url(), options(0, &redirect));
-        let scene = Scene { proxy1, proxy2, ads1, ads2, server, guarded, ca, _bpffs: bpffs, topo };
-        // node2 captures its HBONE pods' port 15008; node1 redirects the VIP and the meshed pods.
-        assert_eventually("node2's HBONE capture holds pod20 and pod21", T, || {
-            let out = scene.topo.nodes[1].ns.exec("nft", &["list", "table", "inet", "node_proxy_hbone"]);
-            if out.contains("198.18.2.10") && out.contains("198.18.2.11") {
-                Ok(())
-            } else {
-                Err(format!("{out}\nproxy2:\n{}", scene.proxy2.stderr()))
-            }
-        });
-        assert_eventually("node1 redirects the VIP and pod20", T, || {
-            let r = scene.proxy1.admin_get("/redirect");
-            let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-            let set = v["destinations"].to_string();
-            if set.contains("198.18.100.1:80") && set.contains("198.18.2.10") {
-                Ok(())
-            } else {
-                Err(r.body)
-            }
-        });
-        scene
-    }
-
-    fn client(&self) -> &Pod {
-        &self.topo.nodes[0].pods[0]
-    }
-
-    /// JSON access log lines of `proxy`.
-    fn access_log(proxy: &Proxy) -> Vec<Value> {
-        proxy.access_log_lines().iter().filter_map(|l| l.find('{').and_then(|i| serde_json::from_str(&l[i..]).ok())).collect()
-    }
-}
 
 fn root(test: &str) -> bool {
     require_root(test)
@@ -318,7 +53,7 @@ fn cross_node_traffic_is_mtls_and_the_destination_sees_the_source_pod() {
     // L7: through the VIP's route, then HBONE to node2.
     let d = s.client().dial(sa(VIP), &format!("/{marker}/l7"));
     assert_eq!(d.status(), 200, "{}\nproxy1:\n{}\nproxy2:\n{}", d.response, s.proxy1.stderr(), s.proxy2.stderr());
-    let seen = s.server.requests_to(&format!("/{marker}/l7"));
+    let seen = s.server().requests_to(&format!("/{marker}/l7"));
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-node-proxy"), Some("node1"), "node1's route acted");
     assert_eq!(seen[0].peer.ip().to_string(), "198.18.2.1", "the server is reached from node2 (its proxy), not across the overlay");
@@ -327,7 +62,7 @@ fn cross_node_traffic_is_mtls_and_the_destination_sees_the_source_pod() {
     let d = s.client().dial(sa(SERVER), &format!("/{marker}/l4"));
     assert_eq!(d.status(), 200, "{}\nproxy1:\n{}", d.response, s.proxy1.stderr());
     assert_eq!(d.peer, sa(SERVER), "the app sees what it dialed");
-    assert_eq!(s.server.requests_to(&format!("/{marker}/l4"))[0].peer.ip().to_string(), "198.18.2.1");
+    assert_eq!(s.server().requests_to(&format!("/{marker}/l4"))[0].peer.ip().to_string(), "198.18.2.1");
 
     let packets = capture.stop();
     assert!(!packets.is_empty(), "the capture saw the traffic");
@@ -391,7 +126,7 @@ fn policy_by_identity_and_bad_certificates_are_refused() {
     // passthrough closes without a response.
     let r = request(s.client(), sa(GUARDED), "/guarded/1");
     assert!(r.starts_with("ERR") || r.is_empty(), "no response through a denied tunnel: {r}");
-    assert!(s.guarded.requests_to("/guarded/").is_empty(), "the guarded pod saw nothing");
+    assert!(s.guarded().requests_to("/guarded/").is_empty(), "the guarded pod saw nothing");
     assert_eventually("node2 logs the denial", T, || {
         let err = s.proxy2.stderr();
         if err.contains("denied by authorization policy") {
@@ -412,7 +147,7 @@ fn policy_by_identity_and_bad_certificates_are_refused() {
             Err(format!("{r}\n{}", s.proxy2.stderr()))
         }
     });
-    assert!(!s.guarded.requests_to("/guarded/2").is_empty());
+    assert!(!s.guarded().requests_to("/guarded/2").is_empty());
 
     // Bad client certificates, presented straight to node2's listener (as a peer on the overlay would).
     let ca = &s.ca.ca;

@@ -29,10 +29,12 @@
 //!   (after XFF / PROXY protocol), `source_ip` (deprecated) the connection's peer;
 //!   `destination_ip`/`destination_port` the local address the client connected to.
 
+mod compiled;
 mod translate;
 mod uri_template;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -84,6 +86,38 @@ pub struct RuleSet {
     /// Sorted by name.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// The policies in evaluation form, derived from `policies` (by [`RuleSet::new`]
+    /// or on the first decision); not serialised, and equal whatever it holds. A rule
+    /// set built field by field takes `Default::default()`. Edit `policies` only before
+    /// the first decision (snapshots are immutable): a rule set whose policy count
+    /// changed afterwards is evaluated without it, but an edit in place is not seen.
+    #[serde(skip)]
+    pub index: PolicyIndex,
+}
+
+/// A [`RuleSet`]'s policies in evaluation form (see the `compiled` module): Istio's
+/// identity regexes matched structurally, policies indexed by the namespace their
+/// principals require. Clones share it.
+#[derive(Clone, Default)]
+pub struct PolicyIndex(OnceLock<Arc<compiled::Compiled>>);
+
+impl PolicyIndex {
+    fn get(&self, policies: &[Policy]) -> &compiled::Compiled {
+        self.0.get_or_init(|| Arc::new(compiled::Compiled::new(policies)))
+    }
+}
+
+impl PartialEq for PolicyIndex {
+    /// Derived data: two rule sets are equal when their action and policies are.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for PolicyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "PolicyIndex(built)" } else { "PolicyIndex(unbuilt)" })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,8 +389,25 @@ pub struct EngineResult<'r> {
 }
 
 impl RuleSet {
+    /// A rule set with its evaluation form built (`policies` sorted by name).
+    pub fn new(action: Action, policies: Vec<Policy>) -> Self {
+        let rules = RuleSet { action, policies, index: PolicyIndex::default() };
+        rules.index.get(&rules.policies);
+        rules
+    }
+
     /// The name of the first matching policy.
     pub fn evaluate(&self, req: &Request<'_>) -> Option<&str> {
+        let index = self.index.get(&self.policies);
+        if index.len != self.policies.len() {
+            return self.evaluate_directly(req);
+        }
+        index.first_match(&self.policies, req).map(|i| &*self.policies[i].name)
+    }
+
+    /// [`RuleSet::evaluate`] by trying every policy in turn ([`Policy::matches`]):
+    /// the reference the evaluation form must agree with.
+    pub fn evaluate_directly(&self, req: &Request<'_>) -> Option<&str> {
         self.policies.iter().find(|p| p.matches(req)).map(|p| &*p.name)
     }
 

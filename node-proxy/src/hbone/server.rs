@@ -96,7 +96,7 @@ where
         }
     };
     let (parts, recv) = request.into_parts();
-    let mut upstream = match handler(ConnectRequest { target, headers: parts.headers }).await {
+    let upstream = match handler(ConnectRequest { target, headers: parts.headers }).await {
         Ok(u) => u,
         Err(status) => return refuse(&mut respond, status),
     };
@@ -107,9 +107,7 @@ where
             return;
         }
     };
-    let mut tunnel = H2Stream::new(send, recv, None);
-    match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
-        Ok((from_peer, to_peer)) => debug!(peer, %target, from_peer, to_peer, "HBONE stream done"),
-        Err(e) => debug!(peer, %target, error = %e, "HBONE stream ended with an error"),
-    }
+    let tunnel = H2Stream::new(send, recv, None);
+    let (from_peer, to_peer) = crate::io::relay(Bytes::new(), tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
+    debug!(peer, %target, from_peer, to_peer, "HBONE stream done");
 }

@@ -88,7 +88,7 @@ fn rule_set(r: &pb::Rbac, path: &str) -> Result<RuleSet, Invalid> {
     let mut names: Vec<&String> = r.policies.keys().collect();
     names.sort();
     let policies = names.into_iter().map(|name| policy(name, &r.policies[name], &format!("{path}.policies[{name}]"))).collect::<Result<_, _>>()?;
-    Ok(RuleSet { action, policies })
+    Ok(RuleSet::new(action, policies))
 }
 
 fn policy(name: &str, p: &pb::Policy, path: &str) -> Result<Policy, Invalid> {
