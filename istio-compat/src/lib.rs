@@ -6,6 +6,7 @@
 //! istiod's CA ([`ca`]: workload certificates). Later: policy evaluation. Does not own
 //! listening sockets, timers or the proxy runtime.
 
+pub mod authn;
 pub mod authz;
 pub mod ca;
 pub mod model;

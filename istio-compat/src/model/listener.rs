@@ -326,6 +326,10 @@ pub struct HttpConnectionManager {
     /// before it is routed; the first denial stops it (403).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<crate::authz::rbac::Rbac>,
+    /// `envoy.filters.http.jwt_authn` (RequestAuthentication): runs before the RBAC
+    /// filters and gives them the verified token's claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<crate::authn::JwtAuthn>,
     /// Envoy: 5 min. `None`: disabled.
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,

@@ -247,6 +247,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
     let mut fault = None;
     let mut has_fault_filter = false;
     let mut rbac = Vec::new();
+    let mut jwt = None;
     let mut has_router = false;
     let mut refuse = None;
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -290,6 +291,15 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
                     rbac.push(rbac::rbac_from_http(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
                 }
             }
+            (_, crate::authn::JWT_AUTHN_TYPE) if !f.disabled => {
+                if let Some(any) = any {
+                    let config: xds_client::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication = decode(any, &fpath)?;
+                    if jwt.is_some() {
+                        return Err(Invalid::new(&fpath, "only one jwt_authn filter per http_connection_manager is supported"));
+                    }
+                    jwt = Some(crate::authn::jwt_authn_from_proto(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
+                }
+            }
             (name, t) if is_plumbing(name, t) => cx.report(&format!("{fpath} ({name})"), t, Effect::Ignored),
             (name, t) if f.is_optional || f.disabled && !is_security_filter(t) => cx.report(&format!("{fpath} ({name})"), t, Effect::FilterSkipped),
             (name, t) => {
@@ -312,6 +322,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
         fault,
         has_fault_filter,
         rbac,
+        jwt,
         stream_idle_timeout: timeout(&h.stream_idle_timeout, Some(Duration::from_secs(300))),
         request_headers_timeout: timeout(&h.request_headers_timeout, None),
         idle_timeout: timeout(&protocol_options.and_then(|o| o.idle_timeout), Some(Duration::from_secs(3600))),

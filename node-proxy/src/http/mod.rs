@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod jwt;
 pub mod local_reply;
 pub mod proxy;
 pub mod server;

@@ -124,6 +124,24 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
         },
     };
     let authority = flow.rec.authority.clone();
+    // RequestAuthentication (jwt_authn): a bad token is refused here; a verified one
+    // gives the RBAC filters its claims.
+    let jwt_metadata = match &hcm.jwt {
+        None => None,
+        Some(authn) => {
+            let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
+            match super::jwt::authenticate(authn, &head).await {
+                Ok(passed) => {
+                    passed.apply(&mut parts.headers);
+                    passed.metadata
+                }
+                Err(rejection) => {
+                    flow.rec.response_code_details = rejection.details().into();
+                    return flow.finish_local(rejection.response());
+                }
+            }
+        }
+    };
     let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
     if !hcm.rbac.is_empty() {
         // Envoy's remote address: the peer, or (use_remote_address false) the last
@@ -137,7 +155,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
             requested_server_name: cx.server_name.as_deref().unwrap_or(""),
             peer_principal: cx.peer_principal.as_deref(),
             http: Some(head),
-            metadata: None,
+            metadata: jwt_metadata.as_ref(),
         };
         if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), &hcm.rbac, &req) {
             return flow.deny(details);
