@@ -64,8 +64,8 @@ fn cross_node_traffic_is_mtls_and_the_destination_sees_the_source_pod() {
     assert_eq!(d.peer, sa(SERVER), "the app sees what it dialed");
     assert_eq!(s.server().requests_to(&format!("/{marker}/l4"))[0].peer.ip().to_string(), "198.18.2.1");
 
-    let packets = capture.stop();
-    assert!(!packets.is_empty(), "the capture saw the traffic");
+    let (packets, tcpdump) = capture.stop();
+    assert!(!packets.is_empty(), "the capture saw the traffic; tcpdump said: {tcpdump}");
     let hbone: Vec<&Vec<u8>> = packets.iter().filter(|p| tcp_ports(p).is_some_and(|(src, dst)| src == 15008 || dst == 15008)).collect();
     assert!(!hbone.is_empty(), "node1 reached node2 on port 15008");
     let all: Vec<u8> = packets.iter().flatten().copied().collect();
@@ -353,34 +353,52 @@ fn handshake(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<Stri
 struct Capture {
     child: std::process::Child,
     path: PathBuf,
+    stderr: Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Capture {
     fn start(ns: &tests::netns::Netns, device: &str, path: &Path) -> Capture {
         require_tool("tcpdump");
-        let child = std::process::Command::new("nsenter")
+        let mut child = std::process::Command::new("nsenter")
             .args([&format!("--net=/run/netns/{}", ns.name()), "--", "tcpdump", "-i", device, "-U", "-s", "0", "-w", &path.display().to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tcpdump: {e} (apt-get install tcpdump)"));
-        // tcpdump says "listening on" once it captures.
-        let start = Instant::now();
-        while !path.exists() && start.elapsed() < Duration::from_secs(5) {
+        // tcpdump says "listening on" once it captures; under load that can take seconds.
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = child.stderr.take().expect("tcpdump's stderr");
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(lines).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let started = Instant::now();
+        while !stderr.lock().unwrap_or_else(|p| p.into_inner()).contains("listening on") {
+            assert!(started.elapsed() < Duration::from_secs(30), "tcpdump did not start capturing: {}", stderr.lock().unwrap_or_else(|p| p.into_inner()));
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(300));
-        Capture { child, path: path.to_owned() }
+        Capture { child, path: path.to_owned(), stderr, reader: Some(reader) }
     }
 
-    /// Stops the capture; the captured frames (Ethernet).
-    fn stop(mut self) -> Vec<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(300));
+    /// Stops the capture; the captured frames (Ethernet) and what tcpdump said.
+    fn stop(mut self) -> (Vec<Vec<u8>>, String) {
+        // Let tcpdump drain what the kernel has queued for it.
+        std::thread::sleep(Duration::from_secs(1));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         let data = std::fs::read(&self.path).unwrap_or_else(|e| panic!("reading {}: {e}", self.path.display()));
-        pcap_frames(&data)
+        let said = self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (pcap_frames(&data), said)
     }
 }
 
