@@ -65,6 +65,14 @@ impl Rejection {
         format!("jwt_authn_access_denied{{{}}}", self.error.to_string().replace(' ', "_"))
     }
 
+    /// The refusal for a gRPC request: trailers-only, UNAUTHENTICATED (16), or
+    /// PERMISSION_DENIED (7) for a disallowed audience, with the error as message (as
+    /// Envoy's local reply maps 401 and 403 for gRPC).
+    pub fn grpc_response(&self) -> Response<RespBody> {
+        let code = if self.error == JwtError::AudienceNotAllowed { 7 } else { 16 };
+        local_reply::grpc_trailers_only(code, &self.error.to_string())
+    }
+
     /// 401 (403 for a disallowed audience) with the error as body and an RFC 6750
     /// challenge; `strip_failure_response`: neither.
     pub fn response(&self) -> Response<RespBody> {
@@ -265,4 +273,20 @@ async fn fetch(uri: &str, timeout: Duration) -> Result<JwkSet, String> {
         parse_jwks(text).map_err(|e| e.to_string())
     };
     tokio::time::timeout(timeout.max(Duration::from_millis(100)), work).await.map_err(|_| format!("timed out after {timeout:?}"))?
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_request_is_refused_with_unauthenticated_trailers_only() {
+        let r = Rejection { error: JwtError::Expired, realm: "http://h/p".into(), strip: false };
+        let resp = r.grpc_response();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "16");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let r = Rejection { error: JwtError::AudienceNotAllowed, realm: "http://h/p".into(), strip: false };
+        assert_eq!(r.grpc_response().headers()["grpc-status"], "7");
+    }
 }

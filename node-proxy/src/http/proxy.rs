@@ -137,7 +137,8 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
                 }
                 Err(rejection) => {
                     flow.rec.response_code_details = rejection.details().into();
-                    return flow.finish_local(rejection.response());
+                    let resp = if flow.grpc { rejection.grpc_response() } else { rejection.response() };
+                    return flow.finish_local(resp);
                 }
             }
         }
