@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tests::ads_server::any_from_json;
 use tests::clients::Background;
 use tests::config::{cluster, hcm, socket_address};
+use tests::mesh_scene::virtual_outbound;
 use tests::netns::{in_netns, require_root, BpfFs};
 use tests::topology::{Pod, Topology};
 use tests::*;
@@ -80,22 +81,6 @@ fn vip_listener(name: &str, vip: SocketAddr) -> Value {
         "address": socket_address(vip),
         "bind_to_port": false,
         "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(route) }] }],
-    })
-}
-
-fn virtual_outbound() -> Value {
-    json!({
-        "name": "virtualOutbound",
-        "address": socket_address(sa("[::]:15001")),
-        "use_original_dst": true,
-        "filter_chains": [{ "filters": [{
-            "name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": "PassthroughCluster",
-                "cluster": "PassthroughCluster",
-            },
-        }] }],
     })
 }
 
