@@ -586,7 +586,7 @@ mod inproc {
         let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await.expect("bind the HBONE listener");
         let port = l.local_addr().expect("address").port();
         let drain = Arc::new(Drain::default());
-        tokio::spawn(inbound.run(l, drain.clone()));
+        inbound.run_on_thread(l, drain.clone()).expect("start the HBONE listener");
         Server { port, echo: echo_on(Ipv4Addr::LOCALHOST.into()).await, ca, drain, _stop_xds: stop_xds, _ads: ads }
     }
 

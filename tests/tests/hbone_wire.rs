@@ -840,7 +840,7 @@ async fn our_server(bind: IpAddr, policies: Vec<serde_json::Value>, trust: Trust
     let l = TcpListener::bind((bind, 0)).await.unwrap();
     let listener = l.local_addr().unwrap();
     let drain = Arc::new(Drain::default());
-    tokio::spawn(inbound.run(l, drain.clone()));
+    inbound.run_on_thread(l, drain.clone()).expect("start the HBONE listener");
     OurServer {
         listener,
         ca,

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::server::{serve, ConnectRequest};
+use super::server::{serve, Accepted, ConnectRequest};
 use super::ConfigCache;
 use crate::drain::Drain;
 use crate::identity::CertStore;
@@ -79,7 +79,7 @@ impl Inbound {
         }
     }
 
-    /// Accepts on `listener` until `drain` fires.
+    /// Accepts on `listener` until `drain` fires; connections are tasks of the current `LocalSet`.
     pub async fn run(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>) {
         loop {
             let accepted = tokio::select! {
@@ -89,7 +89,7 @@ impl Inbound {
             match accepted {
                 Ok((tcp, peer)) => {
                     let (this, drain) = (self.clone(), drain.clone());
-                    tokio::spawn(async move {
+                    tokio::task::spawn_local(async move {
                         if let Err(e) = this.connection(tcp, peer, &drain).await {
                             info!(%peer, error = %e, "HBONE connection refused");
                         }
@@ -101,6 +101,22 @@ impl Inbound {
                 }
             }
         }
+    }
+
+    /// Runs [`Inbound::run`] on a thread of its own (a current-thread runtime and a
+    /// `LocalSet`, as a worker has): for tests and benchmarks outside the proxy.
+    pub fn run_on_thread(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>) -> std::io::Result<()> {
+        let listener = listener.into_std()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("hbone-inbound".into()).spawn(move || {
+            tokio::task::LocalSet::new().block_on(&rt, async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => self.run(l, drain).await,
+                    Err(e) => warn!(error = %e, "the HBONE listener cannot be registered"),
+                }
+            })
+        })?;
+        Ok(())
     }
 
     /// One accepted connection: the workload it is for, TLS as that workload, then its streams.
@@ -142,7 +158,7 @@ impl Inbound {
                 let start = (Instant::now(), SystemTime::now());
                 let upstream = open_upstream(&workload, req.target, mark, timeout).await?;
                 let report = telemetry.map(|t| Report::open(t, &workloads, &network, &workload, &peer_id, peer, &req, &upstream, start));
-                Ok(Metered { inner: upstream, read: 0, written: 0, report })
+                Ok(Accepted::Relay(Metered { inner: upstream, read: 0, written: 0, report }))
             }
         })
         .await

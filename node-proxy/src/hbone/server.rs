@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -22,17 +23,29 @@ pub struct ConnectRequest {
     pub headers: http::HeaderMap,
 }
 
+/// What a handler makes of an accepted `CONNECT` (it is answered 200 either way).
+pub enum Accepted<U> {
+    /// Relay the stream's bytes to and from this connection (L4).
+    Relay(U),
+    /// Hand the stream to this task (the destination serves what it carries, L7).
+    Serve(StreamTask),
+}
+
+/// A task that takes over an accepted stream.
+pub type StreamTask = Box<dyn FnOnce(H2Stream) -> Pin<Box<dyn Future<Output = ()>>>>;
+
 /// Serves the HTTP/2 connection `io` until the client closes it or `drain` fires (then
-/// GOAWAY lets open streams finish). For each `CONNECT`, `handler` returns the
-/// upstream byte stream (the stream is answered 200 and relayed both ways) or the
-/// status to refuse it with (401 policy denial, 503 unreachable, ...). A request that
-/// is not a `CONNECT` to `ip:port` gets 405 or 400; other streams go on.
+/// GOAWAY lets open streams finish). For each `CONNECT`, `handler` says what to do
+/// with the stream ([`Accepted`]) or the status to refuse it with (401 policy denial,
+/// 503 unreachable, ...). A request that is not a `CONNECT` to `ip:port` gets 405 or
+/// 400; other streams go on. Streams are tasks of the current `LocalSet` (the proxy's
+/// workers), so handlers need not be `Send`.
 pub async fn serve<IO, H, Fut, U>(io: IO, peer: &str, drain: &Drain, handler: H) -> Result<(), HboneError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(ConnectRequest) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<U, StatusCode>> + Send,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(ConnectRequest) -> Fut + Clone + 'static,
+    Fut: Future<Output = Result<Accepted<U>, StatusCode>>,
+    U: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let mut conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -63,7 +76,7 @@ where
             Some(Ok((request, respond))) => {
                 let handler = handler.clone();
                 let peer = peer.to_owned();
-                tokio::spawn(async move { stream(request, respond, &peer, handler).await });
+                tokio::task::spawn_local(async move { stream(request, respond, &peer, handler).await });
             }
         }
     }
@@ -81,7 +94,7 @@ pub fn parse_connect<B>(request: &Request<B>) -> Result<SocketAddr, (StatusCode,
 async fn stream<H, Fut, U>(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, peer: &str, handler: H)
 where
     H: Fn(ConnectRequest) -> Fut,
-    Fut: Future<Output = Result<U, StatusCode>>,
+    Fut: Future<Output = Result<Accepted<U>, StatusCode>>,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let refuse = |respond: &mut SendResponse<Bytes>, status: StatusCode| {
@@ -96,8 +109,8 @@ where
         }
     };
     let (parts, recv) = request.into_parts();
-    let upstream = match handler(ConnectRequest { target, headers: parts.headers }).await {
-        Ok(u) => u,
+    let accepted = match handler(ConnectRequest { target, headers: parts.headers }).await {
+        Ok(a) => a,
         Err(status) => return refuse(&mut respond, status),
     };
     let send = match respond.send_response(Response::new(()), false) {
@@ -108,6 +121,11 @@ where
         }
     };
     let tunnel = H2Stream::new(send, recv, None);
-    let (from_peer, to_peer) = crate::io::relay(Bytes::new(), tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
-    debug!(peer, %target, from_peer, to_peer, "HBONE stream done");
+    match accepted {
+        Accepted::Relay(upstream) => {
+            let (from_peer, to_peer) = crate::io::relay(Bytes::new(), tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
+            debug!(peer, %target, from_peer, to_peer, "HBONE stream done");
+        }
+        Accepted::Serve(task) => task(tunnel).await,
+    }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::client::{connect_request, ConnectHeaders, Pool, PoolKey};
-use super::server::{serve, ConnectRequest};
+use super::server::{serve, Accepted, ConnectRequest};
 use super::HboneError;
 use crate::drain::Drain;
 
@@ -40,29 +40,35 @@ async fn echo_at(addr: &str) -> SocketAddr {
 /// An HBONE server whose handler dials the target, except for port 1 (401: denied)
 /// and port 2 (503: unreachable). Returns its address and the headers it saw.
 async fn hbone_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::HeaderMap>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen2 = seen.clone();
-    let drain = Arc::new(Drain::default());
-    tokio::spawn(async move {
-        while let Ok((s, peer)) = l.accept().await {
-            let (seen, drain) = (seen2.clone(), drain.clone());
-            tokio::spawn(async move {
-                let handler = move |req: ConnectRequest| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.lock().unwrap().push(req.headers);
-                        match req.target.port() {
-                            1 => Err(StatusCode::UNAUTHORIZED),
-                            2 => Err(StatusCode::SERVICE_UNAVAILABLE),
-                            _ => TcpStream::connect(req.target).await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE),
+    // The server's streams are tasks of a LocalSet, as on the proxy's workers.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async move {
+            let l = TcpListener::from_std(l).unwrap();
+            let drain = Arc::new(Drain::default());
+            while let Ok((s, peer)) = l.accept().await {
+                let (seen, drain) = (seen2.clone(), drain.clone());
+                tokio::task::spawn_local(async move {
+                    let handler = move |req: ConnectRequest| {
+                        let seen = seen.clone();
+                        async move {
+                            seen.lock().unwrap().push(req.headers);
+                            match req.target.port() {
+                                1 => Err(StatusCode::UNAUTHORIZED),
+                                2 => Err(StatusCode::SERVICE_UNAVAILABLE),
+                                _ => TcpStream::connect(req.target).await.map(Accepted::Relay).map_err(|_| StatusCode::SERVICE_UNAVAILABLE),
+                            }
                         }
-                    }
-                };
-                let _ = serve(s, &peer.to_string(), &drain, handler).await;
-            });
-        }
+                    };
+                    let _ = serve(s, &peer.to_string(), &drain, handler).await;
+                });
+            }
+        });
     });
     (addr, seen)
 }
@@ -297,7 +303,7 @@ mod mtls {
         let inbound = Arc::new(Inbound::new(live, certs, TrustDomains::local("cluster.local"), String::new(), None));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listener = l.local_addr().unwrap();
-        tokio::spawn(inbound.run(l, Arc::new(Drain::default())));
+        inbound.run_on_thread(l, Arc::new(Drain::default())).expect("start the HBONE listener");
         Setup { ca, listener, echo: echo().await }
     }
 
@@ -453,7 +459,7 @@ mod outbound {
 
         let l = TcpListener::bind("127.77.0.2:15008").await.expect("bind the server's HBONE address");
         let inbound = Arc::new(Inbound::new(live.clone(), certs.clone(), trust.clone(), String::new(), None));
-        tokio::spawn(inbound.run(l, Arc::new(Drain::default())));
+        inbound.run_on_thread(l, Arc::new(Drain::default())).expect("start the HBONE listener");
         // The server workload: an echo on its address.
         let target = echo_at("127.77.0.2:0").await;
 
