@@ -197,7 +197,7 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
                 let reaper = tokio::task::spawn_local(reap_idle(worker.clone()));
                 if let Some((socket, mesh)) = hbone {
                     match tokio::net::TcpListener::from_std(socket) {
-                        Ok(l) => drop(tokio::task::spawn_local(mesh.inbound.clone().run(l, shared.drain.clone()))),
+                        Ok(l) => drop(tokio::task::spawn_local(mesh.inbound.clone().run(l, shared.drain.clone(), Some(worker.clone())))),
                         Err(e) => tracing::error!("worker {id}: the HBONE listener: {e}"),
                     }
                 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use istio_compat::model::listener::{ChainKind, ConnectionInfo, Listener};
+use istio_compat::model::listener::{ChainId, ChainKind, ConnectionInfo, Listener};
 use istio_compat::model::Name;
 use protocols::sniff::{self, Detected, Sniff};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::http::proxy::ConnCtx;
@@ -213,33 +213,8 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
             listener = target.clone();
         }
     }
-    let (tls_on, http_on) = listener.inspection.for_port(destination.port());
-    let (prefix, detected, stream) = if tls_on || http_on {
-        match sniff_stream(stream, listener.sniff_timeout).await {
-            Ok((prefix, detected, stream)) => (prefix, detected, stream),
-            Err(SniffFailure::TimedOut(stream)) if listener.continue_on_sniff_timeout => (Bytes::new(), None, stream),
-            Err(e) => {
-                tracing::debug!(listener = %listener.name, %remote, "closing connection: {e}");
-                return;
-            }
-        }
-    } else {
-        (Bytes::new(), None, stream)
-    };
-    let transport = match &detected {
-        Some(Detected::Tls(_)) if tls_on => "tls",
-        _ => "raw_buffer",
-    };
-    let (alpn, server_name): (Vec<&str>, Option<String>) = match &detected {
-        Some(d @ Detected::Tls(hello)) if tls_on => (sniff::application_protocols(d), hello.server_name.clone()),
-        Some(d @ (Detected::Http1(_) | Detected::Http2)) if http_on => (sniff::application_protocols(d), None),
-        _ => (Vec::new(), None),
-    };
-    let info = ConnectionInfo { destination, source: remote, transport_protocol: transport, application_protocols: &alpn, server_name: server_name.as_deref() };
-    let Some((chain_id, chain)) = listener.select_chain_id(&info).and_then(|id| listener.chain(id).map(|c| (id, c))) else {
-        tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
-        return;
-    };
+    let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, stream, remote, destination).await else { return };
+    let Some(chain) = listener.chain(chain_id) else { return };
     let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty());
     let peer_principal = if hcm_rbac || !chain.rbac.is_empty() { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
     if !chain.rbac.is_empty() {
@@ -256,7 +231,6 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
             return;
         }
     }
-    let io = PrefixedIo::new(prefix, stream);
     match &chain.kind {
         ChainKind::Http(_) => {
             let cx = Rc::new(ConnCtx {
@@ -272,6 +246,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
                 source: SourceLabels::unknown(),
                 default_access_log: options.default_access_log.clone(),
                 head_verdicts: Default::default(),
+                tunnel: None,
             });
             crate::http::server::serve(io, cx).await;
         }
@@ -284,37 +259,80 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
     }
 }
 
+/// A connection's filter chain, chosen as Envoy does after the listener filters, and
+/// the connection with what sniffing read put back in front.
+pub(crate) struct Chosen<I> {
+    pub chain: ChainId,
+    pub io: PrefixedIo<I>,
+    /// From the TLS ClientHello, when sniffed.
+    pub server_name: Option<String>,
+}
+
+/// Sniffs `stream` when the listener's inspectors ask for it on the destination's port
+/// (TLS ClientHello, HTTP/1, h2 preface) and picks its filter chain. `None`: the
+/// connection is to be closed (no chain matches, or sniffing failed).
+pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(listener: &Listener, mut stream: I, remote: SocketAddr, destination: SocketAddr) -> Option<Chosen<I>> {
+    let (tls_on, http_on) = listener.inspection.for_port(destination.port());
+    let (prefix, detected) = if tls_on || http_on {
+        match sniff_stream(&mut stream, listener.sniff_timeout).await {
+            Ok(sniffed) => sniffed,
+            Err(SniffFailure::TimedOut) if listener.continue_on_sniff_timeout => (Bytes::new(), None),
+            Err(e) => {
+                tracing::debug!(listener = %listener.name, %remote, "closing connection: {e}");
+                return None;
+            }
+        }
+    } else {
+        (Bytes::new(), None)
+    };
+    let transport = match &detected {
+        Some(Detected::Tls(_)) if tls_on => "tls",
+        _ => "raw_buffer",
+    };
+    let (alpn, server_name): (Vec<&str>, Option<String>) = match &detected {
+        Some(d @ Detected::Tls(hello)) if tls_on => (sniff::application_protocols(d), hello.server_name.clone()),
+        Some(d @ (Detected::Http1(_) | Detected::Http2)) if http_on => (sniff::application_protocols(d), None),
+        _ => (Vec::new(), None),
+    };
+    let info = ConnectionInfo { destination, source: remote, transport_protocol: transport, application_protocols: &alpn, server_name: server_name.as_deref() };
+    let Some(chain) = listener.select_chain_id(&info).filter(|id| listener.chain(*id).is_some()) else {
+        tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
+        return None;
+    };
+    Some(Chosen { chain, io: PrefixedIo::new(prefix, stream), server_name })
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SniffFailure {
     #[error("timed out waiting for the first bytes")]
-    TimedOut(TcpStream),
+    TimedOut,
     #[error("read failed while sniffing: {0}")]
     Io(io::Error),
 }
 
 /// Reads until the protocol is known (or the peer stops sending).
-async fn sniff_stream(mut stream: TcpStream, timeout: Option<Duration>) -> Result<(Bytes, Option<Detected>, TcpStream), SniffFailure> {
+async fn sniff_stream<I: AsyncRead + Unpin>(stream: &mut I, timeout: Option<Duration>) -> Result<(Bytes, Option<Detected>), SniffFailure> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
         if let Sniff::Detected(d) = sniff::sniff(&buf) {
-            return Ok((buf.freeze(), Some(d), stream));
+            return Ok((buf.freeze(), Some(d)));
         }
         if buf.len() >= sniff::MAX_SNIFF_LEN {
-            return Ok((buf.freeze(), Some(Detected::Other), stream));
+            return Ok((buf.freeze(), Some(Detected::Other)));
         }
         let read = stream.read_buf(&mut buf);
         let n = match deadline {
             Some(d) => match tokio::time::timeout_at(d, read).await {
                 Ok(r) => r.map_err(SniffFailure::Io)?,
                 Err(_) => {
-                    return if buf.is_empty() { Err(SniffFailure::TimedOut(stream)) } else { Ok((buf.freeze(), Some(Detected::Other), stream)) };
+                    return if buf.is_empty() { Err(SniffFailure::TimedOut) } else { Ok((buf.freeze(), Some(Detected::Other))) };
                 }
             },
             None => read.await.map_err(SniffFailure::Io)?,
         };
         if n == 0 {
-            return Ok((buf.freeze(), Some(Detected::Other), stream));
+            return Ok((buf.freeze(), Some(Detected::Other)));
         }
     }
 }

@@ -97,6 +97,12 @@ impl Snapshot {
         same(&self.listeners, &model.listeners, |l| l) && same(&self.routes, &model.routes, |r| r) && same(&self.clusters, &model.clusters, |c| &c.config)
     }
 
+    /// The listener for local workloads' inbound traffic (`traffic_direction: INBOUND`,
+    /// Istio's `virtualInbound`); the first by name if there are several.
+    pub fn inbound_listener(&self) -> Option<&Arc<Listener>> {
+        self.listeners.iter().filter(|(_, l)| l.inbound).min_by(|a, b| a.0.cmp(b.0)).map(|(_, l)| l)
+    }
+
     /// The listener bound to `addr`, or the wildcard listener on its port, among
     /// those that are reached by original destination (`bind_to_port: false`).
     pub fn listener_for_original_dst(&self, addr: std::net::SocketAddr) -> Option<&Arc<Listener>> {

@@ -87,7 +87,7 @@ pub async fn proxy(
         };
         tried.push(host.address);
         rec.upstream_host = Some(host.address);
-        let leg = match worker.pools.leg(remote.ip(), host.address) {
+        let leg = match worker.pools.leg(Some(remote.ip()), host.address) {
             Ok(leg) => leg,
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, host = %host.address, "no leg to the endpoint: {e}");

@@ -42,6 +42,11 @@ pub struct Listener {
     pub continue_on_sniff_timeout: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+    /// `traffic_direction: INBOUND` (Istio's `virtualInbound`): the chains serving a
+    /// local workload's inbound traffic, also what an HBONE stream carries once the
+    /// tunnel is terminated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbound: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -431,6 +436,7 @@ mod tests {
             default_filter_chain: Some(chain("default", FilterChainMatch::default())),
             sniff_timeout: None,
             continue_on_sniff_timeout: false,
+            inbound: false,
             access_log: vec![],
         }
     }

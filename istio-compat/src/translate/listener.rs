@@ -130,6 +130,7 @@ pub(super) fn translate(l: &listener::Listener, cx: &mut Context) -> Result<List
         sniff_timeout: timeout(&l.listener_filters_timeout, Some(Duration::from_secs(15))),
         continue_on_sniff_timeout: l.continue_on_listener_filters_timeout,
         access_log,
+        inbound: l.traffic_direction == xds_client::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
     })
 }
 

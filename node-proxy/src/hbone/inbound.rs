@@ -16,6 +16,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,11 +34,14 @@ use super::server::{serve, Accepted, ConnectRequest};
 use super::ConfigCache;
 use crate::drain::Drain;
 use crate::identity::CertStore;
+use crate::runtime::Worker;
 use crate::telemetry::access_log::RequestRecord;
 use crate::telemetry::metrics::{DestinationLabels, Metrics, SourceLabels, TcpLabels};
 use crate::tls::{self, TrustDomains};
 use crate::upstream::pool::connect_marked;
 use crate::xds::workload::LiveWorkloads;
+
+mod l7;
 
 /// What the listener needs from the rest of the proxy.
 pub struct Inbound {
@@ -80,7 +84,9 @@ impl Inbound {
     }
 
     /// Accepts on `listener` until `drain` fires; connections are tasks of the current `LocalSet`.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>) {
+    /// With `worker` (the proxy's worker this runs on), a stream is served through the
+    /// snapshot's inbound listener when there is one ([`l7`]); without, it is relayed (L4).
+    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>, worker: Option<Rc<Worker>>) {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -88,9 +94,9 @@ impl Inbound {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let (this, drain) = (self.clone(), drain.clone());
+                    let (this, drain, worker) = (self.clone(), drain.clone(), worker.clone());
                     tokio::task::spawn_local(async move {
-                        if let Err(e) = this.connection(tcp, peer, &drain).await {
+                        if let Err(e) = this.connection(tcp, peer, &drain, worker).await {
                             info!(%peer, error = %e, "HBONE connection refused");
                         }
                     });
@@ -104,23 +110,27 @@ impl Inbound {
     }
 
     /// Runs [`Inbound::run`] on a thread of its own (a current-thread runtime and a
-    /// `LocalSet`, as a worker has): for tests and benchmarks outside the proxy.
+    /// `LocalSet`, as a worker has) for the rest of the process: for tests and
+    /// benchmarks outside the proxy.
     pub fn run_on_thread(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>) -> std::io::Result<()> {
         let listener = listener.into_std()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("hbone-inbound".into()).spawn(move || {
             tokio::task::LocalSet::new().block_on(&rt, async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => self.run(l, drain).await,
+                    Ok(l) => self.run(l, drain, None).await,
                     Err(e) => warn!(error = %e, "the HBONE listener cannot be registered"),
                 }
+                // Draining stops the accepting only: open connections go on (GOAWAY,
+                // their streams finish) as long as the process runs.
+                std::future::pending::<()>().await
             })
         })?;
         Ok(())
     }
 
     /// One accepted connection: the workload it is for, TLS as that workload, then its streams.
-    pub async fn connection(&self, tcp: TcpStream, peer: SocketAddr, drain: &Drain) -> Result<(), String> {
+    pub async fn connection(&self, tcp: TcpStream, peer: SocketAddr, drain: &Drain, worker: Option<Rc<Worker>>) -> Result<(), String> {
         let local = tcp.local_addr().map_err(|e| format!("local address: {e}"))?;
         let dst = redirect_bpf::original_dst(&tcp, local).unwrap_or(local);
         let view = self.workloads.load();
@@ -143,6 +153,7 @@ impl Inbound {
         let (workloads, network, telemetry) = (self.workloads.clone(), self.network.clone(), self.telemetry.clone());
         serve(tls, &label, drain, move |req: ConnectRequest| {
             let (workload, workloads, peer_id, network, telemetry) = (workload.clone(), workloads.clone(), peer_id.clone(), network.clone(), telemetry.clone());
+            let worker = worker.clone();
             async move {
                 if !workload.addresses.contains(&req.target.ip()) {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
@@ -155,10 +166,15 @@ impl Inbound {
                     return Err(StatusCode::SERVICE_UNAVAILABLE);
                 }
                 authorize(&workloads, &network, &workload, &peer_id, peer.ip(), &req)?;
+                let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers);
+                let inbound_listener = worker.as_ref().and_then(|w| w.shared.live.load().inbound_listener().cloned());
+                if let (Some(worker), Some(listener)) = (worker, inbound_listener) {
+                    let stream = l7::Stream { worker, listener, workload, origin, target: req.target, mark, timeout, telemetry };
+                    return Ok(Accepted::Serve(Box::new(move |tunnel| Box::pin(stream.serve(tunnel)))));
+                }
                 let start = (Instant::now(), SystemTime::now());
                 let upstream = open_upstream(&workload, req.target, mark, timeout).await?;
-                let report = telemetry.map(|t| Report::open(t, &workloads, &network, &workload, &peer_id, peer, &req, &upstream, start));
-                Ok(Accepted::Relay(Metered { inner: upstream, read: 0, written: 0, report }))
+                Ok(Accepted::Relay(Metered::new(upstream, telemetry, &workload, &origin, req.target, start)))
             }
         })
         .await
@@ -250,43 +266,57 @@ struct Report {
 
 impl Report {
     /// Counts the stream as opened; the rest is reported when it ends.
-    #[allow(clippy::too_many_arguments)]
     fn open(
         telemetry: Telemetry,
-        workloads: &LiveWorkloads,
-        network: &str,
         workload: &Workload,
-        peer_id: &Identity,
-        peer: SocketAddr,
-        req: &ConnectRequest,
-        upstream: &TcpStream,
+        origin: &Origin,
+        target: SocketAddr,
+        upstream_local: Option<SocketAddr>,
         (started, start_time): (Instant, SystemTime),
     ) -> Report {
-        let principal = peer_id.to_string();
-        let view = workloads.load();
-        let source_ip = source_address(&view.index, network, peer_id, peer.ip(), &req.headers);
-        // The source workload's labels only when the workload view agrees with what the peer proved.
-        let source = match view.index.workload(network, source_ip) {
-            Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
-            _ => SourceLabels::for_principal(&principal),
-        };
         let labels = TcpLabels {
             reporter: "destination",
-            source,
+            source: origin.source.clone(),
             destination: DestinationLabels::for_workload(workload),
             response_flags: Arc::from("-"),
             connection_security_policy: "mutual_tls",
         };
         telemetry.metrics.tcp_opened.get_or_create(&labels).inc();
-        let mut record = RequestRecord::tcp(peer, SocketAddr::new(req.target.ip(), super::PORT), None);
+        let mut record = RequestRecord::tcp(origin.peer, SocketAddr::new(target.ip(), super::PORT), None);
         record.start_time = start_time;
-        record.x_forwarded_for = Some(source_ip.to_string());
-        record.authority = req.target.to_string();
-        record.upstream_host = Some(req.target);
-        record.upstream_cluster = Some(Arc::from(format!("inbound|{}||", req.target.port())));
-        record.upstream_local_address = upstream.local_addr().ok();
-        record.downstream_peer_uri_san = Some(Arc::from(principal));
+        record.x_forwarded_for = Some(origin.source_ip.to_string());
+        record.authority = target.to_string();
+        record.upstream_host = Some(target);
+        record.upstream_cluster = Some(Arc::from(format!("inbound|{}||", target.port())));
+        record.upstream_local_address = upstream_local;
+        record.downstream_peer_uri_san = Some(origin.principal.clone());
         Report { telemetry, labels, record, started }
+    }
+}
+
+/// Who sent a tunnelled stream, as its destination reports and authorizes it.
+#[derive(Clone, Debug)]
+pub(crate) struct Origin {
+    /// The tunnel's peer (the source node's proxy).
+    pub peer: SocketAddr,
+    pub principal: Arc<str>,
+    /// The source workload's address ([`source_address`]).
+    pub source_ip: IpAddr,
+    /// The source workload's labels when the workload view agrees with what the peer
+    /// proved, else only its principal.
+    pub source: Arc<SourceLabels>,
+}
+
+impl Origin {
+    fn new(workloads: &LiveWorkloads, network: &str, peer_id: &Identity, peer: SocketAddr, headers: &http::HeaderMap) -> Origin {
+        let principal: Arc<str> = Arc::from(peer_id.to_string());
+        let view = workloads.load();
+        let source_ip = source_address(&view.index, network, peer_id, peer.ip(), headers);
+        let source = match view.index.workload(network, source_ip) {
+            Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
+            _ => SourceLabels::for_principal(&principal),
+        };
+        Origin { peer, principal, source_ip, source }
     }
 }
 
@@ -299,6 +329,13 @@ struct Metered {
     /// To the workload (received from the peer).
     written: u64,
     report: Option<Report>,
+}
+
+impl Metered {
+    fn new(inner: TcpStream, telemetry: Option<Telemetry>, workload: &Workload, origin: &Origin, target: SocketAddr, start: (Instant, SystemTime)) -> Metered {
+        let report = telemetry.map(|t| Report::open(t, workload, origin, target, inner.local_addr().ok(), start));
+        Metered { inner, read: 0, written: 0, report }
+    }
 }
 
 impl Drop for Metered {

@@ -64,9 +64,27 @@ pub struct ConnCtx {
     pub default_access_log: Option<Arc<AccessLog>>,
     /// HTTP/1: verdicts on raw request heads, one per request, in order.
     pub head_verdicts: crate::io::HeadVerdicts,
+    /// Set when the connection is a stream of an HBONE tunnel at its destination.
+    pub tunnel: Option<Arc<TunnelOrigin>>,
+}
+
+/// Who sent the requests of a tunnelled connection, as its destination reports them:
+/// `reporter="destination"`, the local workload as destination,
+/// `connection_security_policy="mutual_tls"` and the verified peer.
+#[derive(Debug)]
+pub struct TunnelOrigin {
+    pub destination: Arc<DestinationLabels>,
+    /// The peer's verified SPIFFE identity.
+    pub peer: Arc<str>,
 }
 
 impl ConnCtx {
+    /// The downstream source the upstream legs are planned from ([`crate::upstream::pool::Pools::leg`]):
+    /// none when the connection came through an HBONE tunnel to this proxy.
+    pub fn leg_source(&self) -> Option<IpAddr> {
+        self.tunnel.is_none().then(|| self.remote.ip())
+    }
+
     pub fn hcm(&self) -> Option<&HttpConnectionManager> {
         match &self.listener.chain(self.chain)?.kind {
             istio_compat::model::listener::ChainKind::Http(h) => Some(h),
@@ -277,7 +295,7 @@ impl Flow {
             route_name: None,
             grpc_status: None,
             upstream_transport_failure_reason: None,
-            downstream_peer_uri_san: None,
+            downstream_peer_uri_san: cx.tunnel.as_ref().map(|t| t.peer.clone()),
             upstream_peer_uri_san: None,
         };
         Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), done: false, cx }
@@ -363,16 +381,20 @@ impl Flow {
             EndOutcome::TimedOut => self.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
         }
         let cx = &self.cx;
+        let (reporter, destination, security) = match &cx.tunnel {
+            Some(t) => ("destination", t.destination.clone(), "mutual_tls"),
+            None => ("source", self.destination.clone(), "unknown"),
+        };
         cx.worker.record_request(RequestSample {
             labels: RequestLabels {
-                reporter: "source",
+                reporter,
                 source: cx.source.clone(),
-                destination: self.destination.clone(),
+                destination,
                 request_protocol: if self.grpc { "grpc" } else { "http" },
                 response_code: self.rec.response_code,
                 grpc_response_status: self.rec.grpc_status,
                 response_flags: flag_string(self.rec.response_flags),
-                connection_security_policy: "unknown",
+                connection_security_policy: security,
             },
             duration_ms: self.rec.duration.as_secs_f64() * 1000.0,
             request_bytes: self.rec.bytes_received,
@@ -639,7 +661,7 @@ async fn forward(
                 RequestBody::Replay(r) => MirrorBody::Pending(Box::pin(r.completed())),
                 RequestBody::Stream(_) => continue,
             };
-            spawn_mirror(cx.worker.clone(), snapshot.clone(), mirror, &parts, &authority, &upstream_path, body, cx.remote.ip());
+            spawn_mirror(cx.worker.clone(), snapshot.clone(), mirror, &parts, &authority, &upstream_path, body, cx.leg_source());
         }
     }
 
@@ -686,7 +708,7 @@ async fn forward(
         }
         // Istio's mTLS to a meshed endpoint is HBONE (the pool plans the leg); other
         // upstream TLS is not originated yet.
-        if host.tls_required && !matches!(cx.worker.pools.leg(cx.remote.ip(), host.address), Ok(crate::mesh::Leg::Hbone { .. })) {
+        if host.tls_required && cx.tunnel.is_none() && !matches!(cx.worker.pools.leg(cx.leg_source(), host.address), Ok(crate::mesh::Leg::Hbone { .. })) {
             flow.rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".to_owned());
             return flow.local(LocalReply::TLS_UNSUPPORTED, ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         }
@@ -713,7 +735,7 @@ async fn forward(
         let active = ActiveRequest::new(&host);
         let timers = AttemptTimers::new(deadline, retry, hcm.stream_idle_timeout);
         let sent_at = Instant::now();
-        let result = send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, &timers, cx.remote.ip()).await;
+        let result = send_attempt(&cx.worker, &cluster, &host, protocol, upstream_req, &timers, cx.leg_source()).await;
         match result {
             Ok((resp, connection)) => {
                 let status = resp.status();
@@ -893,7 +915,7 @@ async fn send_attempt(
     protocol: Protocol,
     req: Request<ReqBody>,
     timers: &AttemptTimers,
-    source: IpAddr,
+    source: Option<IpAddr>,
 ) -> Result<(Response<Incoming>, Option<PooledH1>), AttemptError> {
     let exchange = async {
         let checkout = worker.pools.checkout(cluster, host.address, protocol, source).await.map_err(AttemptError::Pool)?;
@@ -1070,7 +1092,7 @@ fn spawn_mirror(
     authority: &str,
     path: &str,
     body: MirrorBody,
-    source: IpAddr,
+    source: Option<IpAddr>,
 ) {
     let shadow_authority = if policy.disable_shadow_host_suffix { authority.to_owned() } else { shadow_host(authority) };
     let cluster_name = policy.cluster.clone();

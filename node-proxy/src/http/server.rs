@@ -12,6 +12,8 @@ use hyper_util::server::conn::auto;
 use istio_compat::model::listener::Codec;
 
 use super::proxy::{self, ConnCtx};
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::io::PrefixedIo;
 use crate::runtime::LocalExec;
 
@@ -21,7 +23,11 @@ const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const H2_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
+/// Serves `io` (a TCP connection, or the stream of an HBONE tunnel at its destination).
+pub async fn serve<I>(mut io: PrefixedIo<I>, cx: Rc<ConnCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(hcm) = cx.hcm() else { return };
     let codec = hcm.codec;
     if codec != Codec::Http1 && !h2_starts_with_settings(&mut io).await {
@@ -88,7 +94,7 @@ pub async fn serve(mut io: PrefixedIo, cx: Rc<ConnCtx>) {
 /// RFC 9113 §3.4: after the client preface, the first frame must be SETTINGS. h2
 /// lets other frames through; Envoy answers GOAWAY(PROTOCOL_ERROR). Returns `false`
 /// (having sent that GOAWAY) when the connection is an HTTP/2 one that breaks the rule.
-async fn h2_starts_with_settings(io: &mut PrefixedIo) -> bool {
+async fn h2_starts_with_settings<I: AsyncRead + AsyncWrite + Unpin>(io: &mut PrefixedIo<I>) -> bool {
     use tokio::io::AsyncWriteExt;
     const PREFACE: &[u8] = protocols::sniff::H2_PREFACE;
     const FRAME_HEADER: usize = 9;

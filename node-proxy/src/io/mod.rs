@@ -21,9 +21,9 @@ use protocols::h1frame::{HeadVerdict, MessageTracker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub struct PrefixedIo {
+pub struct PrefixedIo<I = TcpStream> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: I,
     tracker: Option<(MessageTracker, HeadVerdicts)>,
 }
 
@@ -31,8 +31,8 @@ pub struct PrefixedIo {
 /// `Send`, for upgrades; the lock is never contended.)
 pub type HeadVerdicts = Arc<Mutex<VecDeque<HeadVerdict>>>;
 
-impl PrefixedIo {
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+impl<I: AsyncRead + Unpin> PrefixedIo<I> {
+    pub fn new(prefix: Bytes, inner: I) -> Self {
         PrefixedIo { prefix, inner, tracker: None }
     }
 
@@ -54,7 +54,7 @@ impl PrefixedIo {
         }
     }
 
-    pub fn inner(&self) -> &TcpStream {
+    pub fn inner(&self) -> &I {
         &self.inner
     }
 
@@ -81,17 +81,17 @@ impl PrefixedIo {
         Ok(())
     }
 
-    pub fn inner_mut(&mut self) -> &mut TcpStream {
+    pub fn inner_mut(&mut self) -> &mut I {
         &mut self.inner
     }
 
     /// The sniffed bytes not yet consumed, and the socket.
-    pub fn into_parts(self) -> (Bytes, TcpStream) {
+    pub fn into_parts(self) -> (Bytes, I) {
         (self.prefix, self.inner)
     }
 }
 
-impl AsyncRead for PrefixedIo {
+impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = if !self.prefix.is_empty() {
@@ -109,7 +109,7 @@ impl AsyncRead for PrefixedIo {
     }
 }
 
-impl AsyncWrite for PrefixedIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

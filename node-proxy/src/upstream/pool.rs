@@ -216,11 +216,13 @@ impl Pools {
         Pools { pools: RefCell::default(), dialer: Rc::new(Dialer { mark, mesh }) }
     }
 
-    /// The leg from the downstream peer `source` to `endpoint`.
-    pub fn leg(&self, source: IpAddr, endpoint: SocketAddr) -> Result<Leg, PoolError> {
-        match &self.dialer.mesh {
-            None => Ok(Leg::Plain(endpoint)),
-            Some(mesh) => mesh.leg(source, endpoint).map_err(PoolError::Plan),
+    /// The leg from the downstream peer `source` to `endpoint`. `None`: the request
+    /// arrived through an HBONE tunnel and this proxy is its destination, so the leg to
+    /// the local workload is plain.
+    pub fn leg(&self, source: Option<IpAddr>, endpoint: SocketAddr) -> Result<Leg, PoolError> {
+        match (&self.dialer.mesh, source) {
+            (Some(mesh), Some(source)) => mesh.leg(source, endpoint).map_err(PoolError::Plan),
+            _ => Ok(Leg::Plain(endpoint)),
         }
     }
 
@@ -229,8 +231,9 @@ impl Pools {
         self.dialer.dial(leg, cluster).await
     }
 
-    /// A connection to `addr` for one request of `cluster` from the downstream peer `source`.
-    pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol, source: IpAddr) -> Result<Checkout, PoolError> {
+    /// A connection to `addr` for one request of `cluster` from the downstream peer
+    /// `source` ([`Pools::leg`]).
+    pub async fn checkout(&self, cluster: &Arc<ClusterState>, addr: SocketAddr, protocol: Protocol, source: Option<IpAddr>) -> Result<Checkout, PoolError> {
         let idle_timeout = cluster.config.idle_timeout.unwrap_or(Duration::MAX);
         let leg = self.leg(source, addr)?;
         let key = match &leg {

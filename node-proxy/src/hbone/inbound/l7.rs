@@ -1,0 +1,100 @@
+//! What an HBONE stream carries, served at its destination through the node's inbound
+//! listener (`traffic_direction: INBOUND`, Istio's `virtualInbound`) as Envoy serves a
+//! connection that its mTLS filter chain terminated: the chain is chosen by the
+//! stream's target (`:authority`), its source and what the first bytes look like
+//! (the listener's inspectors), its network RBAC sees the tunnel's verified peer,
+//! and then
+//! - an HTTP chain (`http_connection_manager`) parses the stream: its jwt_authn and
+//!   RBAC filters decide per request with the peer's principal, its routes send the
+//!   requests to the workload (`inbound|<port>||`, ORIGINAL_DST: the stream's target),
+//!   and each request is reported `reporter="destination"`,
+//!   `connection_security_policy="mutual_tls"` with the peer as source;
+//! - a TCP chain relays the bytes to the workload, reported as the L4 relay does;
+//! - no matching chain, or one we cannot run, closes the stream (Envoy closes the
+//!   connection).
+//!
+//! The tunnel's own L4 authorization (the workload API's policies) has already
+//! admitted the stream; these chains add the sidecar-shaped policies on top.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use istio_compat::model::listener::{ChainKind, Listener};
+use istio_compat::model::workload::Workload;
+use tracing::{debug, warn};
+
+use super::{open_upstream, Metered, Origin, Telemetry};
+use crate::hbone::H2Stream;
+use crate::http::proxy::{ConnCtx, TunnelOrigin};
+use crate::listener::{choose_chain, Chosen};
+use crate::runtime::Worker;
+use crate::telemetry::metrics::DestinationLabels;
+
+/// One accepted stream, to be served once it is answered.
+pub(super) struct Stream {
+    pub worker: Rc<Worker>,
+    pub listener: Arc<Listener>,
+    pub workload: Arc<Workload>,
+    pub origin: Origin,
+    pub target: SocketAddr,
+    pub mark: Option<u32>,
+    pub timeout: Duration,
+    pub telemetry: Option<Telemetry>,
+}
+
+impl Stream {
+    pub async fn serve(self, tunnel: H2Stream) {
+        let listener = self.listener.clone();
+        // The source workload as the chains see the connection's remote address.
+        let remote = SocketAddr::new(self.origin.source_ip, self.origin.peer.port());
+        let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, tunnel, remote, self.target).await else { return };
+        let Some(chain) = listener.chain(chain_id) else { return };
+        let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
+        if !chain.rbac.is_empty() {
+            let mut req = istio_compat::authz::rbac::Request::tcp(remote, self.target);
+            req.peer_principal = Some(&self.origin.principal);
+            if let Err(details) = crate::authz::check(&self.worker.shared.metrics, "network", None, &chain.rbac, &req) {
+                debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing HBONE stream: {details}");
+                let tcp = match &chain.kind {
+                    ChainKind::Tcp(t) => Some(t),
+                    _ => None,
+                };
+                crate::tcp::log_denied(&listener, tcp, remote, self.target, server_name, default_log, details);
+                return;
+            }
+        }
+        match &chain.kind {
+            ChainKind::Http(_) => {
+                let cx = Rc::new(ConnCtx {
+                    worker: self.worker.clone(),
+                    listener: listener.clone(),
+                    chain: chain_id,
+                    local: SocketAddr::new(self.target.ip(), crate::hbone::PORT),
+                    remote,
+                    destination: self.target,
+                    original_dst: Some(self.target),
+                    server_name,
+                    peer_principal: Some(self.origin.principal.to_string()),
+                    source: self.origin.source.clone(),
+                    default_access_log: default_log,
+                    head_verdicts: Default::default(),
+                    tunnel: Some(Arc::new(TunnelOrigin { destination: DestinationLabels::for_workload(&self.workload), peer: self.origin.principal.clone() })),
+                });
+                crate::http::server::serve(io, cx).await;
+            }
+            ChainKind::Tcp(_) => {
+                let start = (Instant::now(), SystemTime::now());
+                let Ok(upstream) = open_upstream(&self.workload, self.target, self.mark, self.timeout).await else { return };
+                let upstream = Metered::new(upstream, self.telemetry, &self.workload, &self.origin, self.target, start);
+                let (prefix, tunnel) = io.into_parts();
+                let (from_peer, to_peer) = crate::io::relay(prefix, tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
+                debug!(target = %self.target, from_peer, to_peer, "HBONE stream done");
+            }
+            ChainKind::Refuse { reason } => {
+                warn!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "refusing HBONE stream: {reason}");
+            }
+        }
+    }
+}

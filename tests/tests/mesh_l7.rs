@@ -1,0 +1,227 @@
+//! Inbound L7 at the HBONE destination (issue 5 §3, issue 6 §1–2), as root in the
+//! two-node scene of [`tests::mesh_scene`]: node2's proxy terminates the tunnel and,
+//! because its configuration has an inbound listener (`virtualInbound`,
+//! `traffic_direction: INBOUND`, shaped as istiod builds a sidecar's), parses the HTTP
+//! inside the stream: the listener's HTTP RBAC decides per request with the tunnel's
+//! verified peer identity, the requests are reported `reporter="destination"` with the
+//! source pod's principal, and the inbound route reaches the pod through an
+//! ORIGINAL_DST cluster (the stream's target).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::ads_server::any_from_json;
+use tests::config::{router_filter, socket_address, HCM_TYPE};
+use tests::mesh_scene::*;
+use tests::netns::require_root;
+use tests::wait::assert_eventually;
+use xds_client::pb::envoy::config::cluster::v3::Cluster;
+use xds_client::pb::envoy::config::listener::v3::Listener;
+use xds_client::type_url::{CLUSTER, LISTENER};
+
+const T: Duration = Duration::from_secs(20);
+const RBAC_HTTP: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// istiod's `principals` for `from.source.principals: [<td>/ns/<ns>/sa/<sa>]`.
+fn principal_is(spiffe: &str) -> Value {
+    json!([{ "and_ids": { "ids": [{ "or_ids": { "ids": [
+        { "authenticated": { "principal_name": { "exact": spiffe } } }
+    ] } }] } }])
+}
+
+fn path_prefix(prefix: &str) -> Value {
+    json!([{ "and_rules": { "rules": [{ "or_rules": { "rules": [{ "url_path": { "path": { "prefix": prefix } } }] } }] } }])
+}
+
+fn http_rbac(config: Value) -> Value {
+    let mut typed = json!({ "@type": RBAC_HTTP });
+    if let (Some(t), Some(c)) = (typed.as_object_mut(), config.as_object()) {
+        t.extend(c.clone());
+    }
+    json!({ "name": "envoy.filters.http.rbac", "typed_config": typed })
+}
+
+/// node2's `virtualInbound`: port 8080 is HTTP (a raw_buffer chain, as istiod emits for
+/// PERMISSIVE) with a DENY of `/admin` for anyone and an ALLOW of `/api` for
+/// `allowed` only, routing to `inbound|8080||` (adding `x-inbound: node2`); any other
+/// port is passed through by TCP.
+fn virtual_inbound(allowed: &str) -> Value {
+    let route = json!({
+        "name": "inbound|8080||",
+        "virtual_hosts": [{
+            "name": "inbound|http|8080",
+            "domains": ["*"],
+            "routes": [{
+                "match": { "prefix": "/" },
+                "route": { "cluster": "inbound|8080||" },
+                "request_headers_to_add": [{ "header": { "key": "x-inbound", "value": "node2" } }],
+            }],
+        }],
+    });
+    let filters = vec![
+        http_rbac(json!({ "rules": { "action": "DENY", "policies": {
+            "ns[mesh]-policy[deny-admin]-rule[0]": { "permissions": path_prefix("/admin"), "principals": [{ "any": true }] },
+        } } })),
+        http_rbac(json!({ "rules": { "policies": {
+            "ns[mesh]-policy[allow-api]-rule[0]": { "permissions": path_prefix("/api"), "principals": principal_is(allowed) },
+        } } })),
+        router_filter(),
+    ];
+    let hcm = json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "inbound_0.0.0.0_8080",
+        "codec_type": "AUTO",
+        "route_config": route,
+        "http_filters": filters,
+    });
+    json!({
+        "name": "virtualInbound",
+        "address": socket_address(sa("0.0.0.0:15006")),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [
+            { "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } },
+            { "name": "envoy.filters.listener.http_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" } },
+        ],
+        "filter_chains": [
+            {
+                "name": "0.0.0.0_8080",
+                "filter_chain_match": { "destination_port": 8080, "transport_protocol": "raw_buffer" },
+                "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
+            },
+            {
+                "name": "virtualInbound-catchall-raw",
+                "filter_chain_match": { "transport_protocol": "raw_buffer" },
+                "filters": [{ "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "InboundPassthroughCluster",
+                    "cluster": "InboundPassthroughCluster",
+                } }],
+            },
+        ],
+    })
+}
+
+fn original_dst_cluster(name: &str) -> Value {
+    json!({ "name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "2s" })
+}
+
+#[test]
+fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
+    if !require_root("the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry") {
+        return;
+    }
+    let s = Scene::new("mesh-l7", "24h");
+    let client = format!("spiffe://{TD}/ns/{NS}/sa/client");
+    s.ads2.set(CLUSTER, "inbound|8080||", any_from_json::<Cluster>(original_dst_cluster("inbound|8080||")));
+    s.ads2.set(CLUSTER, "InboundPassthroughCluster", any_from_json::<Cluster>(original_dst_cluster("InboundPassthroughCluster")));
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&client)));
+    assert_eventually("node2 has the inbound listener", T, || {
+        let dump = s.proxy2.admin_get("/config_dump").body;
+        if dump.contains("virtualInbound") && dump.contains("inbound|8080||") {
+            Ok(())
+        } else {
+            Err(dump)
+        }
+    });
+    let logs = || format!("proxy1:\n{}\nproxy2:\n{}", s.proxy1.stderr(), s.proxy2.stderr());
+
+    // Allowed: pod10 dials pod20 (node1's passthrough → HBONE → node2's inbound HTTP chain).
+    let d = s.client().dial(sa(SERVER), "/api/l4");
+    assert_eq!(d.status(), 200, "{}\n{}", d.response, logs());
+    let seen = s.server().requests_to("/api/l4");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-inbound"), Some("node2"), "node2's inbound route served it");
+    // And through node1's L7 route (HTTP/1 pooled over the tunnel).
+    let d = s.client().dial(sa(VIP), "/api/l7");
+    assert_eq!(d.status(), 200, "{}\n{}", d.response, logs());
+    let seen = s.server().requests_to("/api/l7");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-node-proxy"), Some("node1"));
+    assert_eq!(seen[0].header("x-inbound"), Some("node2"));
+
+    // Denied at the destination: its DENY, and what its ALLOW does not cover.
+    for path in ["/admin/l4", "/other/l4"] {
+        let d = s.client().dial(sa(SERVER), path);
+        assert_eq!(d.status(), 403, "{path}: {}\n{}", d.response, logs());
+        assert!(d.response.ends_with("RBAC: access denied"), "{path}: {}", d.response);
+        assert!(s.server().requests_to(path).is_empty(), "{path} never reaches the pod");
+    }
+
+    // Reported by the destination, per request, with the verified source identity.
+    assert_eventually("node2's request metrics", T, || {
+        let labels = |code: &'static str| {
+            [
+                ("reporter", "destination"),
+                ("source_principal", client.as_str()),
+                ("source_workload", "client"),
+                ("destination_workload", "server"),
+                ("connection_security_policy", "mutual_tls"),
+                ("response_code", code),
+            ]
+        };
+        let ok = s.proxy2.metric("istio_requests_total", &labels("200"));
+        let denied = s.proxy2.metric("istio_requests_total", &labels("403"));
+        if ok >= 2.0 && denied >= 2.0 {
+            Ok(())
+        } else {
+            Err(format!("200: {ok}, 403: {denied}"))
+        }
+    });
+    let line = assert_eventually("node2's access log line of the denied request", T, || {
+        Scene::access_log(&s.proxy2).into_iter().find(|l| l["path"] == "/admin/l4").ok_or_else(|| s.proxy2.access_log_lines().join("\n"))
+    });
+    assert_eq!(line["response_code"], 403, "{line}");
+    assert_eq!(line["response_code_details"], "rbac_access_denied_matched_policy[ns[mesh]-policy[deny-admin]-rule[0]]", "{line}");
+    assert_eq!(line["downstream_peer_uri_san"], client.as_str(), "{line}");
+    let rbac_denied = s.proxy2.metric("envoy_rbac_denied_total", &[("stat_prefix", "inbound_0.0.0.0_8080")]);
+    assert!(rbac_denied >= 2.0, "node2's RBAC counted its denials: {rbac_denied}");
+
+    // The ALLOW names another identity: the client's requests are now refused, so the
+    // decision is on the tunnel's verified peer.
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"))));
+    assert_eventually("the pushed policy applies to the next request", T, || {
+        let d = s.client().dial(sa(SERVER), "/api/after-push");
+        if d.status() == 403 {
+            Ok(())
+        } else {
+            Err(d.response)
+        }
+    });
+}
+
+#[test]
+fn a_port_without_an_http_chain_is_relayed_as_bytes() {
+    if !require_root("a_port_without_an_http_chain_is_relayed_as_bytes") {
+        return;
+    }
+    let s = Scene::new("mesh-l7-tcp", "24h");
+    s.ads2.set(CLUSTER, "inbound|8080||", any_from_json::<Cluster>(original_dst_cluster("inbound|8080||")));
+    s.ads2.set(CLUSTER, "InboundPassthroughCluster", any_from_json::<Cluster>(original_dst_cluster("InboundPassthroughCluster")));
+    // The HTTP chain is for port 8081: 8080's streams take the TCP catch-all.
+    let mut inbound = virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"));
+    inbound["filter_chains"][0]["filter_chain_match"]["destination_port"] = json!(8081);
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(inbound));
+    assert_eventually("node2 has the inbound listener", T, || {
+        let dump = s.proxy2.admin_get("/config_dump").body;
+        if dump.contains("virtualInbound") && dump.contains("8081") {
+            Ok(())
+        } else {
+            Err(dump)
+        }
+    });
+    let d = s.client().dial(sa(SERVER), "/admin/tcp");
+    assert_eq!(d.status(), 200, "not parsed, so no HTTP policy applies: {}\nproxy2:\n{}", d.response, s.proxy2.stderr());
+    let seen = s.server().requests_to("/admin/tcp");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-inbound"), None, "no inbound route touched the bytes");
+    let client = format!("spiffe://{TD}/ns/{NS}/sa/client");
+    assert_eventually("node2's TCP metrics for the relayed stream", T, || {
+        let labels = [("reporter", "destination"), ("source_principal", client.as_str()), ("connection_security_policy", "mutual_tls")];
+        let closed = s.proxy2.metric("istio_tcp_connections_closed_total", &labels);
+        if closed >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("closed {closed}"))
+        }
+    });
+}
