@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::ads_server::any_from_json;
+use tests::clients::Curl;
 use tests::config::{router_filter, socket_address, HCM_TYPE};
 use tests::mesh_scene::*;
 use tests::netns::require_root;
@@ -139,6 +140,14 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
     assert_eq!(seen[0].header("x-node-proxy"), Some("node1"));
     assert_eq!(seen[0].header("x-inbound"), Some("node2"));
 
+    // HTTP/2 (prior knowledge, as gRPC speaks it) inside the tunnel, on the same chain.
+    let r = s.client().curl(Curl::new(&format!("http://{SERVER}/api/h2")).http2());
+    assert_eq!((r.status, r.http_version.as_str()), (200, "2"), "{}\n{}", r.stderr, logs());
+    let r = s.client().curl(Curl::new(&format!("http://{SERVER}/admin/h2")).http2());
+    assert_eq!((r.status, r.http_version.as_str()), (403, "2"), "{}\n{}", r.stderr, logs());
+    assert_eq!(s.server().requests_to("/api/h2").len(), 1);
+    assert!(s.server().requests_to("/admin/h2").is_empty());
+
     // Denied at the destination: its DENY, and what its ALLOW does not cover.
     for path in ["/admin/l4", "/other/l4"] {
         let d = s.client().dial(sa(SERVER), path);
@@ -161,7 +170,7 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
         };
         let ok = s.proxy2.metric("istio_requests_total", &labels("200"));
         let denied = s.proxy2.metric("istio_requests_total", &labels("403"));
-        if ok >= 2.0 && denied >= 2.0 {
+        if ok >= 3.0 && denied >= 3.0 {
             Ok(())
         } else {
             Err(format!("200: {ok}, 403: {denied}"))
