@@ -213,8 +213,12 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
             listener = target.clone();
         }
     }
-    let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, stream, remote, destination).await else { return };
+    let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, stream, remote, destination, false).await else { return };
     let Some(chain) = listener.chain(chain_id) else { return };
+    if chain.downstream_tls {
+        tracing::warn!(listener = %listener.name, chain = %chain.name, %remote, "refusing connection: its chain terminates TLS (transport_socket), which node-proxy does not do on listeners");
+        return;
+    }
     let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty());
     let peer_principal = if hcm_rbac || !chain.rbac.is_empty() { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
     if !chain.rbac.is_empty() {
@@ -271,7 +275,20 @@ pub(crate) struct Chosen<I> {
 /// Sniffs `stream` when the listener's inspectors ask for it on the destination's port
 /// (TLS ClientHello, HTTP/1, h2 preface) and picks its filter chain. `None`: the
 /// connection is to be closed (no chain matches, or sniffing failed).
-pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(listener: &Listener, mut stream: I, remote: SocketAddr, destination: SocketAddr) -> Option<Chosen<I>> {
+///
+/// `tunnelled`: the stream came out of an HBONE tunnel, whose mTLS stands for Istio's
+/// (the tunnel verified the peer's SPIFFE identity): the chains are matched as for a
+/// connection from another Istio proxy — transport `tls` with Istio's ALPN
+/// (`istio-http/1.1` / `istio-h2` for HTTP, `istio-peer-exchange` otherwise, and
+/// `istio`), as a STRICT workload's inbound listener has only those — and, when none
+/// matches, as the plaintext stream it is.
+pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(
+    listener: &Listener,
+    mut stream: I,
+    remote: SocketAddr,
+    destination: SocketAddr,
+    tunnelled: bool,
+) -> Option<Chosen<I>> {
     let (tls_on, http_on) = listener.inspection.for_port(destination.port());
     let (prefix, detected) = if tls_on || http_on {
         match sniff_stream(&mut stream, listener.sniff_timeout).await {
@@ -295,7 +312,16 @@ pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(listener: &Listener, mut 
         _ => (Vec::new(), None),
     };
     let info = ConnectionInfo { destination, source: remote, transport_protocol: transport, application_protocols: &alpn, server_name: server_name.as_deref() };
-    let Some(chain) = listener.select_chain_id(&info).filter(|id| listener.chain(*id).is_some()) else {
+    let as_istio_mtls = || {
+        let alpn: &[&str] = match &detected {
+            Some(Detected::Http1(_)) => &["istio-http/1.1", "istio"],
+            Some(Detected::Http2) => &["istio-h2", "istio"],
+            _ => &["istio-peer-exchange", "istio"],
+        };
+        listener.select_chain_id(&ConnectionInfo { transport_protocol: "tls", application_protocols: alpn, ..info })
+    };
+    let chosen = if tunnelled { as_istio_mtls().or_else(|| listener.select_chain_id(&info)) } else { listener.select_chain_id(&info) };
+    let Some(chain) = chosen.filter(|id| listener.chain(*id).is_some()) else {
         tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
         return None;
     };

@@ -42,11 +42,12 @@ fn http_rbac(config: Value) -> Value {
     json!({ "name": "envoy.filters.http.rbac", "typed_config": typed })
 }
 
-/// node2's `virtualInbound`: port 8080 is HTTP (a raw_buffer chain, as istiod emits for
-/// PERMISSIVE) with a DENY of `/admin` for anyone and an ALLOW of `/api` for
-/// `allowed` only, routing to `inbound|8080||` (adding `x-inbound: node2`); any other
-/// port is passed through by TCP.
-fn virtual_inbound(allowed: &str) -> Value {
+/// node2's `virtualInbound`: port 8080 is HTTP with a DENY of `/admin` for anyone and
+/// an ALLOW of `/api` for `allowed` only, routing to `inbound|8080||` (adding
+/// `x-inbound: node2`); any other port is passed through by TCP. Port 8080's chain is
+/// plaintext (`raw_buffer`), or with `strict` Istio's mTLS chain (transport `tls`,
+/// Istio's ALPN, a DownstreamTlsContext), the only one istiod emits for a STRICT port.
+fn virtual_inbound(allowed: &str, strict: bool) -> Value {
     let route = json!({
         "name": "inbound|8080||",
         "virtual_hosts": [{
@@ -75,6 +76,22 @@ fn virtual_inbound(allowed: &str) -> Value {
         "route_config": route,
         "http_filters": filters,
     });
+    let mut http_chain = json!({
+        "name": "0.0.0.0_8080",
+        "filter_chain_match": { "destination_port": 8080, "transport_protocol": "raw_buffer" },
+        "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
+    });
+    if strict {
+        http_chain["filter_chain_match"] = json!({
+            "destination_port": 8080,
+            "transport_protocol": "tls",
+            "application_protocols": ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"],
+        });
+        http_chain["transport_socket"] = json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+        } });
+    }
     json!({
         "name": "virtualInbound",
         "address": socket_address(sa("0.0.0.0:15006")),
@@ -84,11 +101,7 @@ fn virtual_inbound(allowed: &str) -> Value {
             { "name": "envoy.filters.listener.http_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" } },
         ],
         "filter_chains": [
-            {
-                "name": "0.0.0.0_8080",
-                "filter_chain_match": { "destination_port": 8080, "transport_protocol": "raw_buffer" },
-                "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
-            },
+            http_chain,
             {
                 "name": "virtualInbound-catchall-raw",
                 "filter_chain_match": { "transport_protocol": "raw_buffer" },
@@ -115,7 +128,7 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
     let client = format!("spiffe://{TD}/ns/{NS}/sa/client");
     s.ads2.set(CLUSTER, "inbound|8080||", any_from_json::<Cluster>(original_dst_cluster("inbound|8080||")));
     s.ads2.set(CLUSTER, "InboundPassthroughCluster", any_from_json::<Cluster>(original_dst_cluster("InboundPassthroughCluster")));
-    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&client)));
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&client, false)));
     assert_eventually("node2 has the inbound listener", T, || {
         let dump = s.proxy2.admin_get("/config_dump").body;
         if dump.contains("virtualInbound") && dump.contains("inbound|8080||") {
@@ -187,7 +200,7 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
 
     // The ALLOW names another identity: the client's requests are now refused, so the
     // decision is on the tunnel's verified peer.
-    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"))));
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"), false)));
     assert_eventually("the pushed policy applies to the next request", T, || {
         let d = s.client().dial(sa(SERVER), "/api/after-push");
         if d.status() == 403 {
@@ -196,6 +209,20 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
             Err(d.response)
         }
     });
+
+    // STRICT: port 8080 has only Istio's mTLS chain, which the tunnel's mTLS stands for.
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(virtual_inbound(&client, true)));
+    assert_eventually("the STRICT-shaped listener serves the tunnel's requests", T, || {
+        let d = s.client().dial(sa(SERVER), "/api/strict");
+        if d.status() == 200 {
+            Ok(())
+        } else {
+            Err(d.response)
+        }
+    });
+    assert_eq!(s.server().requests_to("/api/strict")[0].header("x-inbound"), Some("node2"));
+    let d = s.client().dial(sa(SERVER), "/admin/strict");
+    assert_eq!(d.status(), 403, "{}", d.response);
 }
 
 #[test]
@@ -207,7 +234,7 @@ fn a_port_without_an_http_chain_is_relayed_as_bytes() {
     s.ads2.set(CLUSTER, "inbound|8080||", any_from_json::<Cluster>(original_dst_cluster("inbound|8080||")));
     s.ads2.set(CLUSTER, "InboundPassthroughCluster", any_from_json::<Cluster>(original_dst_cluster("InboundPassthroughCluster")));
     // The HTTP chain is for port 8081: 8080's streams take the TCP catch-all.
-    let mut inbound = virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"));
+    let mut inbound = virtual_inbound(&format!("spiffe://{TD}/ns/{NS}/sa/nobody"), false);
     inbound["filter_chains"][0]["filter_chain_match"]["destination_port"] = json!(8081);
     s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(inbound));
     assert_eventually("node2 has the inbound listener", T, || {

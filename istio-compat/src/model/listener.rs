@@ -59,6 +59,12 @@ pub struct FilterChain {
     /// each decides on the connection when it is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<crate::authz::rbac::Rbac>,
+    /// The chain terminates TLS (`transport_socket`, Istio's mTLS on its inbound
+    /// chains). node-proxy terminates no downstream TLS on listeners, so such a chain
+    /// refuses the connections it is chosen for; a stream of an HBONE tunnel (whose
+    /// mTLS the tunnel terminated) is served by its filters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub downstream_tls: bool,
     pub kind: ChainKind,
 }
 
@@ -421,7 +427,7 @@ mod tests {
     use super::*;
 
     fn chain(name: &str, matcher: FilterChainMatch) -> FilterChain {
-        FilterChain { name: name.into(), matcher, rbac: Vec::new(), kind: ChainKind::Refuse { reason: String::new() } }
+        FilterChain { name: name.into(), matcher, rbac: Vec::new(), downstream_tls: false, kind: ChainKind::Refuse { reason: String::new() } }
     }
 
     fn listener(chains: Vec<FilterChain>) -> Listener {

@@ -154,10 +154,10 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
         Some(m) => chain_match(m, &format!("{path}.filter_chain_match"))?,
         None => FilterChainMatch::default(),
     };
-    if chain.transport_socket.is_some() {
-        let reason = "downstream TLS (transport_socket) is not supported yet".to_owned();
+    let downstream_tls = chain.transport_socket.is_some();
+    if downstream_tls {
+        // Refused for connections to the listener; its filters serve HBONE streams.
         cx.report(&format!("{path}.transport_socket"), "envoy.config.core.v3.TransportSocket", Effect::ChainRefused);
-        return Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac: Vec::new(), kind: ChainKind::Refuse { reason } });
     }
     let mut kind = None;
     let mut rbac = Vec::new();
@@ -192,7 +192,7 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
         }
     }
     let kind = kind.ok_or_else(|| Invalid::new(path, "the chain has no http_connection_manager or tcp_proxy filter"))?;
-    Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac, kind })
+    Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac, downstream_tls, kind })
 }
 
 fn chain_match(m: &listener::FilterChainMatch, path: &str) -> Result<FilterChainMatch, Invalid> {

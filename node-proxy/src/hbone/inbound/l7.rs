@@ -49,7 +49,7 @@ impl Stream {
         let listener = self.listener.clone();
         // The source workload as the chains see the connection's remote address.
         let remote = SocketAddr::new(self.origin.source_ip, self.origin.peer.port());
-        let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, tunnel, remote, self.target).await else { return };
+        let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, tunnel, remote, self.target, true).await else { return };
         let Some(chain) = listener.chain(chain_id) else { return };
         let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
         if !chain.rbac.is_empty() {
