@@ -83,11 +83,21 @@ fn sidecar_dump_reports_what_it_skips() {
     let chains = t.model.listeners.values().flat_map(|l| l.filter_chains.iter().chain(&l.default_filter_chain));
     let network: usize = chains.map(|c| c.rbac.len()).sum();
     assert!(network > 0, "the inbound TCP chains' network RBAC filters are on their chains");
-    // What still refuses a chain: downstream TLS, and the CUSTOM action's ext_authz
-    // (the HTTP chains that carry RBAC here also carry ext_authz).
+    // What still refuses a chain: downstream TLS. The CUSTOM action's ext_authz filters
+    // (on the HTTP chains that carry RBAC here) are translated onto their connection
+    // managers at their place in the chain: in this dump the ALLOW RBAC filter comes
+    // first, then CUSTOM's shadow RBAC, then ext_authz, and they run in that order.
     let refused: Vec<_> = t.unsupported.iter().filter(|u| u.effect == Effect::ChainRefused).collect();
-    assert!(refused.iter().all(|u| u.type_url.ends_with("TransportSocket") || u.type_url.ends_with("ext_authz.v3.ExtAuthz")), "{refused:#?}");
-    assert!(refused.iter().any(|u| u.type_url.ends_with("ext_authz.v3.ExtAuthz")));
+    assert!(refused.iter().all(|u| u.type_url.ends_with("TransportSocket")), "{refused:#?}");
+    let chains = t.model.listeners.values().flat_map(|l| l.filter_chains.iter().chain(&l.default_filter_chain));
+    let custom: Vec<_> = chains
+        .filter_map(|c| match &c.kind {
+            istio_compat::model::listener::ChainKind::Http(h) => h.ext_authz.as_ref(),
+            _ => None,
+        })
+        .collect();
+    assert!(!custom.is_empty(), "the ext_authz filters are on their connection managers");
+    assert!(custom.iter().all(|e| e.rbac_before == 2 && e.service.cluster() == "outbound|9191||sample-ext-authz-grpc"), "{custom:#?}");
     // The virtual outbound listener is there, handing connections on by original destination.
     let outbound = t.model.listeners.values().find(|l| l.address.port() == 15001).expect("virtualOutbound");
     assert!(outbound.use_original_dst);

@@ -14,6 +14,7 @@ pub mod authz;
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod ext_authz;
 pub mod hbone;
 pub mod http;
 pub mod identity;

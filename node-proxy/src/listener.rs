@@ -219,13 +219,26 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
         tracing::warn!(listener = %listener.name, chain = %chain.name, %remote, "refusing connection: its chain terminates TLS (transport_socket), which node-proxy does not do on listeners");
         return;
     }
-    let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty());
-    let peer_principal = if hcm_rbac || !chain.rbac.is_empty() { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
-    if !chain.rbac.is_empty() {
+    let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty() || h.ext_authz.is_some());
+    let network_authz = !chain.rbac.is_empty() || chain.ext_authz.is_some();
+    let peer_principal = if hcm_rbac || network_authz { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
+    if network_authz {
         let mut req = istio_compat::authz::rbac::Request::tcp(remote, destination);
         req.requested_server_name = server_name.as_deref().unwrap_or("");
         req.peer_principal = peer_principal.as_deref();
-        if let Err(details) = crate::authz::check(&worker.shared.metrics, "network", None, &chain.rbac, &req) {
+        // CUSTOM (network ext_authz) runs where istiod put it among the RBAC filters:
+        // after its shadow RBAC, before DENY and ALLOW; one check per connection.
+        let (before, after) = chain.rbac.split_at(chain.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(chain.rbac.len())));
+        let mut verdict = crate::authz::check(&worker.shared.metrics, "network", None, before, &req);
+        if let (Ok(()), Some(cfg)) = (&verdict, &chain.ext_authz) {
+            use istio_compat::authz::ext_authz::{shadow_metadata, CheckInput, NETWORK_RBAC_NAMESPACE};
+            let metadata = shadow_metadata(NETWORK_RBAC_NAMESPACE, before, &req);
+            let input = CheckInput { source: remote, destination, source_principal: peer_principal.as_deref(), destination_principal: None, http: None };
+            if !crate::ext_authz::check_connection(&worker, cfg, &metadata, &input).await {
+                verdict = Err(crate::ext_authz::DENIED_DETAILS.to_owned());
+            }
+        }
+        if let Err(details) = verdict.and_then(|()| crate::authz::check(&worker.shared.metrics, "network", None, after, &req)) {
             tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %destination, "closing connection: {details}");
             let tcp = match &chain.kind {
                 ChainKind::Tcp(t) => Some(t),

@@ -7,5 +7,6 @@
 //! waypoints (model, translation, evaluation). Does not own enforcement (the proxy closes the
 //! connection or answers 401/403) or where the policies come from.
 
+pub mod ext_authz;
 pub mod l4;
 pub mod rbac;

@@ -39,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::translate::metadata_matcher;
 pub use self::translate::{rbac_from_http, rbac_from_network, EXT_AUTHZ_TYPE_URLS, HTTP_RBAC_TYPE_URL, NETWORK_RBAC_TYPE_URL};
 pub use self::uri_template::UriTemplate;
 use crate::model::common::{Name, StringMatcher};

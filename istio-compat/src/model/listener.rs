@@ -59,6 +59,10 @@ pub struct FilterChain {
     /// each decides on the connection when it is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<crate::authz::rbac::Rbac>,
+    /// `envoy.filters.network.ext_authz` (CUSTOM on TCP): one check per connection,
+    /// after the network RBAC filters (istiod puts its shadow RBAC first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<crate::authz::ext_authz::ExtAuthz>,
     /// The chain terminates TLS (`transport_socket`, Istio's mTLS on its inbound
     /// chains). node-proxy terminates no downstream TLS on listeners, so such a chain
     /// refuses the connections it is chosen for; a stream of an HBONE tunnel (whose
@@ -337,6 +341,10 @@ pub struct HttpConnectionManager {
     /// before it is routed; the first denial stops it (403).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<crate::authz::rbac::Rbac>,
+    /// `envoy.filters.http.ext_authz` (AuthorizationPolicy CUSTOM): runs between the
+    /// RBAC filters at its position (`rbac_before`), keyed on their shadow metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<crate::authz::ext_authz::ExtAuthz>,
     /// `envoy.filters.http.jwt_authn` (RequestAuthentication): runs before the RBAC
     /// filters and gives them the verified token's claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -427,7 +435,7 @@ mod tests {
     use super::*;
 
     fn chain(name: &str, matcher: FilterChainMatch) -> FilterChain {
-        FilterChain { name: name.into(), matcher, rbac: Vec::new(), downstream_tls: false, kind: ChainKind::Refuse { reason: String::new() } }
+        FilterChain { name: name.into(), matcher, rbac: Vec::new(), ext_authz: None, downstream_tls: false, kind: ChainKind::Refuse { reason: String::new() } }
     }
 
     fn listener(chains: Vec<FilterChain>) -> Listener {

@@ -30,6 +30,8 @@ const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.H
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const HTTP_RBAC: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const NETWORK_RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
+const HTTP_EXT_AUTHZ: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const NETWORK_EXT_AUTHZ: &str = "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
 
 /// Filters that only feed Istio's telemetry or peer metadata plumbing: skipping them
 /// changes no routing or policy decision (reported as ignored).
@@ -161,6 +163,7 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
     }
     let mut kind = None;
     let mut rbac = Vec::new();
+    let mut ext_authz = None;
     for (i, f) in chain.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
         let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -182,6 +185,12 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
                 let config = decode::<network_rbac::Rbac>(any, &fpath)?;
                 rbac.push(rbac::rbac_from_network(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
             }
+            NETWORK_EXT_AUTHZ if ext_authz.is_none() => {
+                let config = decode::<xds_client::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz>(any, &fpath)?;
+                let mut parsed = crate::authz::ext_authz::ext_authz_from_network(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?;
+                parsed.rbac_before = rbac.len();
+                ext_authz = Some(parsed);
+            }
             t if is_plumbing(&f.name, t) => cx.report(&format!("{fpath} ({})", f.name), t, Effect::Ignored),
             t => {
                 // RBAC and anything unknown: refuse the chain rather than serve it without the filter.
@@ -192,7 +201,7 @@ fn filter_chain(chain: &listener::FilterChain, path: &str, cx: &mut Context) -> 
         }
     }
     let kind = kind.ok_or_else(|| Invalid::new(path, "the chain has no http_connection_manager or tcp_proxy filter"))?;
-    Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac, downstream_tls, kind })
+    Ok(FilterChain { name: chain.name.as_str().into(), matcher, rbac, ext_authz, downstream_tls, kind })
 }
 
 fn chain_match(m: &listener::FilterChainMatch, path: &str) -> Result<FilterChainMatch, Invalid> {
@@ -248,6 +257,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
     let mut fault = None;
     let mut has_fault_filter = false;
     let mut rbac = Vec::new();
+    let mut ext_authz = None;
     let mut jwt = None;
     let mut has_router = false;
     let mut refuse = None;
@@ -292,6 +302,13 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
                     rbac.push(rbac::rbac_from_http(&config).map_err(|e| within(e, &format!("{fpath}.typed_config")))?);
                 }
             }
+            (_, HTTP_EXT_AUTHZ) if !f.disabled && ext_authz.is_none() => {
+                if let Some(any) = any {
+                    let config: xds_client::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz = decode(any, &fpath)?;
+                    let parsed = crate::authz::ext_authz::ext_authz_from_http(&config, rbac.len()).map_err(|e| within(e, &format!("{fpath}.typed_config")))?;
+                    ext_authz = Some(parsed);
+                }
+            }
             (_, crate::authn::JWT_AUTHN_TYPE) if !f.disabled => {
                 if let Some(any) = any {
                     let config: xds_client::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication = decode(any, &fpath)?;
@@ -323,6 +340,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
         fault,
         has_fault_filter,
         rbac,
+        ext_authz,
         jwt,
         stream_idle_timeout: timeout(&h.stream_idle_timeout, Some(Duration::from_secs(300))),
         request_headers_timeout: timeout(&h.request_headers_timeout, None),

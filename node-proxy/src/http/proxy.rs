@@ -162,21 +162,44 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
         }
     };
     let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
-    if !hcm.rbac.is_empty() {
-        // Envoy's remote address: the peer, or (use_remote_address false) the last
-        // x-forwarded-for hop it was given.
-        let remote = if hcm.use_remote_address { None } else { last_forwarded_for(&parts.headers) }.map_or(cx.remote, |ip| SocketAddr::new(ip, 0));
-        let req = RbacRequest {
+    // CUSTOM (ext_authz) runs where istiod put it among the RBAC filters: after its
+    // shadow RBAC (whose metadata enables it), before DENY and ALLOW, which see the
+    // headers it set.
+    let (rbac_before, rbac_after) = hcm.rbac.split_at(hcm.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(hcm.rbac.len())));
+    let mut ext_authz_response_headers = Vec::new();
+    if let Some(cfg) = &hcm.ext_authz {
+        let req = rbac_request(&cx, hcm, head, jwt_metadata.as_ref());
+        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), rbac_before, &req) {
+            return flow.deny(details);
+        }
+        let metadata = istio_compat::authz::ext_authz::shadow_metadata(istio_compat::authz::ext_authz::HTTP_RBAC_NAMESPACE, rbac_before, &req);
+        let input = istio_compat::authz::ext_authz::CheckInput {
             source: cx.remote,
-            direct_remote: cx.remote,
-            remote,
             destination: cx.destination,
-            requested_server_name: cx.server_name.as_deref().unwrap_or(""),
-            peer_principal: cx.peer_principal.as_deref(),
-            http: Some(head),
-            metadata: jwt_metadata.as_ref(),
+            source_principal: cx.peer_principal.as_deref(),
+            destination_principal: None,
+            http: Some(istio_compat::authz::ext_authz::HttpAttributes {
+                id: flow.rec.request_id.as_deref().unwrap_or(""),
+                method: &parts.method,
+                authority: &authority,
+                path: &path,
+                scheme: "http",
+                protocol: flow.rec.protocol,
+                headers: &parts.headers,
+                body: None,
+            }),
         };
-        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), &hcm.rbac, &req) {
+        let verdict = crate::ext_authz::check_http(&cx.worker, &snapshot, &hcm.stat_prefix, cfg, &metadata, &input, flow.grpc).await;
+        if let crate::ext_authz::HttpVerdict::Reply { response, details } = verdict {
+            flow.rec.response_code_details = details.into();
+            return flow.finish_local(*response);
+        }
+        ext_authz_response_headers = verdict.apply(cfg, &mut parts.headers);
+    }
+    let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
+    if !rbac_after.is_empty() {
+        let req = rbac_request(&cx, hcm, head, jwt_metadata.as_ref());
+        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), rbac_after, &req) {
             return flow.deny(details);
         }
     }
@@ -207,7 +230,32 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
             flow.rec.response_code_details = "direct_response".into();
             flow.finish_local(resp)
         }
-        Action::Forward(fwd) => forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await,
+        Action::Forward(fwd) => {
+            let mut resp = forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await;
+            crate::ext_authz::add_response_headers(&ext_authz_response_headers, resp.headers_mut());
+            resp
+        }
+    }
+}
+
+/// The request as the RBAC filters see it. Envoy's remote address: the peer, or
+/// (use_remote_address false) the last x-forwarded-for hop it was given.
+fn rbac_request<'a>(
+    cx: &'a ConnCtx,
+    hcm: &HttpConnectionManager,
+    head: RequestHead<'a>,
+    metadata: Option<&'a istio_compat::authz::rbac::Metadata>,
+) -> RbacRequest<'a> {
+    let remote = if hcm.use_remote_address { None } else { last_forwarded_for(head.headers) }.map_or(cx.remote, |ip| SocketAddr::new(ip, 0));
+    RbacRequest {
+        source: cx.remote,
+        direct_remote: cx.remote,
+        remote,
+        destination: cx.destination,
+        requested_server_name: cx.server_name.as_deref().unwrap_or(""),
+        peer_principal: cx.peer_principal.as_deref(),
+        http: Some(head),
+        metadata,
     }
 }
 

@@ -287,6 +287,40 @@ pub struct Metrics {
     pub downstream_rq_total: Counter,
     pub xds: XdsMetrics,
     pub rbac: RbacMetrics,
+    pub ext_authz: ExtAuthzMetrics,
+}
+
+/// The ext_authz filters' results (AuthorizationPolicy CUSTOM): Envoy's `ext_authz.ok`,
+/// `.denied`, `.error`, `.disabled` and `.failure_mode_allowed`, labelled as the RBAC
+/// ones (`filter` `http`/`network`, the owner's stat prefix).
+pub struct ExtAuthzMetrics {
+    pub ok: Family<RbacLabels, Counter>,
+    pub denied: Family<RbacLabels, Counter>,
+    pub error: Family<RbacLabels, Counter>,
+    pub disabled: Family<RbacLabels, Counter>,
+    pub failure_mode_allowed: Family<RbacLabels, Counter>,
+}
+
+impl ExtAuthzMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ExtAuthzMetrics {
+            ok: Family::default(),
+            denied: Family::default(),
+            error: Family::default(),
+            disabled: Family::default(),
+            failure_mode_allowed: Family::default(),
+        };
+        registry.register("envoy_ext_authz_ok", "Requests or connections the authorization provider allowed", m.ok.clone());
+        registry.register("envoy_ext_authz_denied", "Requests or connections the authorization provider denied", m.denied.clone());
+        registry.register("envoy_ext_authz_error", "Authorization calls that failed (unreachable, timeout, 5xx, gRPC error)", m.error.clone());
+        registry.register("envoy_ext_authz_disabled", "Requests or connections no CUSTOM policy selected (the provider was not called)", m.disabled.clone());
+        registry.register(
+            "envoy_ext_authz_failure_mode_allowed",
+            "Failed authorization calls let through by failure_mode_allow",
+            m.failure_mode_allowed.clone(),
+        );
+        m
+    }
 }
 
 /// The RBAC filters' decisions: Envoy's `rbac.allowed`, `rbac.denied`,
@@ -418,6 +452,7 @@ impl Metrics {
         registry.register("envoy_http_downstream_rq", "Downstream requests", downstream_rq_total.clone());
         let xds = XdsMetrics::register(&mut registry);
         let rbac = RbacMetrics::register(&mut registry);
+        let ext_authz = ExtAuthzMetrics::register(&mut registry);
         Metrics {
             registry,
             requests_total,
@@ -433,6 +468,7 @@ impl Metrics {
             downstream_rq_total,
             xds,
             rbac,
+            ext_authz,
         }
     }
 

@@ -225,7 +225,7 @@ fn sourced_metadata(s: &pb::SourcedMetadata, path: &str) -> Result<MetadataMatch
     metadata_matcher(m, &format!("{path}.metadata_matcher"))
 }
 
-fn metadata_matcher(m: &matcher::MetadataMatcher, path: &str) -> Result<MetadataMatcher, Invalid> {
+pub(crate) fn metadata_matcher(m: &matcher::MetadataMatcher, path: &str) -> Result<MetadataMatcher, Invalid> {
     use matcher::metadata_matcher::path_segment::Segment;
     if m.filter.is_empty() || m.path.is_empty() {
         return Err(Invalid::new(path, "a metadata matcher needs a filter and a path"));
