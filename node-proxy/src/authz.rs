@@ -53,3 +53,35 @@ pub fn check(metrics: &Metrics, kind: &'static str, owner_prefix: Option<&str>, 
     }
     Ok(())
 }
+
+/// A new connection's network filters, in chain order: the RBAC filters and, where
+/// istiod put it among them (after its shadow RBAC, before DENY and ALLOW), CUSTOM
+/// (network ext_authz, one check per connection). `Err` carries Envoy's
+/// `response_code_details` for the denial.
+pub async fn connection(
+    worker: &std::rc::Rc<crate::runtime::Worker>,
+    chain: &istio_compat::model::listener::FilterChain,
+    remote: std::net::SocketAddr,
+    destination: std::net::SocketAddr,
+    server_name: Option<&str>,
+    peer_principal: Option<&str>,
+) -> Result<(), String> {
+    use istio_compat::authz::ext_authz::{shadow_metadata, CheckInput, NETWORK_RBAC_NAMESPACE};
+    if chain.rbac.is_empty() && chain.ext_authz.is_none() {
+        return Ok(());
+    }
+    let mut req = Request::tcp(remote, destination);
+    req.requested_server_name = server_name.unwrap_or("");
+    req.peer_principal = peer_principal;
+    let metrics = &worker.shared.metrics;
+    let (before, after) = chain.rbac.split_at(chain.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(chain.rbac.len())));
+    check(metrics, "network", None, before, &req)?;
+    if let Some(cfg) = &chain.ext_authz {
+        let metadata = shadow_metadata(NETWORK_RBAC_NAMESPACE, before, &req);
+        let input = CheckInput { source: remote, destination, source_principal: peer_principal, destination_principal: None, http: None };
+        if !crate::ext_authz::check_connection(worker, cfg, &metadata, &input).await {
+            return Err(crate::ext_authz::DENIED_DETAILS.to_owned());
+        }
+    }
+    check(metrics, "network", None, after, &req)
+}

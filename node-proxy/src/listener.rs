@@ -222,31 +222,14 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
     let hcm_rbac = matches!(&chain.kind, ChainKind::Http(h) if !h.rbac.is_empty() || h.ext_authz.is_some());
     let network_authz = !chain.rbac.is_empty() || chain.ext_authz.is_some();
     let peer_principal = if hcm_rbac || network_authz { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
-    if network_authz {
-        let mut req = istio_compat::authz::rbac::Request::tcp(remote, destination);
-        req.requested_server_name = server_name.as_deref().unwrap_or("");
-        req.peer_principal = peer_principal.as_deref();
-        // CUSTOM (network ext_authz) runs where istiod put it among the RBAC filters:
-        // after its shadow RBAC, before DENY and ALLOW; one check per connection.
-        let (before, after) = chain.rbac.split_at(chain.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(chain.rbac.len())));
-        let mut verdict = crate::authz::check(&worker.shared.metrics, "network", None, before, &req);
-        if let (Ok(()), Some(cfg)) = (&verdict, &chain.ext_authz) {
-            use istio_compat::authz::ext_authz::{shadow_metadata, CheckInput, NETWORK_RBAC_NAMESPACE};
-            let metadata = shadow_metadata(NETWORK_RBAC_NAMESPACE, before, &req);
-            let input = CheckInput { source: remote, destination, source_principal: peer_principal.as_deref(), destination_principal: None, http: None };
-            if !crate::ext_authz::check_connection(&worker, cfg, &metadata, &input).await {
-                verdict = Err(crate::ext_authz::DENIED_DETAILS.to_owned());
-            }
-        }
-        if let Err(details) = verdict.and_then(|()| crate::authz::check(&worker.shared.metrics, "network", None, after, &req)) {
-            tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %destination, "closing connection: {details}");
-            let tcp = match &chain.kind {
-                ChainKind::Tcp(t) => Some(t),
-                _ => None,
-            };
-            crate::tcp::log_denied(&listener, tcp, remote, destination, server_name, options.default_access_log.clone(), details);
-            return;
-        }
+    if let Err(details) = crate::authz::connection(&worker, chain, remote, destination, server_name.as_deref(), peer_principal.as_deref()).await {
+        tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %destination, "closing connection: {details}");
+        let tcp = match &chain.kind {
+            ChainKind::Tcp(t) => Some(t),
+            _ => None,
+        };
+        crate::tcp::log_denied(&listener, tcp, remote, destination, server_name, options.default_access_log.clone(), details);
+        return;
     }
     match &chain.kind {
         ChainKind::Http(_) => {
@@ -315,18 +298,36 @@ pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(
     } else {
         (Bytes::new(), None)
     };
-    let transport = match &detected {
+    let (chosen, server_name) = pick_chain(listener, remote, destination, detected.as_ref(), tunnelled);
+    let Some(chain) = chosen.filter(|id| listener.chain(*id).is_some()) else {
+        tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
+        return None;
+    };
+    Some(Chosen { chain, io: PrefixedIo::new(prefix, stream), server_name })
+}
+
+/// The filter chain for a connection whose first bytes were recognised as `detected`
+/// (none: not inspected), as [`choose_chain`] picks it; and the SNI it matched on.
+pub(crate) fn pick_chain(
+    listener: &Listener,
+    remote: SocketAddr,
+    destination: SocketAddr,
+    detected: Option<&Detected>,
+    tunnelled: bool,
+) -> (Option<ChainId>, Option<String>) {
+    let (tls_on, http_on) = listener.inspection.for_port(destination.port());
+    let transport = match detected {
         Some(Detected::Tls(_)) if tls_on => "tls",
         _ => "raw_buffer",
     };
-    let (alpn, server_name): (Vec<&str>, Option<String>) = match &detected {
+    let (alpn, server_name): (Vec<&str>, Option<String>) = match detected {
         Some(d @ Detected::Tls(hello)) if tls_on => (sniff::application_protocols(d), hello.server_name.clone()),
         Some(d @ (Detected::Http1(_) | Detected::Http2)) if http_on => (sniff::application_protocols(d), None),
         _ => (Vec::new(), None),
     };
     let info = ConnectionInfo { destination, source: remote, transport_protocol: transport, application_protocols: &alpn, server_name: server_name.as_deref() };
     let as_istio_mtls = || {
-        let alpn: &[&str] = match &detected {
+        let alpn: &[&str] = match detected {
             Some(Detected::Http1(_)) => &["istio-http/1.1", "istio"],
             Some(Detected::Http2) => &["istio-h2", "istio"],
             _ => &["istio-peer-exchange", "istio"],
@@ -334,11 +335,7 @@ pub(crate) async fn choose_chain<I: AsyncRead + Unpin>(
         listener.select_chain_id(&ConnectionInfo { transport_protocol: "tls", application_protocols: alpn, ..info })
     };
     let chosen = if tunnelled { as_istio_mtls().or_else(|| listener.select_chain_id(&info)) } else { listener.select_chain_id(&info) };
-    let Some(chain) = chosen.filter(|id| listener.chain(*id).is_some()) else {
-        tracing::debug!(listener = %listener.name, %remote, %destination, "no filter chain matches; closing");
-        return None;
-    };
-    Some(Chosen { chain, io: PrefixedIo::new(prefix, stream), server_name })
+    (chosen.filter(|id| listener.chain(*id).is_some()), server_name)
 }
 
 #[derive(Debug, thiserror::Error)]

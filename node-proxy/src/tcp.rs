@@ -119,6 +119,7 @@ pub async fn proxy(
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, host = %host.address, "tcp connect failed: {e}");
                 cluster.record_outcome(&host, Outcome::ConnectFailed);
+                rec.upstream_transport_failure_reason = Some(e.to_string());
                 rec.response_flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
             }
         }

@@ -261,3 +261,59 @@ fn a_port_without_an_http_chain_is_relayed_as_bytes() {
         }
     });
 }
+
+#[test]
+fn an_uninspected_tcp_port_is_authorized_before_the_tunnel_is_answered() {
+    if !require_root("an_uninspected_tcp_port_is_authorized_before_the_tunnel_is_answered") {
+        return;
+    }
+    let s = Scene::new("mesh-l7-deny", "24h");
+    let client = format!("spiffe://{TD}/ns/{NS}/sa/client");
+    s.ads2.set(CLUSTER, "inbound|8080||", any_from_json::<Cluster>(original_dst_cluster("inbound|8080||")));
+    s.ads2.set(CLUSTER, "InboundPassthroughCluster", any_from_json::<Cluster>(original_dst_cluster("InboundPassthroughCluster")));
+    // Port 8080 declared TCP: the inspectors skip it (istiod's filter_disabled), the
+    // catch-all TCP chain carries a network RBAC DENY of the client's identity.
+    let mut inbound = virtual_inbound(&client, false);
+    inbound["filter_chains"][0]["filter_chain_match"]["destination_port"] = json!(8081);
+    let skip_8080 = json!({ "destination_port_range": { "start": 8080, "end": 8081 } });
+    for f in inbound["listener_filters"].as_array_mut().expect("listener filters") {
+        f["filter_disabled"] = skip_8080.clone();
+    }
+    inbound["filter_chains"][1]["filters"] = json!([
+        { "name": "envoy.filters.network.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "stat_prefix": "tcp.",
+            "rules": { "action": "DENY", "policies": { "ns[mesh]-policy[deny-client]-rule[0]": {
+                "permissions": [{ "any": true }], "principals": principal_is(&client),
+            } } },
+        } },
+        inbound["filter_chains"][1]["filters"][0].clone(),
+    ]);
+    s.ads2.set(LISTENER, "virtualInbound", any_from_json::<Listener>(inbound));
+    assert_eventually("node2 has the inbound listener", T, || {
+        let dump = s.proxy2.admin_get("/config_dump").body;
+        if dump.contains("virtualInbound") && dump.contains("deny-client") {
+            Ok(())
+        } else {
+            Err(dump)
+        }
+    });
+    let r = s.client().curl(Curl::new(&format!("http://{SERVER}/denied/tcp")));
+    assert_eq!(r.status, 0, "refused, no response: {}\nproxy2:\n{}", r.text(), s.proxy2.stderr());
+    assert!(s.server().requests_to("/denied/tcp").is_empty(), "the pod never sees it");
+    let line = assert_eventually("node2's access log line of the denied stream", T, || {
+        Scene::access_log(&s.proxy2)
+            .into_iter()
+            .find(|l| l["response_code_details"].as_str().is_some_and(|d| d.contains("deny-client")))
+            .ok_or_else(|| s.proxy2.access_log_lines().join("\n"))
+    });
+    assert_eq!(line["response_code_details"], "rbac_access_denied_matched_policy[ns[mesh]-policy[deny-client]-rule[0]]", "{line}");
+    // The tunnel was refused with 401: node1's passthrough names the CONNECT's answer.
+    let line = assert_eventually("node1's passthrough line", T, || {
+        Scene::access_log(&s.proxy1)
+            .into_iter()
+            .find(|l| l["upstream_cluster"] == "PassthroughCluster" && l["upstream_host"] == SERVER)
+            .ok_or_else(|| s.proxy1.access_log_lines().join("\n"))
+    });
+    assert!(line.to_string().contains("401"), "{line}");
+}

@@ -169,8 +169,10 @@ impl Inbound {
                 let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers);
                 let inbound_listener = worker.as_ref().and_then(|w| w.shared.live.load().inbound_listener().cloned());
                 if let (Some(worker), Some(listener)) = (worker, inbound_listener) {
-                    let stream = l7::Stream { worker, listener, workload, origin, target: req.target, mark, timeout, telemetry };
-                    return Ok(Accepted::Serve(Box::new(move |tunnel| Box::pin(stream.serve(tunnel)))));
+                    let stream = l7::Stream { worker, listener, workload: workload.clone(), origin: origin.clone(), target: req.target, mark, timeout, telemetry: telemetry.clone() };
+                    if stream.serve_after_answer().await? {
+                        return Ok(Accepted::Serve(Box::new(move |tunnel| Box::pin(stream.serve(tunnel)))));
+                    }
                 }
                 let start = (Instant::now(), SystemTime::now());
                 let upstream = open_upstream(&workload, req.target, mark, timeout).await?;

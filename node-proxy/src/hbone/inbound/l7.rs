@@ -9,7 +9,10 @@
 //!   requests to the workload (`inbound|<port>||`, ORIGINAL_DST: the stream's target),
 //!   and each request is reported `reporter="destination"`,
 //!   `connection_security_policy="mutual_tls"` with the peer as source;
-//! - a TCP chain relays the bytes to the workload, reported as the L4 relay does;
+//! - a TCP chain relays the bytes to the workload (the stream's target), reported as
+//!   the L4 relay does. Where the listener does not inspect the port, the chain is
+//!   known before the `CONNECT` is answered: its network filters deny with 401 and an
+//!   unreachable workload is 503, as without an inbound listener;
 //! - no matching chain, or one we cannot run, closes the stream (Envoy closes the
 //!   connection).
 //!
@@ -21,14 +24,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use http::StatusCode;
 use istio_compat::model::listener::{ChainKind, Listener};
 use istio_compat::model::workload::Workload;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{open_upstream, Metered, Origin, Telemetry};
 use crate::hbone::H2Stream;
 use crate::http::proxy::{ConnCtx, TunnelOrigin};
-use crate::listener::{choose_chain, Chosen};
+use crate::listener::{choose_chain, pick_chain, Chosen};
 use crate::runtime::Worker;
 use crate::telemetry::metrics::DestinationLabels;
 
@@ -45,25 +49,54 @@ pub(super) struct Stream {
 }
 
 impl Stream {
+    /// The source workload as the chains see the connection's remote address.
+    fn remote(&self) -> SocketAddr {
+        SocketAddr::new(self.origin.source_ip, self.origin.peer.port())
+    }
+
+    /// Decides before the stream is answered where that needs no bytes (the listener
+    /// does not inspect the port): a TCP chain is authorized now (401 when its network
+    /// filters deny, as ztunnel answers a policy denial) and relayed by the caller
+    /// (`Ok(false)`: 503 when the workload does not accept). `Ok(true)`: answer and
+    /// [`Stream::serve`] (an HTTP chain, or the chain depends on the first bytes).
+    pub async fn serve_after_answer(&self) -> Result<bool, StatusCode> {
+        let (tls_on, http_on) = self.listener.inspection.for_port(self.target.port());
+        if tls_on || http_on {
+            return Ok(true);
+        }
+        let remote = self.remote();
+        let (Some(id), _) = pick_chain(&self.listener, remote, self.target, None, true) else { return Ok(true) };
+        let Some(chain) = self.listener.chain(id) else { return Ok(true) };
+        if !matches!(chain.kind, ChainKind::Tcp(_)) {
+            return Ok(true);
+        }
+        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
+            info!(listener = %self.listener.name, chain = %chain.name, %remote, target = %self.target, "HBONE stream denied by the inbound chain's policy: {details}");
+            let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
+            let tcp = match &chain.kind {
+                ChainKind::Tcp(t) => Some(t),
+                _ => None,
+            };
+            crate::tcp::log_denied(&self.listener, tcp, remote, self.target, None, default_log, details);
+            return Err(StatusCode::UNAUTHORIZED);
+        }
+        Ok(false)
+    }
+
     pub async fn serve(self, tunnel: H2Stream) {
         let listener = self.listener.clone();
-        // The source workload as the chains see the connection's remote address.
-        let remote = SocketAddr::new(self.origin.source_ip, self.origin.peer.port());
+        let remote = self.remote();
         let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, tunnel, remote, self.target, true).await else { return };
         let Some(chain) = listener.chain(chain_id) else { return };
         let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
-        if !chain.rbac.is_empty() {
-            let mut req = istio_compat::authz::rbac::Request::tcp(remote, self.target);
-            req.peer_principal = Some(&self.origin.principal);
-            if let Err(details) = crate::authz::check(&self.worker.shared.metrics, "network", None, &chain.rbac, &req) {
-                debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing HBONE stream: {details}");
-                let tcp = match &chain.kind {
-                    ChainKind::Tcp(t) => Some(t),
-                    _ => None,
-                };
-                crate::tcp::log_denied(&listener, tcp, remote, self.target, server_name, default_log, details);
-                return;
-            }
+        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
+            debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing HBONE stream: {details}");
+            let tcp = match &chain.kind {
+                ChainKind::Tcp(t) => Some(t),
+                _ => None,
+            };
+            crate::tcp::log_denied(&listener, tcp, remote, self.target, server_name, default_log, details);
+            return;
         }
         match &chain.kind {
             ChainKind::Http(_) => {
