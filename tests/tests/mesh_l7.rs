@@ -75,6 +75,9 @@ fn virtual_inbound(allowed: &str, strict: bool) -> Value {
         "codec_type": "AUTO",
         "route_config": route,
         "http_filters": filters,
+        // As istiod sets it on a sidecar's inbound connection managers.
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": { "subject": true, "dns": true, "uri": true },
     });
     let mut http_chain = json!({
         "name": "0.0.0.0_8080",
@@ -152,6 +155,16 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-node-proxy"), Some("node1"));
     assert_eq!(seen[0].header("x-inbound"), Some("node2"));
+    // x-forwarded-client-cert: node1's connection manager (SANITIZE, Envoy's default)
+    // drops a client's forged one; node2's (APPEND_FORWARD) adds the tunnel's peer.
+    let r = s.client().curl(Curl::new(&format!("http://{VIP}/api/xfcc")).header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/mesh/sa/admin"));
+    assert_eq!(r.status, 200, "{}\n{}", r.stderr, logs());
+    let xfcc = s.server().requests_to("/api/xfcc")[0].header("x-forwarded-client-cert").map(str::to_owned).unwrap_or_default();
+    let (before, after) = xfcc.split_once(";Hash=").unwrap_or_else(|| panic!("no Hash in {xfcc:?}"));
+    assert_eq!(before, format!("By=spiffe://{TD}/ns/{NS}/sa/server"), "{xfcc}");
+    let (hash, rest) = after.split_once(';').unwrap_or_else(|| panic!("{xfcc}"));
+    assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "SHA-256 in hex: {xfcc}");
+    assert_eq!(rest, format!("Subject=\"\";URI={client}"), "{xfcc}");
 
     // HTTP/2 (prior knowledge, as gRPC speaks it) inside the tunnel, on the same chain.
     let r = s.client().curl(Curl::new(&format!("http://{SERVER}/api/h2")).http2());

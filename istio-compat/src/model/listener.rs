@@ -371,8 +371,49 @@ pub struct HttpConnectionManager {
     pub generate_request_id: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_remote_address: bool,
+    /// `x-forwarded-client-cert` (`forward_client_cert_details`,
+    /// `set_current_client_cert_details`).
+    #[serde(default, skip_serializing_if = "ClientCert::is_default")]
+    pub client_cert: ClientCert,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLog>,
+}
+
+/// What the connection manager does with `x-forwarded-client-cert` (Envoy's
+/// `mutateXfccRequestHeader`): on a connection without a verified client certificate
+/// the header is always removed (except `AlwaysForwardOnly`); with one, `Sanitize`
+/// removes it, `ForwardOnly` keeps it, `AppendForward` appends this hop's element and
+/// `SanitizeSet` replaces the header with it. The element: `By=<our URI SAN>`,
+/// `Hash=<SHA-256 of the peer's certificate, hex>`, then the details asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCert {
+    pub forward: ForwardClientCert,
+    /// `Subject="<peer subject>"` (present even when empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subject: bool,
+    /// `DNS=<san>` per DNS SAN of the peer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
+    /// `URI=<san>` per URI SAN of the peer (`URI=` when it has none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uri: bool,
+}
+
+impl ClientCert {
+    pub fn is_default(&self) -> bool {
+        *self == ClientCert::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCert {
+    #[default]
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

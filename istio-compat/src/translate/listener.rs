@@ -19,8 +19,8 @@ use super::common::{bool_or, socket_address, timeout, u32_or};
 use super::{coverage, extension_type, route, Context, Effect, Invalid};
 use crate::authz::rbac;
 use crate::model::listener::{
-    AccessLog, AccessLogFormat, ChainKind, Codec, FilterChain, FilterChainMatch, HttpConnectionManager, Inspect, Inspection, Listener, PortPredicate,
-    RouteSource, SourceType, TcpCluster, TcpProxy,
+    AccessLog, AccessLogFormat, ChainKind, ClientCert, Codec, FilterChain, FilterChainMatch, ForwardClientCert, HttpConnectionManager, Inspect, Inspection,
+    Listener, PortPredicate, RouteSource, SourceType, TcpCluster, TcpProxy,
 };
 
 /// Istio's default access log format (meshConfig.accessLogFormat unset).
@@ -352,8 +352,29 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager, path: &str, cx: &mut 
         server_name: (!h.server_name.is_empty()).then(|| h.server_name.clone()),
         generate_request_id: bool_or(&h.generate_request_id, true),
         use_remote_address: bool_or(&h.use_remote_address, false),
+        client_cert: client_cert(h, path)?,
         access_log: access_logs(&h.access_log, &format!("{path}.access_log"), cx),
     })))
+}
+
+fn client_cert(h: &hcm::HttpConnectionManager, path: &str) -> Result<ClientCert, Invalid> {
+    use hcm::http_connection_manager::ForwardClientCertDetails as F;
+    let forward = match F::try_from(h.forward_client_cert_details) {
+        Ok(F::Sanitize) => ForwardClientCert::Sanitize,
+        Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(F::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => return Err(Invalid::new(&format!("{path}.forward_client_cert_details"), format!("unknown value {}", h.forward_client_cert_details))),
+    };
+    let Some(d) = &h.set_current_client_cert_details else { return Ok(ClientCert { forward, ..ClientCert::default() }) };
+    if d.cert || d.chain {
+        return Err(Invalid::new(
+            &format!("{path}.set_current_client_cert_details"),
+            "the peer's certificate or chain in x-forwarded-client-cert (cert, chain) is not supported",
+        ));
+    }
+    Ok(ClientCert { forward, subject: d.subject.is_some_and(|s| s.value), dns: d.dns, uri: d.uri })
 }
 
 /// Filters whose absence would let through traffic that policy should stop.

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::server::{serve, Accepted, ConnectRequest};
 use super::ConfigCache;
 use crate::drain::Drain;
+use crate::http::headers::PeerCertificate;
 use crate::identity::CertStore;
 use crate::runtime::Worker;
 use crate::telemetry::access_log::RequestRecord;
@@ -147,13 +148,14 @@ impl Inbound {
             None => format!("TLS handshake for {}: {e}", workload.identity),
         })?;
         let peer_id = tls::peer_identity(tls.get_ref().1).ok_or("the peer presented no SPIFFE identity")?;
+        let certificate = peer_certificate(tls.get_ref().1, &workload.identity, &peer_id);
         debug!(%peer, peer_identity = %peer_id, workload = %workload.uid, "HBONE connection accepted");
         let (mark, timeout) = (self.mark, self.connect_timeout);
         let label = format!("{peer} ({peer_id})");
         let (workloads, network, telemetry) = (self.workloads.clone(), self.network.clone(), self.telemetry.clone());
         serve(tls, &label, drain, move |req: ConnectRequest| {
             let (workload, workloads, peer_id, network, telemetry) = (workload.clone(), workloads.clone(), peer_id.clone(), network.clone(), telemetry.clone());
-            let worker = worker.clone();
+            let (worker, certificate) = (worker.clone(), certificate.clone());
             async move {
                 if !workload.addresses.contains(&req.target.ip()) {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to an address of another workload than the one the connection was made for");
@@ -166,7 +168,7 @@ impl Inbound {
                     return Err(StatusCode::SERVICE_UNAVAILABLE);
                 }
                 authorize(&workloads, &network, &workload, &peer_id, peer.ip(), &req)?;
-                let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers);
+                let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers, certificate);
                 let inbound_listener = worker.as_ref().and_then(|w| w.shared.live.load().inbound_listener().cloned());
                 if let (Some(worker), Some(listener)) = (worker, inbound_listener) {
                     let stream = l7::Stream { worker, listener, workload: workload.clone(), origin: origin.clone(), target: req.target, mark, timeout, telemetry: telemetry.clone() };
@@ -307,10 +309,32 @@ pub(crate) struct Origin {
     /// The source workload's labels when the workload view agrees with what the peer
     /// proved, else only its principal.
     pub source: Arc<SourceLabels>,
+    /// The peer's certificate as `x-forwarded-client-cert` tells of it.
+    pub certificate: Option<Arc<PeerCertificate>>,
+}
+
+/// The verified peer certificate of `tls`, for `x-forwarded-client-cert` (`By=` is the
+/// workload the connection was accepted as).
+fn peer_certificate(tls: &rustls::ServerConnection, ours: &Identity, peer: &Identity) -> Option<Arc<PeerCertificate>> {
+    let leaf = tls.peer_certificates()?.first()?;
+    match tls::cert::xfcc_facts(leaf) {
+        Ok((hash, subject, dns)) => Some(Arc::new(PeerCertificate { by: vec![ours.to_string()], hash, subject, uris: vec![peer.to_string()], dns })),
+        Err(e) => {
+            debug!(peer = %peer, error = %e, "the peer certificate's details for x-forwarded-client-cert");
+            None
+        }
+    }
 }
 
 impl Origin {
-    fn new(workloads: &LiveWorkloads, network: &str, peer_id: &Identity, peer: SocketAddr, headers: &http::HeaderMap) -> Origin {
+    fn new(
+        workloads: &LiveWorkloads,
+        network: &str,
+        peer_id: &Identity,
+        peer: SocketAddr,
+        headers: &http::HeaderMap,
+        certificate: Option<Arc<PeerCertificate>>,
+    ) -> Origin {
         let principal: Arc<str> = Arc::from(peer_id.to_string());
         let view = workloads.load();
         let source_ip = source_address(&view.index, network, peer_id, peer.ip(), headers);
@@ -318,7 +342,7 @@ impl Origin {
             Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
             _ => SourceLabels::for_principal(&principal),
         };
-        Origin { peer, principal, source_ip, source }
+        Origin { peer, principal, source_ip, source, certificate }
     }
 }
 

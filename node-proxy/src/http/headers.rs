@@ -195,3 +195,110 @@ mod tests {
         assert!(h.contains_key("x-keep"));
     }
 }
+
+static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// A downstream's verified client certificate, as `x-forwarded-client-cert` tells of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Our own certificate's URI SANs (`By=`).
+    pub by: Vec<String>,
+    /// SHA-256 of the peer's certificate, lower-case hex (`Hash=`).
+    pub hash: String,
+    pub subject: String,
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+}
+
+/// Envoy's `x-forwarded-client-cert` handling (`mutateXfccRequestHeader`), before the
+/// HTTP filters see the request: without a verified client certificate (`peer`) the
+/// header is removed unless `AlwaysForwardOnly`; with one, as `cfg.forward` says.
+pub fn forward_client_cert(headers: &mut HeaderMap, cfg: &istio_compat::model::listener::ClientCert, peer: Option<&PeerCertificate>) {
+    use istio_compat::model::listener::ForwardClientCert as F;
+    if cfg.forward == F::AlwaysForwardOnly {
+        return;
+    }
+    let Some(peer) = peer.filter(|_| cfg.forward != F::Sanitize) else {
+        headers.remove(&XFCC);
+        return;
+    };
+    if cfg.forward == F::ForwardOnly {
+        return;
+    }
+    let mut fields: Vec<String> = peer.by.iter().map(|uri| format!("By={uri}")).collect();
+    if !peer.hash.is_empty() {
+        fields.push(format!("Hash={}", peer.hash));
+    }
+    // Envoy's order of the details: (Cert, Chain: not supported), Subject, URI, DNS.
+    if cfg.subject {
+        fields.push(format!("Subject=\"{}\"", peer.subject));
+    }
+    if cfg.uri {
+        if peer.uris.is_empty() {
+            fields.push("URI=".to_owned());
+        }
+        fields.extend(peer.uris.iter().map(|u| format!("URI={u}")));
+    }
+    if cfg.dns {
+        fields.extend(peer.dns.iter().map(|d| format!("DNS={d}")));
+    }
+    let element = fields.join(";");
+    let value = match (cfg.forward, headers.get(&XFCC).and_then(|v| v.to_str().ok())) {
+        (F::AppendForward, Some(previous)) if !previous.is_empty() => format!("{previous},{element}"),
+        _ => element,
+    };
+    match http::HeaderValue::from_str(&value) {
+        Ok(v) => {
+            headers.insert(XFCC.clone(), v);
+        }
+        // A SAN with bytes a header cannot carry: forward nothing rather than a forgery.
+        Err(_) => {
+            headers.remove(&XFCC);
+        }
+    }
+}
+
+#[cfg(test)]
+mod xfcc_tests {
+    use super::*;
+    use istio_compat::model::listener::{ClientCert, ForwardClientCert as F};
+
+    fn peer() -> PeerCertificate {
+        PeerCertificate {
+            by: vec!["spiffe://cluster.local/ns/foo/sa/server".into()],
+            hash: "ab01".into(),
+            subject: String::new(),
+            uris: vec!["spiffe://cluster.local/ns/foo/sa/client".into()],
+            dns: vec!["client.foo".into()],
+        }
+    }
+
+    fn run(forward: F, peer: Option<&PeerCertificate>, incoming: Option<&str>) -> Option<String> {
+        let mut h = HeaderMap::new();
+        if let Some(v) = incoming {
+            h.insert("x-forwarded-client-cert", v.parse().unwrap());
+        }
+        let cfg = ClientCert { forward, subject: true, dns: true, uri: true };
+        forward_client_cert(&mut h, &cfg, peer);
+        h.get("x-forwarded-client-cert").map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn a_forged_header_is_removed_without_a_client_certificate() {
+        for f in [F::Sanitize, F::ForwardOnly, F::AppendForward, F::SanitizeSet] {
+            assert_eq!(run(f, None, Some("URI=spiffe://evil")), None, "{f:?}");
+        }
+        assert_eq!(run(F::AlwaysForwardOnly, None, Some("URI=x")).as_deref(), Some("URI=x"));
+    }
+
+    #[test]
+    fn with_a_client_certificate_each_mode_does_what_envoy_does() {
+        let p = peer();
+        let element = "By=spiffe://cluster.local/ns/foo/sa/server;Hash=ab01;Subject=\"\";URI=spiffe://cluster.local/ns/foo/sa/client;DNS=client.foo";
+        assert_eq!(run(F::Sanitize, Some(&p), Some("URI=x")), None);
+        assert_eq!(run(F::ForwardOnly, Some(&p), Some("URI=x")).as_deref(), Some("URI=x"));
+        assert_eq!(run(F::AppendForward, Some(&p), Some("URI=x")), Some(format!("URI=x,{element}")));
+        assert_eq!(run(F::AppendForward, Some(&p), None).as_deref(), Some(element));
+        assert_eq!(run(F::SanitizeSet, Some(&p), Some("URI=x")).as_deref(), Some(element));
+    }
+}

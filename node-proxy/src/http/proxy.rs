@@ -76,6 +76,8 @@ pub struct TunnelOrigin {
     pub destination: Arc<DestinationLabels>,
     /// The peer's verified SPIFFE identity.
     pub peer: Arc<str>,
+    /// Its certificate, for `x-forwarded-client-cert`.
+    pub certificate: Option<Arc<super::headers::PeerCertificate>>,
 }
 
 impl ConnCtx {
@@ -126,6 +128,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
         parts.headers.insert("x-request-id", request_id());
     }
     flow.rec.request_id = header_string(&parts.headers, "x-request-id");
+    super::headers::forward_client_cert(&mut parts.headers, &hcm.client_cert, cx.tunnel.as_ref().and_then(|t| t.certificate.as_deref()));
     let path = if hcm.normalize_path || hcm.merge_slashes {
         match normalize_path(&flow.rec.path, hcm.normalize_path, hcm.merge_slashes) {
             Some(p) => p,

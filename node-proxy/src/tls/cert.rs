@@ -188,3 +188,31 @@ pub(crate) fn spiffe_id(der: &CertificateDer<'_>) -> Result<Option<Identity>, St
         _ => None,
     })
 }
+
+/// What `x-forwarded-client-cert` says of a peer certificate (Envoy's
+/// `sha256PeerCertificateDigest`, `subjectPeerCertificate`, `dnsSansPeerCertificate`):
+/// the SHA-256 of its DER (lower-case hex), its subject (RFC 4514 form; Istio's
+/// workload certificates have an empty one) and its DNS SANs.
+pub(crate) fn xfcc_facts(der: &CertificateDer<'_>) -> Result<(String, String, Vec<String>), String> {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let hash = digest.as_ref().iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    let (_, x509) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let subject = x509.subject().to_string();
+    let dns = match x509.subject_alternative_name().map_err(|e| e.to_string())? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((hash, subject, dns))
+}

@@ -113,7 +113,11 @@ impl Stream {
                     source: self.origin.source.clone(),
                     default_access_log: default_log,
                     head_verdicts: Default::default(),
-                    tunnel: Some(Arc::new(TunnelOrigin { destination: DestinationLabels::for_workload(&self.workload), peer: self.origin.principal.clone() })),
+                    tunnel: Some(Arc::new(TunnelOrigin {
+                        destination: DestinationLabels::for_workload(&self.workload),
+                        peer: self.origin.principal.clone(),
+                        certificate: self.origin.certificate.clone(),
+                    })),
                 });
                 crate::http::server::serve(io, cx).await;
             }
