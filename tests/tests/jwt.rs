@@ -10,6 +10,15 @@
 //! Envoy's body and `www-authenticate`; a claim match through a remote JWKS (ES256,
 //! served by a test origin, fetched once and cached) is served, and the token header of
 //! a non-forwarding provider is removed upstream.
+//!
+//! Over gRPC (Python grpcio through the proxy, and a raw HTTP/2 client for the frame
+//! shape), as Envoy's `jwt_authn` and local reply do it (filter.cc `onComplete`: 401,
+//! or 403 for a disallowed audience; utility.cc `prepareLocalReply`: a gRPC request
+//! gets HTTP 200 with `grpc-status` mapped from that code, the error as
+//! `grpc-message`, in one HEADERS frame that ends the stream): an invalid token is
+//! UNAUTHENTICATED (16) trailers-only, a valid token for another audience
+//! PERMISSION_DENIED (7), no token is left to RBAC (PERMISSION_DENIED), and a valid
+//! token is served.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -215,4 +224,130 @@ fn request_authentication_feeds_authorization_policy() {
     let served = origin.requests_to("/principal/x");
     assert_eq!(served.len(), 1, "only alice's request reached the app");
     assert!(served[0].header("authorization").is_some(), "origins-0 forwards the token");
+}
+
+/// istiod's `jwt_authn` for one jwtRule with `audiences: [AUDIENCE]`: provider
+/// `origins-0` (inline JWKS), required for every path unless the token is missing.
+fn grpc_jwt_filter(local_jwks: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": JWT_AUTHN,
+            "providers": { "origins-0": {
+                "issuer": LOCAL_ISS, "audiences": [AUDIENCE], "local_jwks": { "inline_string": local_jwks.to_string() },
+                "forward": true, "payload_in_metadata": "payload",
+            } },
+            "rules": [{ "match": { "prefix": "/" }, "requires": { "requires_any": { "requirements": [{ "provider_name": "origins-0" }, { "allow_missing": {} }] } } }],
+            "bypass_cors_preflight": true,
+        },
+    })
+}
+
+const AUDIENCE: &str = "echo.foo.svc.cluster.local";
+const ECHO_UNARY: &str = "/nodeproxy.test.Echo/Unary";
+
+/// istiod's ALLOW for `requestPrincipals: ["testing@secure.istio.io/*"]` on the Echo service
+/// (`payload.iss`, as in the RBAC golden corpus).
+fn grpc_rbac_filter() -> Value {
+    let issuer = payload(&["iss"], json!({ "string_match": { "exact": LOCAL_ISS } }));
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": { "@type": RBAC_HTTP, "rules": { "policies": {
+            "ns[foo]-policy[echo-by-issuer]-rule[0]": { "permissions": on_paths("/nodeproxy.test.Echo/"), "principals": [{ "and_ids": { "ids": [{ "or_ids": { "ids": [issuer] } }] } }] },
+        } } },
+    })
+}
+
+/// A unary gRPC call with an empty message over a raw HTTP/2 connection: the response
+/// head and whether that HEADERS frame ended the stream (trailers-only).
+fn raw_grpc_call(addr: SocketAddr, token: &str) -> (http::response::Parts, bool) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the proxy");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{ECHO_UNARY}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .expect("request");
+        let (resp, mut send) = client.send_request(req, false).expect("send the request");
+        send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("send the message");
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(15), resp).await.expect("a response in time").expect("a response");
+        let (parts, body) = resp.into_parts();
+        (parts, body.is_end_stream())
+    })
+}
+
+#[test]
+fn grpc_requests_are_refused_as_envoy_refuses_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rsa, jwks) = rsa_key(dir.path());
+    let server = GrpcServer::start("echo");
+    let port = free_port();
+    let hcm = json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "inbound_0.0.0.0_8080",
+        "codec_type": "AUTO",
+        "route_config": route_all_to("grpc", json!({})),
+        "http_filters": [grpc_jwt_filter(&jwks), grpc_rbac_filter(), router_filter()],
+    });
+    let p = Proxy::start(&bootstrap(vec![http_listener("main", port, hcm)], vec![h2_cluster("grpc", &[server.addr()])]), 1);
+
+    let exp = now() + 600;
+    let claims = |aud: &str, exp: u64| json!({"iss": LOCAL_ISS, "sub": "alice", "aud": aud, "exp": exp});
+    let valid = token(&rsa, Algorithm::RS256, "rsa-1", claims(AUDIENCE, exp));
+    let expired = token(&rsa, Algorithm::RS256, "rsa-1", claims(AUDIENCE, now() - 3600));
+    let other_audience = token(&rsa, Algorithm::RS256, "rsa-1", claims("other.foo.svc.cluster.local", exp));
+    let tampered = {
+        let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
+        parts[2] = b64url(&[7u8; 256]);
+        parts.join(".")
+    };
+    let call = |token: Option<&str>| {
+        let bearer = token.map(|t| format!("authorization=Bearer {t}"));
+        let mut args = vec!["--payload", "hi", "--key", "jwt"];
+        if let Some(b) = &bearer {
+            args.extend(["--metadata", b.as_str()]);
+        }
+        grpc_client(p.addr(), "unary", &args)
+    };
+
+    let out = call(Some(&valid));
+    assert_eq!(out["code"], "OK", "a valid token for the audience: {out}\n{}", p.stderr());
+    for (what, t, code, message) in [
+        ("expired", &expired, "UNAUTHENTICATED", "Jwt is expired"),
+        ("tampered", &tampered, "UNAUTHENTICATED", "Jwt verification fails"),
+        ("another audience", &other_audience, "PERMISSION_DENIED", "Audiences in Jwt are not allowed"),
+    ] {
+        let out = call(Some(t));
+        assert_eq!((out["code"].as_str(), out["details"].as_str()), (Some(code), Some(message)), "{what}: {out}");
+    }
+    let out = call(None);
+    assert_eq!((out["code"].as_str(), out["details"].as_str()), (Some("PERMISSION_DENIED"), Some("RBAC: access denied")), "no token: left to RBAC: {out}");
+    let counts = grpc_client(server.addr(), "attempts", &["--key", "jwt"]);
+    assert_eq!(counts["reply"]["attempts"].as_i64(), Some(1), "only the valid call reached the server: {counts}");
+
+    // The frames: one HEADERS that ends the stream, HTTP 200, the gRPC status in it.
+    for (what, t, status, message) in
+        [("expired", &expired, "16", "Jwt is expired"), ("another audience", &other_audience, "7", "Audiences in Jwt are not allowed")]
+    {
+        let (head, ended) = raw_grpc_call(p.addr(), t);
+        let header = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(head.status, 200, "{what}: {head:?}");
+        assert!(ended, "{what}: trailers-only (the response HEADERS frame ends the stream): {head:?}");
+        assert_eq!(header("grpc-status").as_deref(), Some(status), "{what}: {head:?}");
+        assert_eq!(header("grpc-message").as_deref(), Some(message), "{what}: {head:?}");
+        assert_eq!(header("content-type").as_deref(), Some("application/grpc"), "{what}: {head:?}");
+        // Envoy sets the challenge before its gRPC branch, so the trailers-only reply has it.
+        let challenge = header("www-authenticate").unwrap_or_default();
+        assert!(challenge.starts_with("Bearer realm=\"http://") && challenge.ends_with("error=\"invalid_token\""), "{what}: {head:?}");
+    }
+    let e = p.wait_access_log("the disallowed audience", |e| e.details.contains("Audiences_in_Jwt_are_not_allowed"));
+    assert_eq!((e.code, e.details.as_str()), (200, "jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}"), "{}", e.line);
 }

@@ -67,10 +67,13 @@ impl Rejection {
 
     /// The refusal for a gRPC request: trailers-only, UNAUTHENTICATED (16), or
     /// PERMISSION_DENIED (7) for a disallowed audience, with the error as message (as
-    /// Envoy's local reply maps 401 and 403 for gRPC).
+    /// Envoy's local reply maps 401 and 403 for gRPC), and the same `www-authenticate`
+    /// challenge (Envoy adds it before its gRPC branch).
     pub fn grpc_response(&self) -> Response<RespBody> {
         let code = if self.error == JwtError::AudienceNotAllowed { 7 } else { 16 };
-        local_reply::grpc_trailers_only(code, &self.error.to_string())
+        let mut resp = local_reply::grpc_trailers_only(code, &self.error.to_string());
+        self.challenge(&mut resp);
+        resp
     }
 
     /// 401 (403 for a disallowed audience) with the error as body and an RFC 6750
@@ -82,6 +85,15 @@ impl Rejection {
         }
         let message = self.error.to_string();
         let mut resp = local_reply::with_body(status, Some(&message));
+        self.challenge(&mut resp);
+        resp
+    }
+
+    /// The RFC 6750 `www-authenticate` challenge (none with `strip_failure_response`).
+    fn challenge(&self, resp: &mut Response<RespBody>) {
+        if self.strip {
+            return;
+        }
         let challenge = if self.error == JwtError::Missing {
             format!("Bearer realm=\"{}\"", self.realm)
         } else {
@@ -90,7 +102,6 @@ impl Rejection {
         if let Ok(v) = HeaderValue::from_str(&challenge) {
             resp.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
-        resp
     }
 }
 
