@@ -17,11 +17,15 @@
 //! 1, 100 and 1,000 policies selecting one workload (`l4_*`), and the RBAC decision
 //! as the module took it before its evaluation form (`*_direct`: every policy in
 //! name order), measured in the same run.
+//!
+//! `-- --data-path` (not run otherwise): the data-path throughput with 10 policies vs
+//! none (issue 6 §4, target ≥ 95%) through the release proxy binary; see
+//! [`data_path`].
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use istio_compat::authz::l4;
 use istio_compat::authz::rbac::{self, Rbac, Request};
@@ -60,6 +64,12 @@ fn principal(i: usize) -> Value {
 }
 
 fn http_permission() -> Value {
+    http_permission_on(8080, "acme")
+}
+
+/// `to: methods GET/POST, paths /api/* and /healthz, hosts HOST and HOST:*, ports
+/// [port]; when: request.headers[x-tenant] == tenant`.
+fn http_permission_on(port: u16, tenant: &str) -> Value {
     let header = |name: &str, m: Value| json!({ "header": { "name": name, "stringMatch": m } });
     and_or_rules(vec![
         vec![header(":method", json!({ "exact": "GET" })), header(":method", json!({ "exact": "POST" }))],
@@ -68,8 +78,8 @@ fn http_permission() -> Value {
             header(":authority", json!({ "exact": HOST, "ignoreCase": true })),
             header(":authority", json!({ "prefix": format!("{HOST}:"), "ignoreCase": true })),
         ],
-        vec![json!({ "destinationPort": 8080 })],
-        vec![header("x-tenant", json!({ "exact": "acme" }))],
+        vec![json!({ "destinationPort": port })],
+        vec![header("x-tenant", json!({ "exact": tenant }))],
     ])
 }
 
@@ -225,4 +235,305 @@ fn bench_l4(c: &mut Criterion) {
 }
 
 criterion_group! { name = benches; config = config(); targets = bench_http, bench_tcp, bench_l4 }
-criterion_main!(benches);
+
+/// Criterion's `criterion_main!`, unless `--data-path` asks for the proxy run.
+fn main() {
+    if std::env::args().any(|a| a == "--data-path") {
+        data_path::run();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+mod common;
+
+/// Data-path throughput with 10 policies vs none (issue 6 §4: ≥ 95%).
+///
+/// Two release proxies with the same HTTP listener and route to one local nginx (the
+/// runner's origin, 12-byte body): (A) no RBAC filter; (B) istiod's filter chain for
+/// one DENY and ten ALLOW policies — a DENY filter (`to: paths /admin*`, any source)
+/// that does not match, then an ALLOW filter whose ten policies are the bench's
+/// [`http_permission_on`] (methods, paths, hosts, port, header) with principals
+/// `from: [{principals: [ns-i/sa-i]}, {ipBlocks: [127.0.0.1]}]`. Policies 0–8 want
+/// `x-tenant: tenant-N`, the last wants `acme`, so every request runs through all ten
+/// (the header is the last field of each) and is allowed by the last. The identity
+/// principal cannot hold over plaintext loopback; the ipBlocks principal keeps the
+/// policies out of the namespace index so none is skipped.
+///
+/// wrk (keep-alive, `--connections`, `--duration` s) runs on CPU 0, the proxies
+/// (`--workers 1`, no access log) and nginx on CPU 1, alternating A B A B … for
+/// `--reps` pairs; prints requests/s, the per-pair ratio B ÷ A and its median, and
+/// p50/p99 (closed loop: coordinated omission, read loosely) with the machine state.
+mod data_path {
+    use std::fs;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::common::{log, median, parse_wrk, stat_of, tail, Server, WrkResult};
+    use super::{and_or_rules, http_permission_on, name, principal, HOST};
+
+    const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N]";
+    const POLICIES: usize = 10;
+
+    struct Opts {
+        reps: usize,
+        duration: u64,
+        connections: u32,
+        gen_cpu: usize,
+        server_cpu: usize,
+    }
+
+    fn die(msg: &str) -> ! {
+        eprintln!("authz --data-path: {msg}");
+        std::process::exit(2);
+    }
+
+    fn parse_args() -> Opts {
+        let mut o = Opts { reps: 3, duration: 10, connections: 32, gen_cpu: 0, server_cpu: 1 };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let mut num = |name: &str| -> u64 {
+                let v = it.next().unwrap_or_else(|| die(&format!("{name} needs a value\n{USAGE}")));
+                v.parse().unwrap_or_else(|_| die(&format!("{name}: not a number: {v}\n{USAGE}")))
+            };
+            match a.as_str() {
+                "--data-path" | "--bench" => {}
+                "--reps" => o.reps = num(&a) as usize,
+                "--duration" => o.duration = num(&a),
+                "--connections" => o.connections = num(&a) as u32,
+                "--gen-cpu" => o.gen_cpu = num(&a) as usize,
+                "--server-cpu" => o.server_cpu = num(&a) as usize,
+                other => die(&format!("unknown argument {other}\n{USAGE}")),
+            }
+        }
+        if o.reps < 1 || o.duration < 1 || o.connections < 1 {
+            die(USAGE);
+        }
+        o
+    }
+
+    /// istiod's ipBlocks principal (`from.source.ipBlocks`: `directRemoteIp`).
+    fn ip_block(address: &str, len: u32) -> Value {
+        json!({ "andIds": { "ids": [ { "orIds": { "ids": [ { "directRemoteIp": { "addressPrefix": address, "prefixLen": len } } ] } } ] } })
+    }
+
+    fn rbac_filter(config: Value) -> Value {
+        let mut typed = json!({ "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC" });
+        if let (Some(t), Some(c)) = (typed.as_object_mut(), config.as_object()) {
+            t.extend(c.clone());
+        }
+        json!({ "name": "envoy.filters.http.rbac", "typed_config": typed })
+    }
+
+    /// istiod's order: the DENY filter, then the ALLOW filter.
+    fn istio_filters(port: u16) -> Vec<Value> {
+        let deny = json!({ "permissions": [and_or_rules(vec![vec![json!({ "urlPath": { "path": { "prefix": "/admin" } } })]])],
+            "principals": [{ "andIds": { "ids": [{ "any": true }] } }] });
+        let allow: serde_json::Map<String, Value> = (0..POLICIES)
+            .map(|i| {
+                let tenant = if i + 1 == POLICIES { "acme".to_owned() } else { format!("tenant-{i}") };
+                (name(i), json!({ "permissions": [http_permission_on(port, &tenant)], "principals": [principal(i), ip_block("127.0.0.1", 32)] }))
+            })
+            .collect();
+        vec![
+            rbac_filter(json!({ "rules": { "action": "DENY", "policies": { "ns[foo]-policy[deny-admin]-rule[0]": deny } } })),
+            rbac_filter(json!({ "rules": { "action": "ALLOW", "policies": allow } })),
+        ]
+    }
+
+    fn config(port: u16, origin: std::net::SocketAddr, filters: Vec<Value>) -> String {
+        let mut hcm = tests::hcm(tests::route_all_to("origin", json!({})));
+        hcm["stat_prefix"] = json!(format!("inbound_0.0.0.0_{port}"));
+        let mut http_filters = filters;
+        http_filters.push(tests::config::router_filter());
+        hcm["http_filters"] = json!(http_filters);
+        tests::bootstrap(vec![tests::http_listener("main", port, hcm)], vec![tests::cluster("origin", &[origin])])
+    }
+
+    struct Contender {
+        label: &'static str,
+        port: u16,
+        server: Server,
+    }
+
+    /// A proxy on a free port; `filters` are its HTTP filters for that port.
+    fn start_proxy(label: &'static str, dir: &std::path::Path, filters: impl FnOnce(u16) -> Vec<Value>, origin: std::net::SocketAddr, cpu: usize) -> Contender {
+        let port = tests::free_port();
+        let path = dir.join(format!("{label}.json"));
+        fs::write(&path, config(port, origin, filters(port))).unwrap_or_else(|e| die(&format!("write {}: {e}", path.display())));
+        let bin = tests::binary::node_proxy_bin();
+        let admin = format!("127.0.0.1:{}", tests::free_port());
+        let argv: Vec<String> = [
+            bin.display().to_string().as_str(),
+            "--config",
+            &path.display().to_string(),
+            "--workers",
+            "1",
+            "--admin-address",
+            &admin,
+            "--metrics-address",
+            "off",
+            "--readiness-address",
+            "off",
+            "--hbone-address",
+            "off",
+            "--log-level",
+            "warn",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let server = Server::start(label, cpu, &argv, dir.join(format!("{label}.log")));
+        Contender { label, port, server }
+    }
+
+    /// The status of `GET path` with the bench's headers (and `x-tenant: tenant`).
+    fn status(port: u16, path: &str, tenant: &str) -> u16 {
+        tests::Curl::new(&format!("http://127.0.0.1:{port}{path}")).host(&format!("{HOST}:8080")).header("x-tenant", tenant).run().status
+    }
+
+    fn wait_ready(c: &mut Contender) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(c.port, "/api/items/42?verbose=1", "acme") != 200 {
+            c.server.check_alive();
+            if Instant::now() > deadline {
+                die(&format!("{} does not answer 200 on :{}; log:\n{}", c.label, c.port, tail(&c.server.log)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn nginx(dir: &std::path::Path, cpu: usize) -> (Server, std::net::SocketAddr) {
+        let port = tests::free_port();
+        let template_path = tests::binary::workspace_root().join("benches/configs/nginx-origin.conf");
+        let template = fs::read_to_string(&template_path).unwrap_or_else(|e| die(&format!("read {}: {e}", template_path.display())));
+        // Every path answers the 12-byte body (the bench's requests are `/api/items/42?…`).
+        assert!(template.contains("location = / {"), "{} changed: no `location = / {{`", template_path.display());
+        let conf = template
+            .replace("location = / {", "location / {")
+            .replace("@H1_PORT@", &port.to_string())
+            .replace("@H2C_PORT@", &tests::free_port().to_string())
+            .replace("@PREFIX@", &dir.display().to_string())
+            .replace("@NOFILE@", "4096")
+            .replace("@WORKER_CONNECTIONS@", "2048")
+            .replace("@BODY_1K@", "x");
+        let path = dir.join("nginx.conf");
+        fs::write(&path, conf).unwrap_or_else(|e| die(&format!("write {}: {e}", path.display())));
+        let argv = ["nginx", "-p", &dir.display().to_string(), "-c", &path.display().to_string()].map(str::to_owned);
+        let server = Server::start("nginx", cpu, &argv, dir.join("nginx.log"));
+        (server, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn compilers_running() -> usize {
+        let comms = fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| fs::read_to_string(e.path().join("comm")).ok());
+        comms.filter(|c| matches!(c.trim(), "rustc" | "cc1" | "cc1plus" | "ld" | "clippy-driver")).count()
+    }
+
+    fn loadavg() -> String {
+        fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    }
+
+    struct Run {
+        wrk: WrkResult,
+        cpu_us_per_req: f64,
+        compilers: usize,
+    }
+
+    fn wrk(c: &Contender, o: &Opts) -> Run {
+        let args = [
+            "-c".to_owned(),
+            o.gen_cpu.to_string(),
+            "wrk".to_owned(),
+            "-t1".to_owned(),
+            format!("-c{}", o.connections),
+            format!("-d{}s", o.duration),
+            "--latency".to_owned(),
+            "-H".to_owned(),
+            format!("Host: {HOST}:8080"),
+            "-H".to_owned(),
+            "x-tenant: acme".to_owned(),
+            format!("http://127.0.0.1:{}/api/items/42?verbose=1", c.port),
+        ];
+        let compilers = compilers_running();
+        let cpu0 = stat_of(c.server.pid()).map_or(0, |s| s.1);
+        let out = std::process::Command::new("taskset").args(&args).output().unwrap_or_else(|e| die(&format!("cannot run wrk: {e}")));
+        let cpu1 = stat_of(c.server.pid()).map_or(0, |s| s.1);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let r = parse_wrk(&text).unwrap_or_else(|| die(&format!("cannot parse wrk's output:\n{text}{}", String::from_utf8_lossy(&out.stderr))));
+        if r.errors > 0.0 {
+            die(&format!("wrk saw {} errors against {}:\n{text}", r.errors, c.label));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let requests = if r.requests > 0.0 { r.requests } else { r.rps * o.duration as f64 };
+        Run { cpu_us_per_req: (cpu1 - cpu0) as f64 / tck * 1e6 / requests, wrk: r, compilers: compilers.max(compilers_running()) }
+    }
+
+    pub fn run() {
+        let o = parse_args();
+        for tool in ["wrk", "nginx", "taskset", "curl"] {
+            if std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+                die(&format!("{tool} not found: apt-get install -y wrk nginx util-linux curl"));
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("node-proxy-authz-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("create {}: {e}", dir.display())));
+        log(format!("node-proxy: {}", tests::binary::node_proxy_bin().display()));
+        let (_origin, origin) = nginx(&dir, o.server_cpu);
+        let mut none = start_proxy("none", &dir, |_| Vec::new(), origin, o.server_cpu);
+        let mut ten = start_proxy("ten-policies", &dir, istio_filters, origin, o.server_cpu);
+        wait_ready(&mut none);
+        wait_ready(&mut ten);
+        // The filter is live in B only: a request no policy allows and one the DENY matches.
+        for (path, tenant) in [("/api/items/42?verbose=1", "tenant-x"), ("/admin", "acme")] {
+            assert_eq!((status(none.port, path, tenant), status(ten.port, path, tenant)), (200, 403), "{path} with x-tenant {tenant}");
+        }
+        log(format!("data path: {} pairs of {} s, {} connections; load average {}", o.reps, o.duration, o.connections, loadavg()));
+        let started = Instant::now();
+        let mut pairs = Vec::new();
+        for rep in 0..o.reps {
+            let a = wrk(&none, &o);
+            let b = wrk(&ten, &o);
+            log(format!(
+                "  [rep {rep}] none {:.0} req/s ({:.1} µs/req), 10 policies {:.0} req/s ({:.1} µs/req): {:.3}; compilers running {} / {}; load {}",
+                a.wrk.rps,
+                a.cpu_us_per_req,
+                b.wrk.rps,
+                b.cpu_us_per_req,
+                b.wrk.rps / a.wrk.rps,
+                a.compilers,
+                b.compilers,
+                loadavg()
+            ));
+            pairs.push((a, b));
+        }
+        none.server.check_alive();
+        ten.server.check_alive();
+        let med = |f: &dyn Fn(&Run) -> Option<f64>, b: bool| median(pairs.iter().filter_map(|(x, y)| f(if b { y } else { x })).collect());
+        let ratios: Vec<f64> = pairs.iter().map(|(a, b)| b.wrk.rps / a.wrk.rps).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+        let ratio = median(ratios.clone()).unwrap_or(f64::NAN);
+        let fmt = |v: Option<f64>, d: usize| v.map_or("—".to_owned(), |v| format!("{v:.d$}"));
+        println!("\n| proxy | req/s (median) | p50 | p99 | proxy CPU µs/req |\n|---|---:|---:|---:|---:|");
+        for (label, b) in [("no RBAC filter", false), ("DENY filter + ALLOW filter of 10 policies (last one allows)", true)] {
+            println!(
+                "| {label} | {} | {} ms | {} ms | {} |",
+                fmt(med(&|r| Some(r.wrk.rps), b), 0),
+                fmt(med(&|r| r.wrk.p50_ms, b), 3),
+                fmt(med(&|r| r.wrk.p99_ms, b), 3),
+                fmt(med(&|r| Some(r.cpu_us_per_req), b), 1)
+            );
+        }
+        println!(
+            "\n10 policies ÷ none: **{ratio:.3}** ({lo:.3}–{hi:.3}); per pair: {}; target ≥ 0.95: {}. {} pairs in {:.0} s; compilers seen during runs: {}.",
+            ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
+            if ratio >= 0.95 { "met" } else { "**not met**" },
+            o.reps,
+            started.elapsed().as_secs_f64(),
+            pairs.iter().map(|(a, b)| a.compilers.max(b.compilers)).max().unwrap_or(0)
+        );
+        drop((none, ten));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -27,12 +27,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use istio_compat::model::workload::Identity;
 use node_proxy::tls::LocalCa;
+use serde_json::{json, Value};
+use tests::ads_server::any_from_json;
 use tests::clients::Background;
-use tests::mesh_scene::{allow_only, any, converted_strict, identity, sa, Scene, GUARDED, NS, SERVER, TD, VIP};
+use tests::mesh_scene::{allow_only, any, converted_strict, identity, sa, Scene, SceneOptions, GUARDED, NS, PLAIN_SERVER, PLAIN_VIP, SERVER, TD, VIP};
 use tests::netns::{in_netns, require_root};
 use tests::topology::Pod;
 use tests::*;
-use xds_client::type_url::AUTHORIZATION;
+use xds_client::pb::envoy::config::cluster::v3::Cluster;
+use xds_client::type_url::{AUTHORIZATION, CLUSTER};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -236,6 +239,142 @@ fn strict_peer_authentication_drops_plaintext_to_the_pod() {
             Err(r)
         }
     });
+}
+
+/// istiod's Istio-mTLS transport socket for an outbound cluster (ISTIO_MUTUAL: the
+/// `tlsMode-istio` entry of its auto-mTLS `transport_socket_matches`, an
+/// UpstreamTlsContext with the SDS `default` certificate and `ROOTCA` validation), read
+/// from the corpus's config dump. `None` (skipped) without the corpus outside CI.
+fn istio_mutual_transport_socket() -> Option<Value> {
+    let path = tests::corpus::dir()?.join("istio-envoy-configdump/describe_http_config.json");
+    let dump: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))).expect("the dump is JSON");
+    fn find(v: &Value) -> Option<Value> {
+        match v {
+            Value::Object(o) => o
+                .get("transport_socket_matches")
+                .and_then(|m| m.as_array())
+                .and_then(|m| m.iter().find(|e| e["name"] == "tlsMode-istio"))
+                .map(|e| e["transport_socket"].clone())
+                .or_else(|| o.values().find_map(find)),
+            Value::Array(a) => a.iter().find_map(find),
+            _ => None,
+        }
+    }
+    let socket = find(&dump).unwrap_or_else(|| panic!("no tlsMode-istio transport socket in {}", path.display()));
+    assert!(socket.to_string().contains("UpstreamTlsContext"), "{socket}");
+    Some(socket)
+}
+
+/// `tests::config::cluster` with `extra` merged in, and `tlsMode: istio` endpoint metadata on
+/// the endpoints marked `true` (as EDS carries it for meshed pods).
+fn cluster_with(name: &str, endpoints: &[(SocketAddr, bool)], extra: Value) -> Value {
+    let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
+    let mut c = merge(cluster(name, &addrs), extra);
+    for (i, (_, meshed)) in endpoints.iter().enumerate() {
+        if *meshed {
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][i]["metadata"] =
+                json!({ "filter_metadata": { "envoy.transport_socket_match": { "tlsMode": "istio" } } });
+        }
+    }
+    c
+}
+
+/// An outbound cluster that requires Istio's mTLS, as istiod emits it (a DestinationRule's
+/// ISTIO_MUTUAL: the cluster's `transport_socket`; auto-mTLS: `transport_socket_matches`
+/// on the endpoints' `tlsMode: istio`), reaches a meshed (HBONE) endpoint over HBONE: the
+/// request succeeds and node2 reports the client's identity. To a workload outside the
+/// mesh the ISTIO_MUTUAL cluster cannot do mTLS: the request is refused with Envoy's 503
+/// for an upstream connection failure (`UF`) and nothing reaches the app in the clear;
+/// auto-mTLS leaves that endpoint (no `tlsMode`) plaintext, as Envoy does.
+#[test]
+fn clusters_requiring_istio_mtls_reach_meshed_endpoints_over_hbone() {
+    if !root("clusters_requiring_istio_mtls_reach_meshed_endpoints_over_hbone") {
+        return;
+    }
+    let Some(socket) = istio_mutual_transport_socket() else { return };
+    let s = Scene::start(SceneOptions { plaintext_pod21: true, ..SceneOptions::test("mesh-automtls") });
+    let plain = s.topo.nodes[1].pods[1].origin("plain", sa(PLAIN_SERVER));
+    let set_clusters = |svc: Value, plain: Value| {
+        for ads in [&s.ads1, &s.ads2] {
+            ads.set(CLUSTER, "svc", any_from_json::<Cluster>(svc.clone()));
+            ads.set(CLUSTER, "plain", any_from_json::<Cluster>(plain.clone()));
+        }
+    };
+    let wait_tls = |what: &str, want: Value| {
+        assert_eventually(what, T, || {
+            let model: Value = serde_json::from_str(&s.proxy1.admin_get("/config_dump?format=model").body).unwrap_or(Value::Null);
+            let tls = [&model["clusters"]["svc"]["tls"], &model["clusters"]["plain"]["tls"]];
+            if tls.iter().all(|t| **t == want) {
+                Ok(())
+            } else {
+                Err(format!("svc {}, plain {}", tls[0], tls[1]))
+            }
+        })
+    };
+    let client = format!("spiffe://{TD}/ns/{NS}/sa/client");
+    let destination_streams = || {
+        let labels = [
+            ("reporter", "destination"),
+            ("source_principal", client.as_str()),
+            ("destination_workload", "server"),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        s.proxy2.metric("istio_tcp_connections_opened_total", &labels)
+    };
+
+    // A DestinationRule's ISTIO_MUTUAL: every endpoint of the cluster requires Istio's mTLS.
+    let mutual = json!({ "transport_socket": socket.clone() });
+    set_clusters(cluster_with("svc", &[(sa(SERVER), true)], mutual.clone()), cluster_with("plain", &[(sa(PLAIN_SERVER), false)], mutual));
+    wait_tls("node1 holds the ISTIO_MUTUAL clusters", json!("always"));
+    let streams_before = destination_streams();
+    let d = s.client().dial(sa(VIP), "/istio-mutual/meshed");
+    assert_eq!(d.status(), 200, "{}\nproxy1:\n{}\nproxy2:\n{}", d.response, s.proxy1.stderr(), s.proxy2.stderr());
+    let seen = s.server().requests_to("/istio-mutual/meshed");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-node-proxy"), Some("node1"), "node1's route acted");
+    assert_eq!(seen[0].peer.ip().to_string(), "198.18.2.1", "served by node2's proxy: the leg was HBONE");
+    assert_eventually("node2 reports a new mTLS stream from the client", T, || {
+        let now = destination_streams();
+        if now > streams_before {
+            Ok(())
+        } else {
+            Err(format!("istio_tcp_connections_opened_total {now} (before {streams_before})"))
+        }
+    });
+    // The same cluster to a workload outside the mesh (tunnel NONE): no mTLS is possible.
+    // Envoy would fail the TLS handshake with the plaintext server and answer 503 UF
+    // (router: upstream connection failure); node-proxy refuses before connecting.
+    let d = s.client().dial(sa(PLAIN_VIP), "/istio-mutual/plain");
+    assert_eq!(d.status(), 503, "{}", d.response);
+    assert!(
+        d.response.contains("upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        "Envoy's body for a connection failure: {}",
+        d.response
+    );
+    assert!(plain.requests().is_empty(), "nothing reached the plaintext app");
+    let line = assert_eventually("node1's access log line for the refusal", T, || {
+        Scene::access_log(&s.proxy1).into_iter().find(|l| l["path"] == "/istio-mutual/plain").ok_or_else(|| s.proxy1.access_log_lines().join("\n"))
+    });
+    assert_eq!((line["response_code"].as_u64(), line["response_flags"].as_str()), (Some(503), Some("UF")), "{line}");
+    assert_eq!(line["upstream_cluster"], "plain", "{line}");
+
+    // Auto-mTLS (no DestinationRule): Istio TLS only for endpoints labelled tlsMode istio.
+    let auto = json!({ "transport_socket_matches": [
+        { "name": "tlsMode-istio", "match": { "tlsMode": "istio" }, "transport_socket": socket.clone() },
+        { "name": "tlsMode-disabled", "match": {}, "transport_socket": { "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" } } },
+    ] });
+    set_clusters(cluster_with("svc", &[(sa(SERVER), true)], auto.clone()), cluster_with("plain", &[(sa(PLAIN_SERVER), false)], auto));
+    wait_tls("node1 holds the auto-mTLS clusters", json!({ "when_tls_mode": ["istio"] }));
+    let d = s.client().dial(sa(VIP), "/auto-mtls/meshed");
+    assert_eq!(d.status(), 200, "{}\nproxy1:\n{}", d.response, s.proxy1.stderr());
+    assert_eq!(s.server().requests_to("/auto-mtls/meshed")[0].peer.ip().to_string(), "198.18.2.1", "served by node2's proxy: over HBONE");
+    let d = s.client().dial(sa(PLAIN_VIP), "/auto-mtls/plain");
+    assert_eq!(d.status(), 200, "an endpoint without tlsMode stays plaintext: {}", d.response);
+    let seen = plain.requests_to("/auto-mtls/plain");
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0].peer.ip().to_string(), "198.18.2.1", "straight from node1's proxy, not through node2's");
 }
 
 /// A plaintext `GET /` from the calling thread's namespace, 2 s to connect: the status line or `ERR <why>`.

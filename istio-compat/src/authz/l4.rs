@@ -16,9 +16,13 @@
 //! "no principal") rejects plaintext to a STRICT workload or port.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::model::workload::{Identity, Match, NameMatch, Policy, PolicyAction, ServiceAccountMatch, Workload, WorkloadModel};
+use crate::model::workload::{Identity, Match, NameMatch, Policy, PolicyAction, PolicyScope, ServiceAccountMatch, Workload, WorkloadModel};
 use crate::model::Name;
+
+mod principal;
+use principal::Principal;
 
 /// A connection as L4 authorization sees it.
 #[derive(Clone, Copy, Debug)]
@@ -48,19 +52,25 @@ impl Decision {
 }
 
 /// The decision for `conn` to `workload`.
+///
+/// Costs no allocation per policy tried: the peer's principal is compared piece by
+/// piece ([`Principal`]), never formatted, and the workload's selection of policies
+/// is sorted once per decision ([`applicable`]). Only the decision's policy name
+/// (`namespace/name`) is built, once.
 pub fn evaluate(model: &WorkloadModel, workload: &Workload, conn: &Connection<'_>) -> Decision {
+    let peer = Peer::of(conn);
     let mut allow_applies = false;
     let mut allowed_by = None;
-    for policy in model.policies_for(workload) {
+    for policy in applicable(model, workload) {
         match policy.action {
             PolicyAction::Deny => {
-                if matches(policy, conn) {
+                if policy_holds(policy, &peer) {
                     return Decision::Denied(policy.key());
                 }
             }
             PolicyAction::Allow => {
                 allow_applies = true;
-                if allowed_by.is_none() && matches(policy, conn) {
+                if allowed_by.is_none() && policy_holds(policy, &peer) {
                     allowed_by = Some(policy.key());
                 }
             }
@@ -73,26 +83,61 @@ pub fn evaluate(model: &WorkloadModel, workload: &Workload, conn: &Connection<'_
     }
 }
 
+/// The policies that apply to `workload`, in the model's (key) order: the same
+/// sequence as [`WorkloadModel::policies_for`] (pinned by a test). That one looks each
+/// workload-selector policy up in the workload's whole selection list, which is
+/// quadratic in the policies selecting one workload (2 ms per decision at 1,000);
+/// here the selection is sorted once and searched.
+fn applicable<'a>(model: &'a WorkloadModel, workload: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+    let mut selected: Vec<&str> = workload.authorization_policies.iter().map(|n| &**n).collect();
+    selected.sort_unstable();
+    model
+        .policies
+        .iter()
+        .filter(move |(key, p)| match p.scope {
+            PolicyScope::Global => true,
+            PolicyScope::Namespace => p.namespace.is_empty() || p.namespace == workload.namespace,
+            PolicyScope::WorkloadSelector => selected.binary_search(&&***key).is_ok(),
+        })
+        .map(|(_, p)| p)
+}
+
 /// Whether `policy` matches `conn` (regardless of its action).
 pub fn matches(policy: &Policy, conn: &Connection<'_>) -> bool {
+    policy_holds(policy, &Peer::of(conn))
+}
+
+/// A connection with its peer's principal ready to compare.
+struct Peer<'a> {
+    conn: &'a Connection<'a>,
+    principal: Principal<'a>,
+    namespace: &'a str,
+}
+
+impl<'a> Peer<'a> {
+    fn of(conn: &'a Connection<'a>) -> Self {
+        Peer { conn, principal: Principal::of(conn.source), namespace: conn.source.map_or("", |id| &*id.namespace) }
+    }
+}
+
+fn policy_holds(policy: &Policy, peer: &Peer<'_>) -> bool {
     policy
         .rules
         .iter()
-        .any(|rule| rule.clauses.iter().all(|clause| clause.matches.is_empty() || clause.matches.iter().any(|m| !m.is_empty() && match_holds(m, conn))))
+        .any(|rule| rule.clauses.iter().all(|clause| clause.matches.is_empty() || clause.matches.iter().any(|m| !m.is_empty() && match_holds(m, peer))))
 }
 
-fn match_holds(m: &Match, conn: &Connection<'_>) -> bool {
-    let principal = conn.source.map(|id| id.to_string()).unwrap_or_default();
-    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
-    let namespace = conn.source.map(|id| &*id.namespace).unwrap_or("");
-    let names = |list: &[NameMatch], value: &str| list.iter().any(|n| n.matches(value));
+fn match_holds(m: &Match, peer: &Peer<'_>) -> bool {
+    let conn = peer.conn;
+    let namespaces = |list: &[NameMatch]| list.iter().any(|n| n.matches(peer.namespace));
+    let principals = |list: &[NameMatch]| list.iter().any(|n| peer.principal.matches(n));
     let accounts = |list: &[ServiceAccountMatch]| conn.source.is_some_and(|id| list.iter().any(|a| a.matches(id)));
     let nets = |list: &[ipnet::IpNet], ip: IpAddr| list.iter().any(|n| n.contains(&canonical(ip)));
     let positive = |empty: bool, hit: bool| empty || hit;
-    positive(m.namespaces.is_empty(), names(&m.namespaces, namespace))
-        && !names(&m.not_namespaces, namespace)
-        && positive(m.principals.is_empty(), names(&m.principals, principal))
-        && !names(&m.not_principals, principal)
+    positive(m.namespaces.is_empty(), namespaces(&m.namespaces))
+        && !namespaces(&m.not_namespaces)
+        && positive(m.principals.is_empty(), principals(&m.principals))
+        && !principals(&m.not_principals)
         && positive(m.service_accounts.is_empty(), accounts(&m.service_accounts))
         && !accounts(&m.not_service_accounts)
         && positive(m.source_ips.is_empty(), nets(&m.source_ips, conn.source_ip))
