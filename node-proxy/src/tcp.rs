@@ -182,6 +182,6 @@ async fn splice(down: PrefixedIo, up: UpstreamIo, idle: Option<Duration>) -> (u6
     let down = down.into_split();
     match up {
         UpstreamIo::Tcp(tcp) => relay(prefix, down, tcp.into_split(), idle).await,
-        UpstreamIo::Hbone(stream) => relay(prefix, down, tokio::io::split(stream), idle).await,
+        UpstreamIo::Hbone(stream) => relay(prefix, down, stream, idle).await,
     }
 }

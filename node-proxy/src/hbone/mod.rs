@@ -33,7 +33,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use stream::H2Stream;
+pub use stream::{H2RecvHalf, H2SendHalf, H2Stream};
 
 use std::time::Duration;
 

@@ -123,7 +123,7 @@ where
     let tunnel = H2Stream::new(send, recv, None);
     match accepted {
         Accepted::Relay(upstream) => {
-            let (from_peer, to_peer) = crate::io::relay(Bytes::new(), tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
+            let (from_peer, to_peer) = crate::io::relay(Bytes::new(), tunnel, tokio::io::split(upstream), None).await;
             debug!(peer, %target, from_peer, to_peer, "HBONE stream done");
         }
         Accepted::Serve(task) => task(tunnel).await,

@@ -1,35 +1,138 @@
 //! Copying bytes both ways between two connections (the TCP proxy, HBONE).
+//!
+//! Each side of a [`relay`] is a [`Duplex`]: a reading half that hands out chunks of
+//! bytes ([`ChunkRead`]) and a writing half that takes them ([`ChunkWrite`]). A byte
+//! stream's halves (`(AsyncRead, AsyncWrite)`) read into a buffer that is frozen and
+//! handed on, so a chunk read from a socket reaches an HTTP/2 stream (HBONE) as is,
+//! and a DATA frame received on one is written to the socket as is: no copy in
+//! between (an `H2Stream` is a `Duplex` of its own halves).
 
+use std::future::Future;
 use std::io;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The first read buffer of each direction of a [`relay`].
-const RELAY_BUFFER_MIN: usize = 16 * 1024;
-/// What a direction's buffer grows to while reads keep filling it (bulk transfers:
-/// fewer, larger writes, HTTP/2 DATA frames and TLS record batches).
-const RELAY_BUFFER_MAX: usize = 256 * 1024;
+/// The most plaintext rustls puts in one TLS record.
+const TLS_RECORD: usize = 16 * 1024;
+/// The header of an HTTP/2 frame.
+const H2_FRAME_HEADER: usize = 9;
+/// How many TLS records' worth a direction's reads grow to while they keep filling
+/// their buffer (bulk transfers: fewer, larger writes and DATA frames).
+const READ_RECORDS_MAX: usize = 16;
+
+/// The most a read takes when the direction is at `records` (1, 2, 4, ... 16): a full
+/// read sent on an HBONE stream becomes one DATA frame that fills whole TLS records,
+/// its header included, so no record (nor a write) is spent on a frame's last bytes.
+fn read_size(records: usize) -> usize {
+    records * TLS_RECORD - H2_FRAME_HEADER
+}
+
+/// The reading half of one side of a relay.
+pub trait ChunkRead {
+    /// The next bytes read; empty at EOF.
+    fn read_chunk(&mut self) -> impl Future<Output = io::Result<Bytes>>;
+}
+
+/// The writing half of one side of a relay.
+pub trait ChunkWrite {
+    /// Writes all of `data`.
+    fn write_chunk(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>>;
+    /// Ends the writing side (a TCP half-close, END_STREAM).
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// One side of a relay, split into its halves.
+pub trait Duplex {
+    type Read: ChunkRead;
+    type Write: ChunkWrite;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+/// A byte stream's halves (`TcpStream::into_split`, `tokio::io::split`).
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Duplex for (R, W) {
+    type Read = StreamReader<R>;
+    type Write = StreamWriter<W>;
+    fn into_halves(self) -> (StreamReader<R>, StreamWriter<W>) {
+        (StreamReader { inner: self.0, buf: BytesMut::new(), records: 1 }, StreamWriter(self.1))
+    }
+}
+
+/// Reads a byte stream into a buffer whose filled part is handed out as a chunk; the
+/// read size doubles while reads fill it (see [`read_size`]).
+pub struct StreamReader<R> {
+    inner: R,
+    buf: BytesMut,
+    records: usize,
+}
+
+impl<R: AsyncRead + Unpin> ChunkRead for StreamReader<R> {
+    async fn read_chunk(&mut self) -> io::Result<Bytes> {
+        let size = read_size(self.records);
+        // Reuses the allocation once the chunks handed out from it are gone.
+        self.buf.reserve(size);
+        let n = self.inner.read_buf(&mut (&mut self.buf).limit(size)).await?;
+        if n == size && self.records < READ_RECORDS_MAX {
+            self.records *= 2;
+        }
+        Ok(self.buf.split().freeze())
+    }
+}
+
+/// Writes chunks to a byte stream.
+pub struct StreamWriter<W>(W);
+
+impl<W: AsyncWrite + Unpin> ChunkWrite for StreamWriter<W> {
+    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.write_all(&data).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+/// An HBONE stream: DATA frames in, DATA frames out, END_STREAM as the half-close.
+impl Duplex for crate::hbone::H2Stream {
+    type Read = crate::hbone::H2RecvHalf;
+    type Write = crate::hbone::H2SendHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        crate::hbone::H2Stream::into_halves(self)
+    }
+}
+
+impl ChunkRead for crate::hbone::H2RecvHalf {
+    async fn read_chunk(&mut self) -> io::Result<Bytes> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+}
+
+impl ChunkWrite for crate::hbone::H2SendHalf {
+    async fn write_chunk(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            std::future::poll_fn(|cx| self.poll_send(cx, &mut data)).await?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.end_stream()
+    }
+}
 
 /// Copies `a`'s reads to `b` and `b`'s reads to `a` (after writing `prefix` to `b`),
 /// each direction on its own so a slow writer in one never stalls the other. A read
 /// EOF shuts the other side's writing half down (half-close); a read or write error
-/// (a reset) ends both, dropping the halves (an HTTP/2 stream is reset). With `idle`, stops once nothing has moved for that long. Returns
-/// (bytes from `a`, bytes from `b`).
-pub async fn relay<AR, AW, BR, BW>(prefix: Bytes, (ar, aw): (AR, AW), (br, bw): (BR, BW), idle: Option<std::time::Duration>) -> (u64, u64)
-where
-    AR: AsyncRead + Unpin,
-    AW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
-{
+/// (a reset) ends both, dropping the halves (an HTTP/2 stream is reset). With `idle`,
+/// stops once nothing has moved for that long. Returns (bytes from `a`, bytes from `b`).
+pub async fn relay<A: Duplex, B: Duplex>(prefix: Bytes, a: A, b: B, idle: Option<std::time::Duration>) -> (u64, u64) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let start = tokio::time::Instant::now();
     // Milliseconds since `start` of the last byte moved (for the idle timeout).
     let last = AtomicU64::new(0);
     let (from_a, from_b) = (AtomicU64::new(prefix.len() as u64), AtomicU64::new(0));
-    let mut bw = bw;
-    if !prefix.is_empty() && bw.write_all(&prefix).await.is_err() {
+    let ((ar, aw), (br, mut bw)) = (a.into_halves(), b.into_halves());
+    if !prefix.is_empty() && bw.write_chunk(prefix).await.is_err() {
         return (from_a.load(Ordering::Relaxed), 0);
     }
     let both = async { tokio::try_join!(copy_one(ar, bw, &from_a, &last, start), copy_one(br, aw, &from_b, &last, start)).map(|_| ()) };
@@ -60,32 +163,23 @@ where
 
 /// One direction of [`relay`]: `Ok` at the reader's EOF (the writer shut down), `Err`
 /// when reading or writing fails.
-async fn copy_one<R, W>(
+async fn copy_one<R: ChunkRead, W: ChunkWrite>(
     mut r: R,
     mut w: W,
     count: &std::sync::atomic::AtomicU64,
     last: &std::sync::atomic::AtomicU64,
     start: tokio::time::Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) -> io::Result<()> {
     use std::sync::atomic::Ordering;
-    let mut buf = vec![0u8; RELAY_BUFFER_MIN];
     loop {
-        let n = match r.read(&mut buf).await? {
-            0 => {
-                let _ = w.shutdown().await;
-                return Ok(());
-            }
-            n => n,
-        };
-        w.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == buf.len() && buf.len() < RELAY_BUFFER_MAX {
-            buf.resize(buf.len() * 2, 0);
+        let chunk = r.read_chunk().await?;
+        if chunk.is_empty() {
+            let _ = w.shutdown().await;
+            return Ok(());
         }
+        let n = chunk.len() as u64;
+        w.write_chunk(chunk).await?;
+        count.fetch_add(n, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

@@ -126,7 +126,7 @@ impl Stream {
                 let Ok(upstream) = open_upstream(&self.workload, self.target, self.mark, self.timeout).await else { return };
                 let upstream = Metered::new(upstream, self.telemetry, &self.workload, &self.origin, self.target, start);
                 let (prefix, tunnel) = io.into_parts();
-                let (from_peer, to_peer) = crate::io::relay(prefix, tokio::io::split(tunnel), tokio::io::split(upstream), None).await;
+                let (from_peer, to_peer) = crate::io::relay(prefix, tunnel, tokio::io::split(upstream), None).await;
                 debug!(target = %self.target, from_peer, to_peer, "HBONE stream done");
             }
             ChainKind::Refuse { reason } => {
