@@ -224,11 +224,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
     let peer_principal = if hcm_rbac || network_authz { crate::authz::peer_principal(&worker.shared, remote.ip()) } else { None };
     if let Err(details) = crate::authz::connection(&worker, chain, remote, destination, server_name.as_deref(), peer_principal.as_deref()).await {
         tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %destination, "closing connection: {details}");
-        let tcp = match &chain.kind {
-            ChainKind::Tcp(t) => Some(t),
-            _ => None,
-        };
-        crate::tcp::log_denied(&listener, tcp, remote, destination, server_name, options.default_access_log.clone(), details);
+        crate::tcp::log_denied(&listener, chain, remote, destination, server_name, options.default_access_log.clone(), details);
         return;
     }
     match &chain.kind {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use istio_compat::model::cluster::Discovery;
-use istio_compat::model::listener::{AccessLog, Listener, TcpCluster, TcpProxy};
+use istio_compat::model::listener::{AccessLog, ChainKind, FilterChain, Listener, TcpCluster, TcpProxy};
 
 use crate::io::{relay, PrefixedIo};
 use crate::runtime::Worker;
@@ -147,7 +147,7 @@ pub async fn proxy(
 /// details naming the policy.
 pub fn log_denied(
     listener: &Listener,
-    tcp: Option<&TcpProxy>,
+    chain: &FilterChain,
     remote: SocketAddr,
     destination: SocketAddr,
     server_name: Option<String>,
@@ -156,8 +156,8 @@ pub fn log_denied(
 ) {
     let mut rec = RequestRecord::tcp(remote, destination, server_name);
     rec.response_code_details = details.into();
-    let logs: Vec<AccessLog> = match tcp {
-        Some(t) if !t.access_log.is_empty() => t.access_log.clone(),
+    let logs: Vec<AccessLog> = match &chain.kind {
+        ChainKind::Tcp(t) if !t.access_log.is_empty() => t.access_log.clone(),
         _ if !listener.access_log.is_empty() => listener.access_log.clone(),
         _ => default_log.iter().map(|l| (**l).clone()).collect(),
     };

@@ -167,8 +167,8 @@ impl Inbound {
                     info!(workload = %workload.uid, target = %req.target, "HBONE CONNECT to the HBONE port itself refused");
                     return Err(StatusCode::SERVICE_UNAVAILABLE);
                 }
-                authorize(&workloads, &network, &workload, &peer_id, peer.ip(), &req)?;
                 let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers, certificate);
+                authorize(&workloads, &workload, &peer_id, origin.source_ip, &req)?;
                 let inbound_listener = worker.as_ref().and_then(|w| w.shared.live.load().inbound_listener().cloned());
                 if let (Some(worker), Some(listener)) = (worker, inbound_listener) {
                     let stream = l7::Stream { worker, listener, workload: workload.clone(), origin: origin.clone(), target: req.target, mark, timeout, telemetry: telemetry.clone() };
@@ -195,16 +195,9 @@ impl Inbound {
 
 /// The L4 authorization of one tunnelled connection (ztunnel's decision over the
 /// workload API's policies, converted PeerAuthentication included): 401 when denied.
-fn authorize(
-    workloads: &LiveWorkloads,
-    network: &str,
-    workload: &Workload,
-    peer_id: &Identity,
-    peer_ip: std::net::IpAddr,
-    req: &ConnectRequest,
-) -> Result<(), StatusCode> {
+/// `source_ip` is the source workload's address as [`Origin`] found it.
+fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: &Identity, source_ip: IpAddr, req: &ConnectRequest) -> Result<(), StatusCode> {
     let view = workloads.load();
-    let source_ip = source_address(&view.index, network, peer_id, peer_ip, &req.headers);
     let conn = Connection { source: Some(peer_id), source_ip, destination_ip: req.target.ip(), destination_port: req.target.port() };
     match evaluate(&view.model, workload, &conn) {
         Decision::Allow(_) => Ok(()),

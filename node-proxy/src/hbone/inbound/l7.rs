@@ -73,11 +73,7 @@ impl Stream {
         if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
             info!(listener = %self.listener.name, chain = %chain.name, %remote, target = %self.target, "HBONE stream denied by the inbound chain's policy: {details}");
             let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
-            let tcp = match &chain.kind {
-                ChainKind::Tcp(t) => Some(t),
-                _ => None,
-            };
-            crate::tcp::log_denied(&self.listener, tcp, remote, self.target, None, default_log, details);
+            crate::tcp::log_denied(&self.listener, chain, remote, self.target, None, default_log, details);
             return Err(StatusCode::UNAUTHORIZED);
         }
         Ok(false)
@@ -91,11 +87,7 @@ impl Stream {
         let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
         if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
             debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing HBONE stream: {details}");
-            let tcp = match &chain.kind {
-                ChainKind::Tcp(t) => Some(t),
-                _ => None,
-            };
-            crate::tcp::log_denied(&listener, tcp, remote, self.target, server_name, default_log, details);
+            crate::tcp::log_denied(&listener, chain, remote, self.target, server_name, default_log, details);
             return;
         }
         match &chain.kind {
