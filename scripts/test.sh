@@ -14,6 +14,8 @@ if [ -z "${NODE_PROXY_CORPUS:-}" ] && [ -d ../shared/corpus ]; then
   export NODE_PROXY_CORPUS="$(cd ../shared/corpus && pwd)"
 fi
 
+scripts/target-space.sh "${CARGO_TARGET_DIR:-target}"
+
 echo "==> gRPC peer self-test"
 python3 tests/peers/grpc/selftest.py
 echo "==> cargo test"
