@@ -32,7 +32,7 @@ pub fn peer_principal(shared: &Shared, ip: IpAddr) -> Option<String> {
 pub fn check(metrics: &Metrics, kind: &'static str, owner_prefix: Option<&str>, filters: &[Rbac], req: &Request<'_>) -> Result<(), String> {
     for filter in filters {
         let d = filter.evaluate(req);
-        let labels = RbacLabels { filter: kind.to_owned(), stat_prefix: owner_prefix.unwrap_or(&filter.stat_prefix).to_owned() };
+        let labels = RbacLabels { filter: kind, stat_prefix: owner_prefix.unwrap_or(&filter.stat_prefix).to_owned() };
         if let Some(shadow) = d.shadow {
             let family = if shadow.allowed { &metrics.rbac.shadow_allowed } else { &metrics.rbac.shadow_denied };
             family.get_or_create(&labels).inc();

@@ -8,14 +8,21 @@
 //! client over a pooled HTTP/2 connection; the timeout; what an answer means for the
 //! request (mutations on allow, the local reply on denial or error, as Envoy builds
 //! it: the provider's status, body and headers; gRPC requests get a trailers-only
-//! reply with the status mapped, 403 -> PERMISSION_DENIED, 401 -> UNAUTHENTICATED);
-//! the `envoy_ext_authz_*` counters. Does not own where in the filter chain the check
-//! runs (the HTTP path and the listener decide that).
+//! reply with the status mapped, 403 -> PERMISSION_DENIED, 401 -> UNAUTHENTICATED,
+//! and the `UAEX` response flag on both); the `envoy_ext_authz_*` counters; buffering
+//! the request body for `with_request_body` ([`buffer_body`]). Does not own where in
+//! the filter chain the check runs (the HTTP path and the listener decide that).
 //!
-//! Not supported yet, and refused rather than guessed: buffering a request body for
-//! `with_request_body` (a request that has a body while the filter asks for it is
-//! answered as an error, `status_on_error`, with a log that says why; requests without
-//! a body are checked normally).
+//! `with_request_body`, as Envoy's filter does it: a request that is enabled and has
+//! a body (not headers-only, not an upgrade) is held while its body is read ahead,
+//! until the body ends or, with `allow_partial_message`, `max_request_bytes` are in;
+//! without `allow_partial_message` a body longer than `max_request_bytes` is answered
+//! 413 `Payload Too Large` (`request_payload_too_large`; gRPC: UNKNOWN), as Envoy's
+//! decoder buffer limit does, and the provider is not called. The provider gets the
+//! first `max_request_bytes` of what was read and `x-envoy-auth-partial-body` saying
+//! whether that was cut; the upstream later gets the whole body, what was read ahead
+//! first, the rest as it streams. A client that stalls meanwhile is bounded by the
+//! connection manager's stream idle timeout (408 `stream timeout`, `SI`).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -27,6 +34,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use istio_compat::authz::ext_authz::{self as model, Allowed, AuthzService, CheckInput, Denied, ExtAuthz, Outcome};
@@ -34,10 +42,11 @@ use istio_compat::model::cluster::UpstreamProtocol;
 use protocols::grpc;
 use xds_client::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
-use crate::http::body::{ReqBody, RespBody};
-use crate::http::local_reply;
+use crate::http::body::{DownstreamBody, ReadAheadError, ReqBody, RespBody};
+use crate::http::local_reply::{self, LocalReply};
 use crate::runtime::Worker;
 use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::ResponseFlags;
 use crate::telemetry::metrics::RbacLabels;
 use crate::upstream::cluster::ClusterState;
 use crate::upstream::host::{ActiveRequest, Host};
@@ -52,13 +61,18 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 pub const DENIED_DETAILS: &str = "ext_authz_denied";
 /// Envoy's `response_code_details` for an error answered with `status_on_error`.
 pub const ERROR_DETAILS: &str = "ext_authz_error";
+/// The connection manager's reply when a body overflows the buffer a filter set
+/// (Envoy's `requestDataTooLarge`), here `with_request_body` without
+/// `allow_partial_message`.
+pub const PAYLOAD_TOO_LARGE: LocalReply = LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", "request_payload_too_large");
 
 /// What the HTTP path does after the check.
 pub enum HttpVerdict {
     /// Go on; apply `mutations` to the request and add `response_headers` to the response.
     Continue { mutations: Option<Allowed>, failure_mode_allowed: bool },
-    /// Answer with this reply (boxed: the rare path); `details` for the access log.
-    Reply { response: Box<Response<RespBody>>, details: &'static str },
+    /// Answer with this reply (boxed: the rare path); `details` and `flags` for the
+    /// access log (Envoy sets `UAEX` on a denial and on an error it answers).
+    Reply { response: Box<Response<RespBody>>, details: &'static str, flags: ResponseFlags },
 }
 
 impl HttpVerdict {
@@ -101,22 +115,19 @@ pub async fn check_http(
     grpc_request: bool,
 ) -> HttpVerdict {
     let metrics = &worker.shared.metrics.ext_authz;
-    let labels = RbacLabels { filter: "http".to_owned(), stat_prefix: owner_prefix.to_owned() };
+    let labels = RbacLabels { filter: "http", stat_prefix: owner_prefix.to_owned() };
     if !cfg.enabled(metadata) {
         metrics.disabled.get_or_create(&labels).inc();
         if cfg.deny_at_disable {
-            return HttpVerdict::Reply { response: Box::new(reply(cfg.error_status(), &[], b"", grpc_request)), details: ERROR_DETAILS };
+            return HttpVerdict::Reply {
+                response: Box::new(reply(cfg.error_status(), &[], b"", grpc_request)),
+                details: ERROR_DETAILS,
+                flags: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            };
         }
         return HttpVerdict::Continue { mutations: None, failure_mode_allowed: false };
     }
-    let outcome = match input.http.as_ref() {
-        Some(a) if cfg.with_request_body.is_some() && has_body(a.headers) => {
-            tracing::warn!(target: "ext_authz", cluster = cfg.service.cluster(), "the ext_authz filter asks for the request body (with_request_body), which node-proxy does not buffer yet: request refused");
-            Outcome::Error("request body buffering (with_request_body) is not supported".to_owned())
-        }
-        _ => call(worker, snapshot, cfg, input).await,
-    };
-    match outcome {
+    match call(worker, snapshot, cfg, input).await {
         Outcome::Allowed(ok) => {
             metrics.ok.get_or_create(&labels).inc();
             HttpVerdict::Continue { mutations: Some(ok), failure_mode_allowed: false }
@@ -125,7 +136,11 @@ pub async fn check_http(
             metrics.denied.get_or_create(&labels).inc();
             tracing::debug!(target: "ext_authz", status, source = %input.source, "the authorization provider denied the request");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            HttpVerdict::Reply { response: Box::new(reply(status, &headers, &body, grpc_request)), details: DENIED_DETAILS }
+            HttpVerdict::Reply {
+                response: Box::new(reply(status, &headers, &body, grpc_request)),
+                details: DENIED_DETAILS,
+                flags: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            }
         }
         Outcome::Error(why) => {
             metrics.error.get_or_create(&labels).inc();
@@ -135,15 +150,71 @@ pub async fn check_http(
                 return HttpVerdict::Continue { mutations: None, failure_mode_allowed: true };
             }
             tracing::info!(target: "ext_authz", cluster = cfg.service.cluster(), "authorization call failed, request refused with {}: {why}", cfg.status_on_error);
-            HttpVerdict::Reply { response: Box::new(reply(cfg.error_status(), &[], b"", grpc_request)), details: ERROR_DETAILS }
+            HttpVerdict::Reply {
+                response: Box::new(reply(cfg.error_status(), &[], b"", grpc_request)),
+                details: ERROR_DETAILS,
+                flags: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            }
         }
     }
+}
+
+/// Why a request was answered while its body was buffered for the check: the local
+/// reply and the response flag for the access log.
+#[derive(Debug)]
+pub struct BufferFailure {
+    pub reply: LocalReply,
+    pub flag: ResponseFlags,
+}
+
+/// `with_request_body`: reads the request body ahead for the check when the filter
+/// is enabled for the request (`metadata`) and the request has a body, and returns
+/// everything read (the provider gets its first `max_request_bytes`); `None` when
+/// nothing is to be buffered. What is read stays at the front of `body`, so the
+/// upstream gets the whole body. `stall`: the stream idle timeout, which bounds each
+/// wait for the client.
+pub async fn buffer_body(
+    cfg: &ExtAuthz,
+    metadata: &istio_compat::authz::rbac::Metadata,
+    headers: &HeaderMap,
+    body: &mut DownstreamBody,
+    stall: Option<std::time::Duration>,
+) -> Result<Option<Bytes>, BufferFailure> {
+    let Some(settings) = cfg.with_request_body else { return Ok(None) };
+    // Envoy buffers nothing for a headers-only request, an upgrade, or a request the
+    // filter is disabled for (it is then not checked at all).
+    if body.is_end_stream() || crate::http::headers::upgrade_type(headers).is_some() || !cfg.enabled(metadata) {
+        return Ok(None);
+    }
+    let limit = settings.max_request_bytes as usize;
+    // A declared length already over the limit overflows: no need to read it first.
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || BufferFailure { reply: PAYLOAD_TOO_LARGE, flag: ResponseFlags::NONE };
+    if declared.is_some_and(|n| settings.overflows(n)) {
+        tracing::debug!(target: "ext_authz", limit, "request body longer than with_request_body.max_request_bytes: 413");
+        return Err(too_large());
+    }
+    match body.read_ahead(|held| settings.is_full(held) || settings.overflows(held), stall).await {
+        Ok(()) => {}
+        Err(ReadAheadError::Stalled) => {
+            return Err(BufferFailure { reply: LocalReply::STREAM_IDLE_TIMEOUT, flag: ResponseFlags::STREAM_IDLE_TIMEOUT });
+        }
+        Err(ReadAheadError::Body(e)) => {
+            tracing::debug!(target: "ext_authz", "reading the request body for the authorization check failed: {e}");
+            return Err(BufferFailure { reply: LocalReply::DOWNSTREAM_PROTOCOL_ERROR, flag: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR });
+        }
+    }
+    if settings.overflows(body.ahead_len() as u64) {
+        tracing::debug!(target: "ext_authz", limit, "request body longer than with_request_body.max_request_bytes: 413");
+        return Err(too_large());
+    }
+    Ok(Some(body.ahead()))
 }
 
 /// The network filter: whether the connection may go on (one check, when accepted).
 pub async fn check_connection(worker: &Rc<Worker>, cfg: &ExtAuthz, metadata: &istio_compat::authz::rbac::Metadata, input: &CheckInput<'_>) -> bool {
     let metrics = &worker.shared.metrics.ext_authz;
-    let labels = RbacLabels { filter: "network".to_owned(), stat_prefix: cfg.stat_prefix.clone() };
+    let labels = RbacLabels { filter: "network", stat_prefix: cfg.stat_prefix.clone() };
     if !cfg.enabled(metadata) {
         metrics.disabled.get_or_create(&labels).inc();
         return true;
@@ -168,14 +239,6 @@ pub async fn check_connection(worker: &Rc<Worker>, cfg: &ExtAuthz, metadata: &is
             tracing::info!(target: "ext_authz", cluster = cfg.service.cluster(), source = %input.source, "authorization call failed, connection closed: {why}");
             false
         }
-    }
-}
-
-fn has_body(headers: &HeaderMap) -> bool {
-    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    match length {
-        Some(n) => n > 0,
-        None => headers.contains_key(http::header::TRANSFER_ENCODING),
     }
 }
 
@@ -397,13 +460,20 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_seen_from_the_framing() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            pairs.iter().map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v))).collect::<HeaderMap>()
-        };
-        assert!(!has_body(&h(&[])));
-        assert!(!has_body(&h(&[("content-length", "0")])));
-        assert!(has_body(&h(&[("content-length", "3")])));
-        assert!(has_body(&h(&[("transfer-encoding", "chunked")])));
+    fn uaex_prints_in_envoys_order() {
+        let mut f = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION;
+        f.set(ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE);
+        f.set(ResponseFlags::FAULT_INJECTED);
+        assert_eq!(f.to_string(), "FI,UAEX,DC");
+        assert_eq!(ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE.to_string(), "UAEX");
+    }
+
+    #[test]
+    fn payload_too_large_is_envoys_reply() {
+        let r = PAYLOAD_TOO_LARGE.response(false);
+        assert_eq!((r.status(), &r.headers()[CONTENT_LENGTH]), (StatusCode::PAYLOAD_TOO_LARGE, &HeaderValue::from(17)));
+        // gRPC: httpToGrpcStatus has no mapping for 413: UNKNOWN.
+        let r = PAYLOAD_TOO_LARGE.response(true);
+        assert_eq!((&r.headers()["grpc-status"], &r.headers()["grpc-message"]), (&HeaderValue::from(2), &HeaderValue::from_static("Payload Too Large")));
     }
 }

@@ -16,7 +16,12 @@
 //! (status, body, allowed headers); a request the policy does not select never calls
 //! the provider; an unreachable or slow provider answers 403 (`ext_authz_error`), or
 //! lets the request through with failure_mode_allow; a DENY policy after it still
-//! denies; a gRPC client denied by a gRPC provider gets PERMISSION_DENIED.
+//! denies; a gRPC client denied by a gRPC provider gets PERMISSION_DENIED; denials
+//! and errors carry `UAEX` in the access log. With `with_request_body` the provider
+//! gets the body (whole, or its first `max_request_bytes` with
+//! `x-envoy-auth-partial-body: true`; gRPC `raw_body` with `pack_as_bytes`), the app
+//! still gets all of it (also chunked, also when a retry sends it again), and a body
+//! over the limit without `allow_partial_message` is a 413 the provider never sees.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -123,10 +128,14 @@ fn custom_hcm(stat_prefix: &str, ext_authz: Value, app_cluster: &str) -> Value {
 // The providers
 
 /// What a provider was asked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Call {
     path: String,
     headers: HashMap<String, String>,
+    /// The HTTP provider's request body; the gRPC provider's `body` field.
+    body: Vec<u8>,
+    /// The gRPC provider's `raw_body` field.
+    raw_body: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -173,10 +182,12 @@ fn decision(header: Option<&str>) -> &str {
 /// The HTTP provider: `x-ext-authz: allow` -> 200 with headers for the upstream and
 /// the client; `slow` -> 200 after 5 s; anything else -> 403 with a body and headers.
 async fn http_check(req: Request<hyper::body::Incoming>, calls: Arc<Calls>) -> Result<Response<Full<Bytes>>, Infallible> {
+    use http_body_util::BodyExt;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let headers: HashMap<String, String> = req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
     let verdict = decision(headers.get("x-ext-authz").map(String::as_str)).to_owned();
-    calls.record(Call { path, headers });
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    calls.record(Call { path, headers, body, ..Default::default() });
     let resp = match verdict.as_str() {
         "allow" | "slow" => {
             if verdict == "slow" {
@@ -255,14 +266,14 @@ impl auth::authorization_server::Authorization for GrpcAuthz {
                 },
                 _ => 0,
             };
-            self.calls.record(Call { path: format!("tcp:{port}"), headers: HashMap::new() });
+            self.calls.record(Call { path: format!("tcp:{port}"), ..Default::default() });
             let status = Some(xds_client::pb::google::rpc::Status { code: 7, message: String::new(), details: vec![] });
             return Ok(tonic::Response::new(auth::CheckResponse { status, ..Default::default() }));
         };
         let verdict = decision(http.headers.get("x-ext-authz").map(String::as_str)).to_owned();
         let mut headers: HashMap<String, String> = http.headers.clone();
         headers.insert(":host".into(), http.host.clone());
-        self.calls.record(Call { path: http.path.clone(), headers });
+        self.calls.record(Call { path: http.path.clone(), headers, body: http.body.clone().into_bytes(), raw_body: http.raw_body.clone() });
         let status = |code| Some(xds_client::pb::google::rpc::Status { code, message: String::new(), details: vec![] });
         let resp = match verdict.as_str() {
             "allow" => auth::CheckResponse {
@@ -382,6 +393,7 @@ fn http_provider_decides_the_requests_custom_selects() {
     assert!(origin.requests_to("/custom/no").is_empty(), "a denied request never reaches the app");
     let e = p.wait_access_log("the provider's denial", |e| e.path == "/custom/no");
     assert_eq!((e.code, e.details.as_str()), (403, "ext_authz_denied"), "{}", e.line);
+    assert!(e.has_flag("UAEX"), "Envoy's UnauthorizedExternalService: {}", e.line);
 
     // Not selected by the CUSTOM policy: the provider is never asked.
     let before = provider.calls.count();
@@ -401,6 +413,7 @@ fn http_provider_decides_the_requests_custom_selects() {
     assert_eq!(r.status, 403);
     let e = p.wait_access_log("the timeout", |e| e.path == "/custom/slow");
     assert_eq!(e.details, "ext_authz_error", "{}", e.line);
+    assert!(e.has_flag("UAEX"), "an error answered with status_on_error is UAEX too: {}", e.line);
     assert!(origin.requests_to("/custom/slow").is_empty());
 
     assert_eventually("the ext_authz counters", T, || {
@@ -438,6 +451,8 @@ fn unreachable_provider_fails_closed_unless_failure_mode_allow() {
     let r = get(&p, "open", "/custom/y", Some("allow"));
     assert_eq!(r.status, 200, "failure_mode_allow: {}", r.text());
     assert_eq!(origin.requests_to("/custom/y").len(), 1);
+    let e = p.wait_access_log("the failure let through", |e| e.path == "/custom/y");
+    assert!(!e.has_flag("UAEX"), "failure_mode_allow: no UAEX: {}", e.line);
     // The DENY policy still applies when the provider failed open.
     assert_eq!(get(&p, "open", "/custom/admin", Some("allow")).status, 403);
 
@@ -507,6 +522,7 @@ fn grpc_provider_decides_http_and_grpc_requests() {
     assert_eq!(provider.calls.count(), before + 1);
     let e = p.wait_access_log("the gRPC denial", |e| e.path == "/nodeproxy.test.Echo/ServerStream");
     assert_eq!((e.code, e.details.as_str()), (200, "ext_authz_denied"), "trailers-only: {}", e.line);
+    assert!(e.has_flag("UAEX"), "{}", e.line);
 }
 
 #[test]
@@ -571,4 +587,189 @@ fn network_filter_checks_tcp_connections_custom_selects() {
     let network = [("filter", "network"), ("stat_prefix", "tcp.")];
     assert_eq!(p.metric("envoy_ext_authz_denied_total", &network), 1.0);
     assert_eq!(p.metric("envoy_ext_authz_disabled_total", &network), 1.0);
+}
+
+// ---------------------------------------------------------------------------------
+// with_request_body
+
+/// `filter` with `with_request_body`.
+fn with_body(mut filter: Value, max_request_bytes: u32, allow_partial_message: bool, pack_as_bytes: bool) -> Value {
+    filter["typed_config"]["with_request_body"] =
+        json!({ "max_request_bytes": max_request_bytes, "allow_partial_message": allow_partial_message, "pack_as_bytes": pack_as_bytes });
+    filter
+}
+
+/// CUSTOM selects `/custom` and `/fail` (the origin's fail-then-succeed path); the
+/// route retries 5xx once.
+fn body_hcm(stat_prefix: &str, ext_authz: Value) -> Value {
+    json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "route_config": route_all_to("app", json!({ "retry_policy": { "retry_on": "5xx", "num_retries": 1 } })),
+        "http_filters": [custom_shadow_rbac(&["/custom", "/fail"]), ext_authz, router_filter()],
+    })
+}
+
+/// POST `body` with `x-ext-authz: decision`; `chunked`: no Content-Length.
+fn post(p: &Proxy, listener: &str, path: &str, body: &[u8], decision: &str, chunked: bool) -> CurlResponse {
+    let mut c = Curl::new(&format!("http://{}{path}", p.listener(listener))).header("x-ext-authz", decision).body(body);
+    if chunked {
+        c = c.header("transfer-encoding", "chunked");
+    }
+    c.run()
+}
+
+fn last_call(provider: &Provider) -> Call {
+    provider.calls.all().pop().expect("the provider was called")
+}
+
+fn partial_flag(call: &Call) -> Option<&str> {
+    call.headers.get("x-envoy-auth-partial-body").map(String::as_str)
+}
+
+/// Distinct bytes, so a cut or a reordering shows.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+#[test]
+fn http_provider_gets_the_request_body() {
+    let origin = Origin::start("app");
+    let provider = start_http_provider();
+    let config = bootstrap(
+        vec![
+            http_listener("whole", free_port(), body_hcm("whole", with_body(http_ext_authz(HTTP_PROVIDER, "2s", false), 64, false, false))),
+            http_listener("partial", free_port(), body_hcm("partial", with_body(http_ext_authz(HTTP_PROVIDER, "2s", false), 16, true, false))),
+        ],
+        vec![cluster("app", &[origin.addr()]), cluster(HTTP_PROVIDER, &[provider.addr])],
+    );
+    let p = Proxy::start(&config, 1);
+    let small = b"user=alice&action=read".to_vec();
+
+    // Under the limit: the provider sees exactly the body, not partial; the app all of it.
+    let r = post(&p, "whole", "/custom/small", &small, "allow", false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let call = last_call(&provider);
+    assert_eq!(call.body, small, "the provider's body");
+    assert_eq!(partial_flag(&call), Some("false"), "{:?}", call.headers);
+    assert_eq!(call.headers.get("content-length").map(String::as_str), Some("22"));
+    let seen = origin.requests_to("/custom/small");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.as_ref(), small.as_slice(), "the app gets the whole body");
+
+    // Chunked (no Content-Length), through a retry: both attempts carry the whole
+    // body, the first of them having been read ahead for the check.
+    let r = post(&p, "whole", "/fail/chunked/1/503", &small, "allow", true);
+    assert_eq!(r.status, 200, "the retry succeeded: {}", r.text());
+    let call = last_call(&provider);
+    assert_eq!((call.body.as_slice(), partial_flag(&call)), (small.as_slice(), Some("false")));
+    let seen = origin.requests_to("/fail/chunked");
+    assert_eq!(seen.len(), 2, "first attempt 503, then the retry");
+    for attempt in &seen {
+        // (Read whole before the check, it goes upstream with its length.)
+        assert_eq!(attempt.body.as_ref(), small.as_slice(), "every attempt gets the whole body");
+    }
+
+    // Over the limit without allow_partial_message: 413, the provider never asked,
+    // whether the length was declared or not.
+    let big = pattern(200);
+    let before = provider.calls.count();
+    for (path, chunked) in [("/custom/big", false), ("/custom/big-chunked", true)] {
+        let r = post(&p, "whole", path, &big, "allow", chunked);
+        assert_eq!((r.status, r.text().as_str()), (413, "Payload Too Large"), "{path}");
+        let e = p.wait_access_log("the 413", |e| e.path == path);
+        assert_eq!(e.details, "request_payload_too_large", "{}", e.line);
+        assert!(!e.has_flag("UAEX"), "the connection manager's reply, not the provider's: {}", e.line);
+    }
+    assert_eq!(provider.calls.count(), before, "a body over the limit is never sent to the provider");
+    assert!(origin.requests_to("/custom/big").is_empty());
+
+    // allow_partial_message: the provider gets the first 16 bytes and `true`; the
+    // app every byte, declared length or chunked.
+    for (path, chunked) in [("/custom/partial", false), ("/custom/partial-chunked", true)] {
+        let r = post(&p, "partial", path, &big, "allow", chunked);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let call = last_call(&provider);
+        assert_eq!(call.body, big[..16], "{path}: the first max_request_bytes");
+        assert_eq!(partial_flag(&call), Some("true"), "{path}");
+        let seen = origin.requests_to(path);
+        assert_eq!(seen.len(), 1, "{path}");
+        assert_eq!(seen[0].body.as_ref(), big.as_slice(), "{path}: the app gets all of it, in order");
+    }
+    // A body within the limit is whole: `false`.
+    let r = post(&p, "partial", "/custom/short", b"tiny", "allow", false);
+    assert_eq!(r.status, 200);
+    let call = last_call(&provider);
+    assert_eq!((call.body.as_slice(), partial_flag(&call)), (b"tiny".as_slice(), Some("false")));
+
+    // A headers-only request is checked at once: no body, no flag.
+    let r = get(&p, "whole", "/custom/get", Some("allow"));
+    assert_eq!(r.status, 200);
+    let call = last_call(&provider);
+    assert!(call.body.is_empty() && partial_flag(&call).is_none(), "{call:?}");
+
+    // A denied request with a body: the provider's 403, UAEX, the bytes read counted.
+    let r = post(&p, "whole", "/custom/denied", &small, "deny", false);
+    assert_eq!((r.status, r.text().as_str()), (403, "denied by the http provider"));
+    assert_eq!(last_call(&provider).body, small);
+    let e = p.wait_access_log("the denial", |e| e.path == "/custom/denied");
+    assert_eq!(e.details, "ext_authz_denied", "{}", e.line);
+    assert!(e.has_flag("UAEX"), "{}", e.line);
+    assert_eq!(e.bytes_received, small.len() as u64, "{}", e.line);
+    assert!(origin.requests_to("/custom/denied").is_empty());
+}
+
+#[test]
+fn grpc_provider_gets_the_body_as_bytes_and_grpc_clients_get_the_413() {
+    let origin = Origin::start("app");
+    let echo = GrpcServer::start("echo");
+    let provider = start_grpc_provider();
+    let grpc_hcm = json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "grpc",
+        "codec_type": "AUTO",
+        "route_config": route_all_to("echo", json!({})),
+        "http_filters": [custom_shadow_rbac(&["/nodeproxy.test.Echo/Unary"]), with_body(grpc_ext_authz(GRPC_PROVIDER), 64, false, true), router_filter()],
+    });
+    let config = bootstrap(
+        vec![
+            http_listener("bytes", free_port(), custom_hcm("bytes", with_body(grpc_ext_authz(GRPC_PROVIDER), 1024, false, true), "app")),
+            http_listener("text", free_port(), custom_hcm("text", with_body(grpc_ext_authz(GRPC_PROVIDER), 8, true, false), "app")),
+            http_listener("grpc", free_port(), grpc_hcm),
+        ],
+        vec![cluster("app", &[origin.addr()]), h2_cluster("echo", &[echo.addr()]), h2_cluster(GRPC_PROVIDER, &[provider.addr])],
+    );
+    let p = Proxy::start(&config, 1);
+
+    // pack_as_bytes: raw_body carries the bytes as sent (not UTF-8 here); body stays empty.
+    let binary = b"\x00\xffbin\x80ary\x01".to_vec();
+    let r = post(&p, "bytes", "/custom/upload", &binary, "allow", false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let call = last_call(&provider);
+    assert_eq!(call.raw_body, binary, "raw_body");
+    assert!(call.body.is_empty(), "{call:?}");
+    assert_eq!(partial_flag(&call), Some("false"));
+    assert_eq!(origin.requests_to("/custom/upload")[0].body.as_ref(), binary.as_slice());
+
+    // Without it: the `body` string, cut to 8 bytes with allow_partial_message.
+    let r = post(&p, "text", "/custom/text", b"hello, provider", "allow", true);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let call = last_call(&provider);
+    assert_eq!((call.body.as_slice(), call.raw_body.as_slice(), partial_flag(&call)), (b"hello, p".as_slice(), b"".as_slice(), Some("true")));
+    assert_eq!(origin.requests_to("/custom/text")[0].body.as_ref(), b"hello, provider");
+
+    // A gRPC client: a small message goes to the provider framed as sent, and through.
+    let before = provider.calls.count();
+    let out = grpc_client(p.listener("grpc"), "unary", &["--payload", "hi", "--metadata", "x-ext-authz=allow"]);
+    assert_eq!(out["code"], "OK", "{out}");
+    let call = last_call(&provider);
+    assert_eq!(provider.calls.count(), before + 1);
+    assert_eq!(partial_flag(&call), Some("false"));
+    assert!(call.raw_body.len() > 5 && call.raw_body[0] == 0, "one uncompressed gRPC message: {:?}", call.raw_body);
+    // A message over the limit: Envoy's 413 as gRPC (UNKNOWN), no call.
+    let out = grpc_client(p.listener("grpc"), "unary", &["--payload-size", "200", "--metadata", "x-ext-authz=allow"]);
+    assert_eq!(out["code"], "UNKNOWN", "{out}");
+    assert_eq!(out["details"], "Payload Too Large", "{out}");
+    assert_eq!(provider.calls.count(), before + 1, "the provider never saw it");
 }

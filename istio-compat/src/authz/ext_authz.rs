@@ -38,8 +38,16 @@
 //!   mutations; any other code -> denied with `DeniedHttpResponse`'s status (default
 //!   403), headers and body; `error_response` -> error. A failed or timed-out call is an
 //!   error: `status_on_error` (default 403) unless `failure_mode_allow`.
+//! - `with_request_body`: a request with a body is checked once the body ended or,
+//!   with `allow_partial_message`, `max_request_bytes` are buffered
+//!   ([`BufferSettings::is_full`]); without it a longer body is a 413
+//!   ([`BufferSettings::overflows`]). The provider gets the first
+//!   `max_request_bytes` (gRPC: `body`, or `raw_body` with `pack_as_bytes`; HTTP:
+//!   the request body) and `x-envoy-auth-partial-body: true|false`, added after the
+//!   header filtering (so an HTTP provider sees it whatever `allowed_headers` says,
+//!   as with Envoy since the filtering moved into `CheckRequestUtils`).
 //! - A denial is `ext_authz_denied` in `response_code_details`, an error
-//!   `ext_authz_error`.
+//!   `ext_authz_error`; both set the `UAEX` response flag (the runtime's).
 
 use std::ops::Not;
 use std::time::Duration;
@@ -65,6 +73,9 @@ pub const NETWORK_RBAC_NAMESPACE: &str = "envoy.filters.network.rbac";
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// Added to the request when `failure_mode_allow_header_add` lets an error through.
 pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed";
+/// Envoy's `x-envoy-auth-partial-body`: in the check request when a body is sent,
+/// `true` when it was cut to `max_request_bytes`. A client's own is never passed on.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 /// Envoy's default for both services' timeouts.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -180,6 +191,27 @@ pub struct BufferSettings {
     /// gRPC: the body as `raw_body` bytes rather than a UTF-8 `body` string.
     #[serde(default, skip_serializing_if = "Not::not")]
     pub pack_as_bytes: bool,
+}
+
+impl BufferSettings {
+    /// Envoy's `isBufferFull`: with `allow_partial_message`, buffering stops once
+    /// `max_request_bytes` are held, even if more of the body is coming.
+    pub fn is_full(&self, buffered: u64) -> bool {
+        self.allow_partial_message && buffered >= u64::from(self.max_request_bytes)
+    }
+
+    /// Without `allow_partial_message` the filter sets the decoder buffer limit to
+    /// `max_request_bytes`: a body longer than that is answered 413.
+    pub fn overflows(&self, body_len: u64) -> bool {
+        !self.allow_partial_message && body_len > u64::from(self.max_request_bytes)
+    }
+
+    /// What of the buffered body the provider gets (its first `max_request_bytes`),
+    /// and whether that is less than what was buffered (Envoy's partial-body flag).
+    pub fn body_sent<'b>(&self, buffered: &'b [u8]) -> (&'b [u8], bool) {
+        let n = buffered.len().min(self.max_request_bytes as usize);
+        (&buffered[..n], n != buffered.len())
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -473,7 +505,9 @@ pub struct HttpAttributes<'a> {
     /// `HTTP/1.1`, `HTTP/2`…
     pub protocol: &'a str,
     pub headers: &'a HeaderMap,
-    /// The buffered body, when `with_request_body` asked for it.
+    /// Everything buffered of the body, when `with_request_body` asked for it and the
+    /// request has one (`Some` even when it turned out empty); the provider gets its
+    /// first `max_request_bytes` ([`BufferSettings::body_sent`]).
     pub body: Option<&'a [u8]>,
 }
 
@@ -489,7 +523,9 @@ fn socket_address(addr: std::net::SocketAddr) -> core::Address {
 
 /// The request headers as Envoy puts them in the `CheckRequest`: lowercase names,
 /// the pseudo-headers `:authority`, `:method`, `:path` (and `:scheme`), repeated
-/// headers joined with `,`, filtered by `allowed_headers` / `disallowed_headers`.
+/// headers joined with `,`, filtered by `allowed_headers` / `disallowed_headers`; a
+/// client's `x-envoy-auth-partial-body` dropped, and ours added after the filtering
+/// when a body is sent (Envoy's `CheckRequestUtils::setHttpRequest`).
 pub fn check_headers(cfg: &ExtAuthz, a: &HttpAttributes<'_>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(a.headers.keys_len() + 4);
     let pseudo = [(":authority", a.authority), (":method", a.method.as_str()), (":path", a.path), (":scheme", a.scheme)];
@@ -500,13 +536,21 @@ pub fn check_headers(cfg: &ExtAuthz, a: &HttpAttributes<'_>) -> Vec<(String, Str
     }
     for name in a.headers.keys() {
         // `host` is `:authority` in Envoy's header map.
-        if name == http::header::HOST || !cfg.header_allowed(name.as_str()) {
+        if name == http::header::HOST || name == PARTIAL_BODY_HEADER || !cfg.header_allowed(name.as_str()) {
             continue;
         }
         let joined = a.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>().join(",");
         out.push((name.as_str().to_owned(), joined));
     }
+    if let Some((_, partial)) = body_sent(cfg, a) {
+        out.push((PARTIAL_BODY_HEADER.to_owned(), partial.to_string()));
+    }
     out
+}
+
+/// The body the provider gets and whether it was cut, when one is sent.
+fn body_sent<'b>(cfg: &ExtAuthz, a: &HttpAttributes<'b>) -> Option<(&'b [u8], bool)> {
+    Some(cfg.with_request_body?.body_sent(a.body?))
 }
 
 /// The `CheckRequest` a gRPC provider receives (Envoy's `CheckRequestUtils`).
@@ -531,7 +575,7 @@ pub fn check_request(cfg: &ExtAuthz, input: &CheckInput<'_>) -> auth::CheckReque
             protocol: a.protocol.to_owned(),
             ..Default::default()
         };
-        if let (Some(body), Some(settings)) = (a.body, cfg.with_request_body) {
+        if let (Some((body, _)), Some(settings)) = (body_sent(cfg, a), cfg.with_request_body) {
             if settings.pack_as_bytes {
                 http.raw_body = body.to_vec();
             } else {
@@ -571,10 +615,7 @@ fn content_length(headers: &HeaderMap) -> i64 {
 /// (`:authority` as the `host`), `headers_to_add`, and `content-length` of `body`.
 /// The URI is origin-form; the caller sets the version and, for HTTP/2, the authority.
 pub fn http_check_request(cfg: &ExtAuthz, svc: &HttpService, a: &HttpAttributes<'_>) -> Result<http::Request<Vec<u8>>, http::Error> {
-    let body = match (a.body, cfg.with_request_body) {
-        (Some(b), Some(_)) => b.to_vec(),
-        _ => Vec::new(),
-    };
+    let body = body_sent(cfg, a).map(|(b, _)| b.to_vec()).unwrap_or_default();
     let mut builder = http::Request::builder().method(a.method.clone()).uri(format!("{}{}", svc.path_prefix, a.path));
     let mut headers = HeaderMap::new();
     for (name, value) in check_headers(cfg, a) {

@@ -1,5 +1,7 @@
 //! Request and response bodies on the data path.
 //!
+//! - [`DownstreamBody`]: the downstream request body, with whatever a filter read of
+//!   it ahead of forwarding (ext_authz's `with_request_body`) sent first.
 //! - [`ReplayBody`]: streams the downstream request body upstream while keeping a
 //!   copy (up to the cluster's buffer limit) so a retry or a mirror can send it again;
 //!   beyond the limit the copy is dropped and the request is no longer retriable.
@@ -9,6 +11,7 @@
 //!   response ends, so they are released exactly then.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -21,6 +24,136 @@ use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The downstream request body: what a filter read ahead (data and, when the body
+/// ended there, its trailers), then the rest as it arrives. The read-ahead part is
+/// handed out first, so whoever forwards the body sends all of it, in order.
+pub struct DownstreamBody {
+    /// Read ahead, not yet handed out.
+    ahead: VecDeque<Bytes>,
+    ahead_len: usize,
+    trailers: Option<HeaderMap>,
+    /// `None` once the downstream body ended.
+    rest: Option<Incoming>,
+}
+
+impl DownstreamBody {
+    pub fn new(body: Incoming) -> Self {
+        let rest = (!body.is_end_stream()).then_some(body);
+        DownstreamBody { ahead: VecDeque::new(), ahead_len: 0, trailers: None, rest }
+    }
+
+    /// Reads ahead until `enough(bytes held)` or the body ends; `stall` bounds the
+    /// wait for each frame (the stream idle timeout). What is read stays in the body
+    /// and is forwarded first.
+    pub async fn read_ahead(&mut self, enough: impl Fn(u64) -> bool, stall: Option<std::time::Duration>) -> Result<(), ReadAheadError> {
+        use http_body_util::BodyExt as _;
+        while !enough(self.ahead_len as u64) {
+            let Some(rest) = self.rest.as_mut() else { return Ok(()) };
+            let frame = match stall {
+                None => rest.frame().await,
+                Some(d) => tokio::time::timeout(d, rest.frame()).await.map_err(|_| ReadAheadError::Stalled)?,
+            };
+            match frame {
+                None => self.rest = None,
+                Some(Err(e)) => return Err(ReadAheadError::Body(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.ahead_len += data.len();
+                        if !data.is_empty() {
+                            self.ahead.push_back(data);
+                        }
+                        // With a Content-Length the last data frame ends the body.
+                        if self.rest.as_ref().is_some_and(|r| r.is_end_stream()) {
+                            self.rest = None;
+                        }
+                    }
+                    Err(frame) => {
+                        self.trailers = frame.into_trailers().ok();
+                        self.rest = None;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// How many bytes have been read ahead and not handed out.
+    pub fn ahead_len(&self) -> usize {
+        self.ahead_len
+    }
+
+    /// The bytes read ahead, as one buffer (copied only when there are several chunks).
+    pub fn ahead(&self) -> Bytes {
+        match self.ahead.len() {
+            0 => Bytes::new(),
+            1 => self.ahead[0].clone(),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(self.ahead_len);
+                for c in &self.ahead {
+                    all.extend_from_slice(c);
+                }
+                all.freeze()
+            }
+        }
+    }
+
+    /// Whether the whole body has been read ahead (or there was none).
+    pub fn read_completely(&self) -> bool {
+        self.rest.is_none()
+    }
+}
+
+/// Reading a request body ahead failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadAheadError {
+    #[error("the client sent no body data within the stream idle timeout")]
+    Stalled,
+    #[error("downstream request body failed: {0}")]
+    Body(hyper::Error),
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(data) = this.ahead.pop_front() {
+            this.ahead_len -= data.len();
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        let Some(rest) = this.rest.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(rest).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.rest = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ahead.is_empty() && self.trailers.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let ahead = self.ahead_len as u64;
+        match &self.rest {
+            None => SizeHint::with_exact(ahead),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + ahead);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + ahead);
+                }
+                out
+            }
+        }
+    }
+}
+
 /// A body that can be replayed for retries and mirrors.
 pub struct ReplayBody {
     state: Rc<RefCell<ReplayState>>,
@@ -32,7 +165,7 @@ pub struct ReplayBody {
 }
 
 struct ReplayState {
-    source: Option<Incoming>,
+    source: Option<DownstreamBody>,
     chunks: Vec<Bytes>,
     trailers: Option<HeaderMap>,
     /// The source has ended; `chunks` + `trailers` are the whole body.
@@ -63,7 +196,7 @@ pub enum ReplayError {
 }
 
 impl ReplayBody {
-    pub fn new(source: Incoming, limit: usize, received: Rc<Cell<u64>>) -> Self {
+    pub fn new(source: DownstreamBody, limit: usize, received: Rc<Cell<u64>>) -> Self {
         let complete = source.is_end_stream();
         let state = ReplayState {
             source: Some(source),
@@ -232,7 +365,7 @@ pub enum ReqBody {
     Empty,
     Full(Option<Bytes>),
     /// The downstream body passed through (counting bytes received).
-    Stream(Incoming, Rc<Cell<u64>>),
+    Stream(DownstreamBody, Rc<Cell<u64>>),
     Replay(ReplayBody),
 }
 

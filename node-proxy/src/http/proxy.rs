@@ -31,7 +31,7 @@ use istio_compat::model::route::{
 };
 use protocols::grpc;
 
-use super::body::{BodyEnd, EndOutcome, Finish, ReplayBody, ReqBody, RespBody};
+use super::body::{BodyEnd, DownstreamBody, EndOutcome, Finish, ReplayBody, ReqBody, RespBody};
 use super::headers::{normalize_path, strip_hop_by_hop, upgrade_type};
 use super::local_reply::{self, LocalReply};
 use crate::runtime::Worker;
@@ -170,12 +170,22 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     // headers it set.
     let (rbac_before, rbac_after) = hcm.rbac.split_at(hcm.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(hcm.rbac.len())));
     let mut ext_authz_response_headers = Vec::new();
+    // The downstream body; ext_authz may read some of it ahead, which is forwarded first.
+    let mut body = DownstreamBody::new(body);
     if let Some(cfg) = &hcm.ext_authz {
         let req = rbac_request(&cx, hcm, head, jwt_metadata.as_ref());
         if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), rbac_before, &req) {
             return flow.deny(details);
         }
         let metadata = istio_compat::authz::ext_authz::shadow_metadata(istio_compat::authz::ext_authz::HTTP_RBAC_NAMESPACE, rbac_before, &req);
+        // with_request_body: the body (all of it, or its start) before the check.
+        let buffered = match crate::ext_authz::buffer_body(cfg, &metadata, &parts.headers, &mut body, hcm.stream_idle_timeout).await {
+            Ok(b) => b,
+            Err(failure) => {
+                flow.request_bytes.set(body.ahead_len() as u64);
+                return flow.local(failure.reply, failure.flag);
+            }
+        };
         let input = istio_compat::authz::ext_authz::CheckInput {
             source: cx.remote,
             destination: cx.destination,
@@ -189,11 +199,13 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
                 scheme: "http",
                 protocol: flow.rec.protocol,
                 headers: &parts.headers,
-                body: None,
+                body: buffered.as_deref(),
             }),
         };
         let verdict = crate::ext_authz::check_http(&cx.worker, &snapshot, &hcm.stat_prefix, cfg, &metadata, &input, flow.grpc).await;
-        if let crate::ext_authz::HttpVerdict::Reply { response, details } = verdict {
+        if let crate::ext_authz::HttpVerdict::Reply { response, details, flags } = verdict {
+            flow.request_bytes.set(body.ahead_len() as u64);
+            flow.rec.response_flags.set(flags);
             flow.rec.response_code_details = details.into();
             return flow.finish_local(*response);
         }
@@ -509,7 +521,7 @@ fn header_string(headers: &http::HeaderMap, name: &str) -> Option<String> {
 enum RequestBody {
     Empty,
     /// Not buffered (no retry policy, no mirror): only one attempt can send it.
-    Stream(Option<Incoming>),
+    Stream(Option<DownstreamBody>),
     Replay(ReplayBody),
 }
 
@@ -588,7 +600,7 @@ async fn forward(
     fwd: &ForwardAction,
     mut parts: Parts,
     path: String,
-    body: Incoming,
+    body: DownstreamBody,
 ) -> Response<RespBody> {
     let cx = flow.cx.clone();
     // The cluster.

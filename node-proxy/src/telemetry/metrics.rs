@@ -337,7 +337,7 @@ pub struct RbacMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct RbacLabels {
     /// `http` or `network`.
-    pub filter: String,
+    pub filter: &'static str,
     pub stat_prefix: String,
 }
 

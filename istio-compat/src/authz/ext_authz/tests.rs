@@ -358,3 +358,79 @@ fn the_network_filter_is_grpc_only_with_a_stat_prefix() {
     let f = net::ExtAuthz { stat_prefix: String::new(), ..f };
     assert_eq!(ext_authz_from_network(&f).unwrap_err().path, "stat_prefix");
 }
+
+#[test]
+fn buffer_settings_decide_when_to_stop_and_what_to_send() {
+    let partial = BufferSettings { max_request_bytes: 4, allow_partial_message: true, pack_as_bytes: false };
+    let whole = BufferSettings { allow_partial_message: false, ..partial };
+    // With allow_partial_message: full at the limit, never too large.
+    assert!(!partial.is_full(3) && partial.is_full(4) && partial.is_full(9));
+    assert!(!partial.overflows(1 << 20));
+    // Without: the whole body up to the limit; one byte more is a 413.
+    assert!(!whole.is_full(1 << 20));
+    assert!(!whole.overflows(4) && whole.overflows(5));
+    // The provider gets the first max_request_bytes; cut -> partial.
+    assert_eq!(partial.body_sent(b"abcdefg"), (b"abcd".as_slice(), true));
+    assert_eq!(partial.body_sent(b"abcd"), (b"abcd".as_slice(), false));
+    assert_eq!(partial.body_sent(b""), (b"".as_slice(), false));
+}
+
+fn with_body(mut a: ExtAuthz, max: u32, pack_as_bytes: bool) -> ExtAuthz {
+    a.with_request_body = Some(BufferSettings { max_request_bytes: max, allow_partial_message: true, pack_as_bytes });
+    a
+}
+
+#[test]
+fn grpc_check_request_carries_the_body_and_the_partial_flag() {
+    // A client's own partial-body header never reaches the provider.
+    let h = headers(&[("host", "svc.foo"), (PARTIAL_BODY_HEADER, "false"), ("content-length", "6")]);
+    let post = Method::POST;
+    let input = |body: Option<&'static [u8]>| {
+        let mut attrs = attributes(&post, "/upload", &h);
+        attrs.body = body;
+        CheckInput {
+            source: "198.18.0.10:1".parse().unwrap(),
+            destination: "198.18.0.20:2".parse().unwrap(),
+            source_principal: None,
+            destination_principal: None,
+            http: Some(attrs),
+        }
+    };
+    let http_of = |a: &ExtAuthz, body| check_request(a, &input(body)).attributes.unwrap().request.unwrap().http.unwrap();
+
+    // As a string, cut to max_request_bytes and marked partial.
+    let a = with_body(ext_authz_from_http(&istio_grpc(), 1).unwrap(), 4, false);
+    let http = http_of(&a, Some(b"hello!"));
+    assert_eq!((http.body.as_str(), http.raw_body.as_slice()), ("hell", b"".as_slice()));
+    assert_eq!(http.headers[PARTIAL_BODY_HEADER], "true");
+    // Whole: false. pack_as_bytes: raw_body, not body (bytes that are not UTF-8 stay as sent).
+    let a = with_body(ext_authz_from_http(&istio_grpc(), 1).unwrap(), 64, true);
+    let http = http_of(&a, Some(b"\xff\x00ok"));
+    assert_eq!((http.body.as_str(), http.raw_body.as_slice()), ("", b"\xff\x00ok".as_slice()));
+    assert_eq!(http.headers[PARTIAL_BODY_HEADER], "false");
+    // Headers-only (nothing buffered): no body, no flag, and not the client's either.
+    let http = http_of(&a, None);
+    assert!(http.raw_body.is_empty() && http.body.is_empty());
+    assert!(!http.headers.contains_key(PARTIAL_BODY_HEADER), "{:?}", http.headers);
+    // Without with_request_body a buffered body is never sent.
+    let http = http_of(&ext_authz_from_http(&istio_grpc(), 1).unwrap(), Some(b"hello!"));
+    assert!(http.body.is_empty() && !http.headers.contains_key(PARTIAL_BODY_HEADER));
+}
+
+#[test]
+fn http_check_request_sends_the_body_and_the_partial_flag() {
+    let a = with_body(ext_authz_from_http(&istio_http(), 1).unwrap(), 5, false);
+    let AuthzService::Http(svc) = &a.service else { panic!() };
+    let h = headers(&[("host", "svc.foo"), ("content-length", "11"), (PARTIAL_BODY_HEADER, "false")]);
+    let post = Method::POST;
+    let mut attrs = attributes(&post, "/upload", &h);
+    attrs.body = Some(b"hello world");
+    let req = http_check_request(&a, svc, &attrs).unwrap();
+    assert_eq!(req.body().as_slice(), b"hello");
+    assert_eq!(req.headers()["content-length"], "5", "the length of the body sent");
+    assert_eq!(req.headers()[PARTIAL_BODY_HEADER], "true", "added after allowed_headers, which does not name it");
+    attrs.body = Some(b"hi");
+    let req = http_check_request(&a, svc, &attrs).unwrap();
+    assert_eq!(req.body().as_slice(), b"hi");
+    assert_eq!(req.headers()[PARTIAL_BODY_HEADER], "false");
+}
