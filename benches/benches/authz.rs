@@ -234,7 +234,62 @@ fn bench_l4(c: &mut Criterion) {
     }
 }
 
-criterion_group! { name = benches; config = config(); targets = bench_http, bench_tcp, bench_l4 }
+/// The data path's filters (see `data_path`), as their typed configs in istiod's order:
+/// a DENY filter (`to: paths /admin*`, any source) that does not match, then an ALLOW
+/// filter of [`CHAIN_POLICIES`] policies, each [`http_permission_on`] `port` with
+/// principals `[ns-i/sa-i, direct_remote_ip 127.0.0.1/32]`; policies 0–8 want
+/// `x-tenant: tenant-N`, the last `acme`.
+fn chain_configs(port: u16) -> Vec<Value> {
+    let ip_block = |address: &str, len: u32| json!({ "andIds": { "ids": [ { "orIds": { "ids": [ { "directRemoteIp": { "addressPrefix": address, "prefixLen": len } } ] } } ] } });
+    let deny = json!({ "permissions": [and_or_rules(vec![vec![json!({ "urlPath": { "path": { "prefix": "/admin" } } })]])],
+        "principals": [{ "andIds": { "ids": [{ "any": true }] } }] });
+    let allow: serde_json::Map<String, Value> = (0..CHAIN_POLICIES)
+        .map(|i| {
+            let tenant = if i + 1 == CHAIN_POLICIES { "acme".to_owned() } else { format!("tenant-{i}") };
+            (name(i), json!({ "permissions": [http_permission_on(port, &tenant)], "principals": [principal(i), ip_block("127.0.0.1", 32)] }))
+        })
+        .collect();
+    vec![
+        json!({ "rules": { "action": "DENY", "policies": { "ns[foo]-policy[deny-admin]-rule[0]": deny } } }),
+        json!({ "rules": { "action": "ALLOW", "policies": allow } }),
+    ]
+}
+
+const CHAIN_POLICIES: usize = 10;
+
+/// What the data path's filters cost the proxy per request, the decision with what
+/// `node_proxy::authz::check` adds (the filters' counters): the request the data-path
+/// run sends (`GET /api/items/42?verbose=1`, plaintext from 127.0.0.1, no peer identity,
+/// allowed by the last of the ten policies after all ten were tried).
+fn bench_chain(c: &mut Criterion) {
+    let port = 8080;
+    let filters: Vec<Rbac> = chain_configs(port)
+        .into_iter()
+        .map(|config| rbac::rbac_from_http(&protojson::from_json::<http_rbac::Rbac>(config).unwrap().message).unwrap())
+        .collect();
+    let metrics = node_proxy::telemetry::metrics::Metrics::new();
+    let method = Method::GET;
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "httpbin.foo.svc.cluster.local:8080".parse().unwrap());
+    headers.insert("user-agent", "wrk".parse().unwrap());
+    headers.insert("x-tenant", "acme".parse().unwrap());
+    let head =
+        RequestHead { method: &method, authority: "httpbin.foo.svc.cluster.local:8080", path: "/api/items/42?verbose=1", scheme: "http", headers: &headers };
+    let req = Request { http: Some(head), ..Request::tcp(addr("127.0.0.1:40000"), addr(&format!("127.0.0.1:{port}"))) };
+    let stat_prefix = format!("inbound_0.0.0.0_{port}");
+    let check = |req: &Request<'_>| node_proxy::authz::check(&metrics, "http", Some(&stat_prefix), &filters, req);
+    assert_eq!(check(&req), Ok(()));
+    let mut other = headers.clone();
+    other.insert("x-tenant", "nobody".parse().unwrap());
+    let denied = Request { http: Some(RequestHead { headers: &other, ..head }), ..req };
+    assert_eq!(check(&denied), Err("rbac_access_denied_matched_policy[none]".to_owned()));
+    let mut group = c.benchmark_group("rbac_http_chain");
+    group.bench_function("data_path_10", |b| b.iter(|| black_box(check(black_box(&req)).is_ok())));
+    group.bench_function("data_path_10_decision_only", |b| b.iter(|| black_box(rbac::decide(&filters, black_box(&req)).allowed())));
+    group.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = bench_http, bench_tcp, bench_l4, bench_chain }
 
 /// Criterion's `criterion_main!`, unless `--data-path` asks for the proxy run.
 fn main() {
@@ -272,10 +327,9 @@ mod data_path {
     use serde_json::{json, Value};
 
     use super::common::{log, median, parse_wrk, stat_of, tail, Server, WrkResult};
-    use super::{and_or_rules, http_permission_on, name, principal, HOST};
+    use super::{chain_configs, HOST};
 
     const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N]";
-    const POLICIES: usize = 10;
 
     struct Opts {
         reps: usize,
@@ -315,10 +369,6 @@ mod data_path {
     }
 
     /// istiod's ipBlocks principal (`from.source.ipBlocks`: `directRemoteIp`).
-    fn ip_block(address: &str, len: u32) -> Value {
-        json!({ "andIds": { "ids": [ { "orIds": { "ids": [ { "directRemoteIp": { "addressPrefix": address, "prefixLen": len } } ] } } ] } })
-    }
-
     fn rbac_filter(config: Value) -> Value {
         let mut typed = json!({ "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC" });
         if let (Some(t), Some(c)) = (typed.as_object_mut(), config.as_object()) {
@@ -329,18 +379,7 @@ mod data_path {
 
     /// istiod's order: the DENY filter, then the ALLOW filter.
     fn istio_filters(port: u16) -> Vec<Value> {
-        let deny = json!({ "permissions": [and_or_rules(vec![vec![json!({ "urlPath": { "path": { "prefix": "/admin" } } })]])],
-            "principals": [{ "andIds": { "ids": [{ "any": true }] } }] });
-        let allow: serde_json::Map<String, Value> = (0..POLICIES)
-            .map(|i| {
-                let tenant = if i + 1 == POLICIES { "acme".to_owned() } else { format!("tenant-{i}") };
-                (name(i), json!({ "permissions": [http_permission_on(port, &tenant)], "principals": [principal(i), ip_block("127.0.0.1", 32)] }))
-            })
-            .collect();
-        vec![
-            rbac_filter(json!({ "rules": { "action": "DENY", "policies": { "ns[foo]-policy[deny-admin]-rule[0]": deny } } })),
-            rbac_filter(json!({ "rules": { "action": "ALLOW", "policies": allow } })),
-        ]
+        chain_configs(port).into_iter().map(rbac_filter).collect()
     }
 
     fn config(port: u16, origin: std::net::SocketAddr, filters: Vec<Value>) -> String {
