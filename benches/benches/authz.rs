@@ -329,7 +329,7 @@ mod data_path {
     use super::common::{log, median, parse_wrk, stat_of, tail, Server, WrkResult};
     use super::{chain_configs, HOST};
 
-    const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N]";
+    const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N] [--instructions]";
 
     struct Opts {
         reps: usize,
@@ -337,6 +337,8 @@ mod data_path {
         connections: u32,
         gen_cpu: usize,
         server_cpu: usize,
+        /// Count instructions per request under callgrind instead of timing.
+        instructions: bool,
     }
 
     fn die(msg: &str) -> ! {
@@ -345,7 +347,7 @@ mod data_path {
     }
 
     fn parse_args() -> Opts {
-        let mut o = Opts { reps: 3, duration: 10, connections: 32, gen_cpu: 0, server_cpu: 1 };
+        let mut o = Opts { reps: 3, duration: 10, connections: 32, gen_cpu: 0, server_cpu: 1, instructions: false };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
             let mut num = |name: &str| -> u64 {
@@ -359,6 +361,7 @@ mod data_path {
                 "--connections" => o.connections = num(&a) as u32,
                 "--gen-cpu" => o.gen_cpu = num(&a) as usize,
                 "--server-cpu" => o.server_cpu = num(&a) as usize,
+                "--instructions" => o.instructions = true,
                 other => die(&format!("unknown argument {other}\n{USAGE}")),
             }
         }
@@ -398,31 +401,44 @@ mod data_path {
     }
 
     /// A proxy on a free port; `filters` are its HTTP filters for that port.
-    fn start_proxy(label: &'static str, dir: &std::path::Path, filters: impl FnOnce(u16) -> Vec<Value>, origin: std::net::SocketAddr, cpu: usize) -> Contender {
+    /// `callgrind`: run it under `valgrind --tool=callgrind`, its profile in `dir/<label>.cg`.
+    fn start_proxy(
+        label: &'static str,
+        dir: &std::path::Path,
+        filters: impl FnOnce(u16) -> Vec<Value>,
+        origin: std::net::SocketAddr,
+        cpu: usize,
+        callgrind: bool,
+    ) -> Contender {
         let port = tests::free_port();
         let path = dir.join(format!("{label}.json"));
         fs::write(&path, config(port, origin, filters(port))).unwrap_or_else(|e| die(&format!("write {}: {e}", path.display())));
         let bin = tests::binary::node_proxy_bin();
         let admin = format!("127.0.0.1:{}", tests::free_port());
-        let argv: Vec<String> = [
-            bin.display().to_string().as_str(),
-            "--config",
-            &path.display().to_string(),
-            "--workers",
-            "1",
-            "--admin-address",
-            &admin,
-            "--metrics-address",
-            "off",
-            "--readiness-address",
-            "off",
-            "--hbone-address",
-            "off",
-            "--log-level",
-            "warn",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut argv: Vec<String> = Vec::new();
+        if callgrind {
+            argv.extend(["valgrind".to_owned(), "--tool=callgrind".to_owned(), format!("--callgrind-out-file={}", dir.join(format!("{label}.cg")).display())]);
+        }
+        argv.extend(
+            [
+                bin.display().to_string().as_str(),
+                "--config",
+                &path.display().to_string(),
+                "--workers",
+                "1",
+                "--admin-address",
+                &admin,
+                "--metrics-address",
+                "off",
+                "--readiness-address",
+                "off",
+                "--hbone-address",
+                "off",
+                "--log-level",
+                "warn",
+            ]
+            .map(str::to_owned),
+        );
         let server = Server::start(label, cpu, &argv, dir.join(format!("{label}.log")));
         Contender { label, port, server }
     }
@@ -433,7 +449,8 @@ mod data_path {
     }
 
     fn wait_ready(c: &mut Contender) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under callgrind the proxy starts tens of times slower.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while status(c.port, "/api/items/42?verbose=1", "acme") != 200 {
             c.server.check_alive();
             if Instant::now() > deadline {
@@ -462,6 +479,69 @@ mod data_path {
         let argv = ["nginx", "-p", &dir.display().to_string(), "-c", &path.display().to_string()].map(str::to_owned);
         let server = Server::start("nginx", cpu, &argv, dir.join("nginx.log"));
         (server, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn tool_found(tool: &str) -> bool {
+        std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    }
+
+    /// `--instructions`: each proxy's instructions per request under callgrind, which
+    /// counts the same for the same work however busy the machine is (req/s on a
+    /// shared 2-CPU VM is not). Per rep and proxy: a warm-up, then callgrind's counters
+    /// are zeroed, wrk (4 connections, `--duration` s) sends what it can, the counters
+    /// are dumped, and their total ÷ the requests wrk completed is the cost per request
+    /// (the whole process: hyper, routing, the filters, the upstream leg).
+    fn instructions(o: &Opts, dir: &std::path::Path, none: &mut Contender, ten: &mut Contender) {
+        let quick = Opts { reps: 1, duration: o.duration, connections: 4, gen_cpu: o.gen_cpu, server_cpu: o.server_cpu, instructions: true };
+        log(format!("instructions per request under callgrind: {} reps of {} s, 4 connections", o.reps, o.duration));
+        let mut pairs = Vec::new();
+        for rep in 0..o.reps {
+            let a = counted(none, dir, &quick);
+            let b = counted(ten, dir, &quick);
+            log(format!("  [rep {rep}] none {a:.0} instructions/request, 10 policies {b:.0}: +{:.0} ({:.3})", b - a, a / b));
+            pairs.push((a, b));
+        }
+        let a = median(pairs.iter().map(|p| p.0).collect()).unwrap_or(f64::NAN);
+        let b = median(pairs.iter().map(|p| p.1).collect()).unwrap_or(f64::NAN);
+        println!("\n| proxy | instructions per request (median of {}) |\n|---|---:|", o.reps);
+        println!("| no RBAC filter | {a:.0} |\n| DENY filter + ALLOW filter of 10 policies (last one allows) | {b:.0} |");
+        println!(
+            "\nnone ÷ 10 policies (the req/s ratio where the proxy's CPU is the limit): **{:.3}**; the filters add {:.0} instructions per request.",
+            a / b,
+            b - a
+        );
+    }
+
+    fn counted(c: &mut Contender, dir: &std::path::Path, o: &Opts) -> f64 {
+        let pid = c.server.pid().to_string();
+        let control = |arg: &str| {
+            let out = std::process::Command::new("callgrind_control").args([arg, pid.as_str()]).output();
+            if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                die(&format!("callgrind_control {arg} {pid} failed: {out:?}"));
+            }
+        };
+        let warm = Opts { duration: 2, ..*o };
+        wrk(c, &warm);
+        control("--zero");
+        let run = wrk(c, o);
+        control("--dump");
+        c.server.check_alive();
+        let prefix = format!("{}.cg.", c.label);
+        let newest = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .unwrap_or_else(|| die(&format!("no callgrind dump {prefix}* in {}", dir.display())));
+        let text = fs::read_to_string(newest.path()).unwrap_or_default();
+        let total: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| die(&format!("no totals in {}", newest.path().display())));
+        let requests = if run.wrk.requests > 0.0 { run.wrk.requests } else { run.wrk.rps * o.duration as f64 };
+        total / requests
     }
 
     fn compilers_running() -> usize {
@@ -512,7 +592,7 @@ mod data_path {
     pub fn run() {
         let o = parse_args();
         for tool in ["wrk", "nginx", "taskset", "curl"] {
-            if std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+            if !tool_found(tool) {
                 die(&format!("{tool} not found: apt-get install -y wrk nginx util-linux curl"));
             }
         }
@@ -520,13 +600,22 @@ mod data_path {
         fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("create {}: {e}", dir.display())));
         log(format!("node-proxy: {}", tests::binary::node_proxy_bin().display()));
         let (_origin, origin) = nginx(&dir, o.server_cpu);
-        let mut none = start_proxy("none", &dir, |_| Vec::new(), origin, o.server_cpu);
-        let mut ten = start_proxy("ten-policies", &dir, istio_filters, origin, o.server_cpu);
+        if o.instructions && !tool_found("valgrind") {
+            die("valgrind not found: apt-get install -y valgrind");
+        }
+        let mut none = start_proxy("none", &dir, |_| Vec::new(), origin, o.server_cpu, o.instructions);
+        let mut ten = start_proxy("ten-policies", &dir, istio_filters, origin, o.server_cpu, o.instructions);
         wait_ready(&mut none);
         wait_ready(&mut ten);
         // The filter is live in B only: a request no policy allows and one the DENY matches.
         for (path, tenant) in [("/api/items/42?verbose=1", "tenant-x"), ("/admin", "acme")] {
             assert_eq!((status(none.port, path, tenant), status(ten.port, path, tenant)), (200, 403), "{path} with x-tenant {tenant}");
+        }
+        if o.instructions {
+            instructions(&o, &dir, &mut none, &mut ten);
+            drop((none, ten));
+            let _ = fs::remove_dir_all(&dir);
+            return;
         }
         log(format!("data path: {} pairs of {} s, {} connections; load average {}", o.reps, o.duration, o.connections, loadavg()));
         let started = Instant::now();

@@ -403,7 +403,7 @@ impl RuleSet {
         if index.len != self.policies.len() {
             return self.evaluate_directly(req);
         }
-        index.first_match(&self.policies, req).map(|i| &*self.policies[i].name)
+        index.first_match(req).map(|i| &*self.policies[i].name)
     }
 
     /// [`RuleSet::evaluate`] by trying every policy in turn ([`Policy::matches`]):

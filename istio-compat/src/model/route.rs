@@ -193,20 +193,13 @@ impl RequestHead<'_> {
             ":scheme" => return Some(Cow::Borrowed(self.scheme)),
             _ => {}
         }
-        let mut values = self.headers.get_all(name).iter();
-        let first = values.next()?;
-        let first = std::str::from_utf8(first.as_bytes()).ok()?;
-        match values.next() {
-            None => Some(Cow::Borrowed(first)),
-            Some(second) => {
-                let mut joined = format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
-                for v in values {
-                    joined.push(',');
-                    joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                }
-                Some(Cow::Owned(joined))
-            }
-        }
+        join_values(self.headers.get_all(name))
+    }
+
+    /// A regular header by its parsed name, its values joined as [`RequestHead::header`]
+    /// joins them.
+    pub fn header_named(&self, name: &http::HeaderName) -> Option<std::borrow::Cow<'_, str>> {
+        join_values(self.headers.get_all(name))
     }
 
     /// The first value of query parameter `name`, percent-decoded.
@@ -372,6 +365,25 @@ pub enum HeaderMatchRule {
     },
     /// `true`: the header is present; `false`: it is absent.
     Present(bool),
+}
+
+/// A header's values joined with `,`: `None` when absent or when the first value is
+/// not UTF-8 (later ones are decoded lossily).
+fn join_values(all: http::header::GetAll<'_, http::HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let mut values = all.iter();
+    let first = std::str::from_utf8(values.next()?.as_bytes()).ok()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{}", String::from_utf8_lossy(second.as_bytes()));
+            for v in values {
+                joined.push(',');
+                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
 }
 
 impl HeaderMatcher {

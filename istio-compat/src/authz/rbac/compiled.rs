@@ -1,7 +1,7 @@
 //! The evaluation form of a [`RuleSet`], derived from its policies once (at
 //! translation, or on first use) so a decision does not walk every policy's regexes.
 //!
-//! Two things make it fast, neither changes a decision:
+//! Three things make it fast, none changes a decision:
 //! - Istio's principal regexes are matched structurally: the trust-domain-agnostic
 //!   service account `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?` and the namespace
 //!   `.*/ns/<ns>/.*` (istiod's `from.source.principals` with trust domain aliases and
@@ -14,15 +14,25 @@
 //!   indexed under the `/ns/` segments of its peer identity plus those not indexed,
 //!   in name order. The first of them that matches is the first of all policies that
 //!   matches.
+//! - Header matchers (in permissions) know where their header is: `:method`,
+//!   `:authority`, `:path` and `:scheme` are fields of the request head, and a
+//!   regular header's name is parsed once, its value looked up once per decision
+//!   however many policies match on it (parsing and finding it by a `&str` name in
+//!   each policy was a fifth of a ten-policy decision).
 //!
 //! Does not own the semantics: a candidate policy is decided by its principals
 //! (compiled as above, the rest delegated to [`Principal::matches`]) and its
-//! permissions ([`Permission::matches`]) — the same answer as [`Policy::matches`].
+//! permissions (header matchers as above, the rest delegated to
+//! [`Permission::matches`]) — the same answer as [`Policy::matches`]; property tests
+//! check both against the model's own evaluation.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
-use super::{Policy, Principal, Request};
+use super::{Permission, Policy, Principal, Request};
 use crate::model::common::{StringMatch, StringMatcher};
+use crate::model::route::HeaderMatcher;
 
 /// Fewer policies are tried in turn: hashing the peer's namespace would cost more
 /// than it saves.
@@ -36,6 +46,8 @@ pub(super) struct Compiled {
     pub(super) len: usize,
     /// Policy `i`'s principals, as `policies[i].principals`.
     principals: Vec<PolicyPrincipals>,
+    /// Policy `i`'s permissions, as `policies[i].permissions`.
+    permissions: Vec<Vec<FastPermission>>,
     /// Policies any request may match, ascending.
     unindexed: Vec<u32>,
     /// Namespace -> policies that need a peer in it, ascending.
@@ -47,6 +59,8 @@ impl Compiled {
         let mut unindexed = Vec::new();
         let mut by_namespace: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut principals = Vec::with_capacity(policies.len());
+        let mut header_slots = Vec::new();
+        let permissions = policies.iter().map(|p| p.permissions.iter().map(|q| FastPermission::new(q, &mut header_slots)).collect()).collect();
         for (i, policy) in policies.iter().enumerate() {
             let compiled: PolicyPrincipals = policy.principals.iter().map(FastPrincipal::new).collect();
             let mut keys = Vec::new();
@@ -61,14 +75,15 @@ impl Compiled {
             }
             principals.push(compiled);
         }
-        Compiled { len: policies.len(), principals, unindexed, by_namespace }
+        Compiled { len: policies.len(), principals, permissions, unindexed, by_namespace }
     }
 
     /// The index of the first policy that matches `req`.
-    pub(super) fn first_match(&self, policies: &[Policy], req: &Request<'_>) -> Option<usize> {
+    pub(super) fn first_match(&self, req: &Request<'_>) -> Option<usize> {
+        let ev = Eval::new(req);
         let matches = |i: u32| {
             let i = i as usize;
-            self.principals[i].iter().any(|p| p.matches(req)) && policies[i].permissions.iter().any(|p| p.matches(req))
+            self.principals[i].iter().any(|p| p.matches(req)) && self.permissions[i].iter().any(|p| p.matches(&ev))
         };
         if self.by_namespace.is_empty() {
             return self.unindexed.iter().copied().find(|&i| matches(i)).map(|i| i as usize);
@@ -102,6 +117,126 @@ impl Compiled {
 
 /// One policy's principals (any of them must match).
 type PolicyPrincipals = Vec<FastPrincipal>;
+
+/// A [`Permission`] in evaluation form. Header matchers know where their header is
+/// before any request comes: the pseudo-headers Istio matches most (`:method`,
+/// `:authority`, `:path`) are fields of the request head, and a regular header's name
+/// is parsed once, and its value looked up once per decision ([`Eval`]) however many
+/// policies match on it. Paths and ports are matched in place; the rest is evaluated
+/// as the model has it.
+#[derive(Debug)]
+enum FastPermission {
+    Any,
+    And(Vec<FastPermission>),
+    Or(Vec<FastPermission>),
+    Not(Box<FastPermission>),
+    Header(HeaderSource, HeaderMatcher),
+    UrlPath(StringMatcher),
+    DestinationPort(u16),
+    Other(Permission),
+}
+
+impl FastPermission {
+    /// `slots`: the regular header names seen so far, in the order their values are
+    /// remembered (the first [`MEMO_HEADERS`]).
+    fn new(p: &Permission, slots: &mut Vec<http::HeaderName>) -> Self {
+        match p {
+            Permission::Any => FastPermission::Any,
+            Permission::AndRules(rules) => FastPermission::And(rules.iter().map(|r| FastPermission::new(r, slots)).collect()),
+            Permission::OrRules(rules) => FastPermission::Or(rules.iter().map(|r| FastPermission::new(r, slots)).collect()),
+            Permission::NotRule(rule) => FastPermission::Not(Box::new(FastPermission::new(rule, slots))),
+            Permission::Header(h) => FastPermission::Header(HeaderSource::new(&h.name, slots), h.clone()),
+            Permission::UrlPath(m) => FastPermission::UrlPath(m.clone()),
+            Permission::DestinationPort(port) => FastPermission::DestinationPort(*port),
+            other => FastPermission::Other(other.clone()),
+        }
+    }
+
+    fn matches(&self, ev: &Eval<'_, '_>) -> bool {
+        match self {
+            FastPermission::Any => true,
+            FastPermission::And(rules) => rules.iter().all(|r| r.matches(ev)),
+            FastPermission::Or(rules) => rules.iter().any(|r| r.matches(ev)),
+            FastPermission::Not(rule) => !rule.matches(ev),
+            FastPermission::Header(source, m) => m.matches_value(source.value(ev).as_deref()),
+            FastPermission::UrlPath(m) => ev.req.path().is_some_and(|p| m.matches(p)),
+            FastPermission::DestinationPort(port) => ev.req.destination.port() == *port,
+            FastPermission::Other(p) => p.matches(ev.req),
+        }
+    }
+}
+
+/// How many distinct regular headers a rule set remembers the values of during one
+/// decision; further ones are looked up each time they are matched.
+const MEMO_HEADERS: usize = 8;
+
+/// One decision over a request: the values of the regular headers the rule set's
+/// matchers name are looked up once, when first needed.
+struct Eval<'q, 'r> {
+    req: &'q Request<'r>,
+    headers: [OnceCell<Option<Cow<'q, str>>>; MEMO_HEADERS],
+}
+
+impl<'q, 'r> Eval<'q, 'r> {
+    fn new(req: &'q Request<'r>) -> Self {
+        Eval { req, headers: Default::default() }
+    }
+}
+
+/// Where a header matcher's header is, as [`Request::header`] finds it by name.
+#[derive(Debug)]
+enum HeaderSource {
+    Method,
+    Authority,
+    Path,
+    Scheme,
+    /// `host`: the authority unless the request carries a `host` header of its own.
+    Host,
+    /// A regular header, and where its value is remembered during a decision.
+    Named(http::HeaderName, Option<usize>),
+    /// Not a header name a request can carry (another pseudo-header): never present.
+    Nowhere,
+}
+
+impl HeaderSource {
+    fn new(name: &str, slots: &mut Vec<http::HeaderName>) -> Self {
+        match name {
+            ":method" => HeaderSource::Method,
+            ":authority" => HeaderSource::Authority,
+            ":path" => HeaderSource::Path,
+            ":scheme" => HeaderSource::Scheme,
+            "host" => HeaderSource::Host,
+            _ => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Err(_) => HeaderSource::Nowhere,
+                Ok(name) => {
+                    let slot = slots.iter().position(|n| *n == name).or_else(|| {
+                        slots.push(name.clone());
+                        Some(slots.len() - 1)
+                    });
+                    HeaderSource::Named(name, slot.filter(|&i| i < MEMO_HEADERS))
+                }
+            },
+        }
+    }
+
+    fn value<'e>(&self, ev: &'e Eval<'_, '_>) -> Option<Cow<'e, str>> {
+        let head = ev.req.http.as_ref()?;
+        match self {
+            HeaderSource::Method => Some(Cow::Borrowed(head.method.as_str())),
+            HeaderSource::Authority => Some(Cow::Borrowed(head.authority)),
+            HeaderSource::Path => Some(Cow::Borrowed(head.path)),
+            HeaderSource::Scheme => Some(Cow::Borrowed(head.scheme)),
+            HeaderSource::Host if !head.headers.contains_key(http::header::HOST) => Some(Cow::Borrowed(head.authority)),
+            HeaderSource::Host => head.header_named(&http::header::HOST),
+            HeaderSource::Named(name, None) => head.header_named(name),
+            HeaderSource::Named(name, Some(slot)) => {
+                let value = ev.headers[*slot].get_or_init(|| head.header_named(name));
+                value.as_deref().map(Cow::Borrowed)
+            }
+            HeaderSource::Nowhere => None,
+        }
+    }
+}
 
 /// Two ascending lists, in ascending order (they share no element).
 struct Merge<'a> {
@@ -330,6 +465,7 @@ mod tests {
     use super::*;
     use crate::authz::rbac::{Action, Permission, RuleSet};
     use crate::model::common::Pattern;
+    use crate::model::route::{HeaderMatchRule, RequestHead};
 
     #[test]
     fn istio_shapes_are_recognised() {
@@ -405,6 +541,64 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn headers_beyond_the_remembered_ones_are_looked_up_each_time() {
+        // More distinct header names than are remembered: policy i wants x-h<i> = v<i>.
+        let exact = |name: String, v: String| {
+            Permission::Header(HeaderMatcher { name, rule: HeaderMatchRule::String(sm(StringMatch::Exact(v))), invert: false, treat_missing_as_empty: false })
+        };
+        let n = MEMO_HEADERS + 4;
+        let policies = (0..n)
+            .map(|i| Policy { name: format!("p{i:02}").into(), permissions: vec![exact(format!("x-h{i}"), format!("v{i}"))], principals: vec![Principal::Any] })
+            .collect();
+        let rules = RuleSet::new(Action::Allow, policies);
+        let method = http::Method::GET;
+        for want in [0, MEMO_HEADERS - 1, MEMO_HEADERS, n - 1] {
+            let mut map = http::HeaderMap::new();
+            for i in 0..n {
+                let v = if i == want { format!("v{i}") } else { "other".to_owned() };
+                map.insert(http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            let mut req = Request::tcp("198.18.0.1:5000".parse().unwrap(), "198.18.0.2:80".parse().unwrap());
+            req.http = Some(RequestHead { method: &method, authority: "a", path: "/", scheme: "http", headers: &map });
+            let expected = format!("p{want:02}");
+            assert_eq!(rules.evaluate(&req), Some(expected.as_str()));
+            assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req));
+        }
+    }
+
+    fn header_permission() -> impl Strategy<Value = Permission> {
+        let name = prop::sample::select(vec![":method", ":authority", ":path", ":scheme", "host", "x-tenant", "X-Tenant", ":status", "bad name", "user-agent"]);
+        let rule = prop_oneof![
+            prop::sample::select(vec!["GET", "acme", "a,b", "h.example:80", "/p?q", "http", ""])
+                .prop_map(|v| HeaderMatchRule::String(sm(StringMatch::Exact(v.to_owned())))),
+            prop::sample::select(vec!["a", "H.", "/p"])
+                .prop_map(|v| HeaderMatchRule::String(StringMatcher { kind: StringMatch::Prefix(v.to_owned()), ignore_case: true })),
+            any::<bool>().prop_map(HeaderMatchRule::Present),
+        ];
+        let leaf = (name, rule, any::<bool>(), any::<bool>()).prop_map(|(name, rule, invert, treat_missing_as_empty)| {
+            Permission::Header(HeaderMatcher { name: name.to_owned(), rule, invert, treat_missing_as_empty })
+        });
+        let leaf = prop_oneof![4 => leaf, 1 => Just(Permission::UrlPath(sm(StringMatch::Prefix("/p".into())))), 1 => Just(Permission::DestinationPort(80))];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 2..4).prop_map(Permission::AndRules),
+                prop::collection::vec(inner.clone(), 2..4).prop_map(Permission::OrRules),
+                inner.prop_map(|p| Permission::NotRule(Box::new(p))),
+            ]
+        })
+    }
+
+    /// Request headers: `(name, value)` pairs, repeated names included.
+    fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
+        let name = prop::sample::select(vec!["host", "x-tenant", "user-agent"]);
+        let value = prop_oneof![
+            prop::sample::select(vec!["acme", "a", "b", "H.Example:80", "h.example:80", ""]).prop_map(|v| v.as_bytes().to_vec()),
+            Just(vec![0xff, b'a']),
+        ];
+        prop::collection::vec((name, value), 0..4)
+    }
+
     proptest! {
         #[test]
         fn the_evaluation_form_decides_as_every_policy_in_turn(
@@ -423,6 +617,31 @@ mod tests {
                 let mut req = Request::tcp(format!("{source}:5000").parse().unwrap(), format!("198.18.0.2:{port}").parse().unwrap());
                 req.peer_principal = peer.as_deref();
                 prop_assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req), "peer {:?}", peer);
+            }
+        }
+
+        #[test]
+        fn the_evaluation_form_finds_headers_as_the_model_does(
+            policies in prop::collection::vec(prop::collection::vec(header_permission(), 1..3), 0..12),
+            requests in prop::collection::vec((prop::sample::select(vec!["GET", "POST"]), prop::sample::select(vec!["h.example:80", "a"]), headers(), any::<bool>()), 1..6),
+        ) {
+            let policies: Vec<Policy> = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, permissions)| Policy { name: format!("p{i:02}").into(), permissions, principals: vec![Principal::Any] })
+                .collect();
+            let rules = RuleSet::new(Action::Allow, policies);
+            for (method, authority, headers, tcp) in &requests {
+                let method: http::Method = method.parse().unwrap();
+                let mut map = http::HeaderMap::new();
+                for (name, value) in headers {
+                    map.append(*name, http::HeaderValue::from_bytes(value).unwrap());
+                }
+                let mut req = Request::tcp("198.18.0.1:5000".parse().unwrap(), "198.18.0.2:80".parse().unwrap());
+                if !tcp {
+                    req.http = Some(RequestHead { method: &method, authority, path: "/p?q", scheme: "http", headers: &map });
+                }
+                prop_assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req), "{:?} {:?}", authority, headers);
             }
         }
 
