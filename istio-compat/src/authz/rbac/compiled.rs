@@ -14,20 +14,23 @@
 //!   indexed under the `/ns/` segments of its peer identity plus those not indexed,
 //!   in name order. The first of them that matches is the first of all policies that
 //!   matches.
-//! - Header matchers (in permissions) know where their header is: `:method`,
-//!   `:authority`, `:path` and `:scheme` are fields of the request head, and a
-//!   regular header's name is parsed once, its value looked up once per decision
-//!   however many policies match on it (parsing and finding it by a `&str` name in
-//!   each policy was a fifth of a ten-policy decision).
+//! - A policy's permissions run as a branching program ([`Program`]): each leaf test
+//!   names where to go next, so the `and`/`or`/`not` trees cost nothing at decision
+//!   time (walking them was a third of a ten-policy decision); a leaf that recurs in
+//!   the rule set (istiod repeats methods, paths, hosts and ports across policies) is
+//!   tested once per decision ([`Leaves`]); and header matchers
+//!   know where their header is: `:method`, `:authority`, `:path` and `:scheme` are
+//!   fields of the request head, and a regular header's name is parsed once, its value
+//!   looked up once per decision however many policies match on it (parsing and
+//!   finding it by a `&str` name in each policy was another fifth).
 //!
 //! Does not own the semantics: a candidate policy is decided by its principals
 //! (compiled as above, the rest delegated to [`Principal::matches`]) and its
-//! permissions (header matchers as above, the rest delegated to
-//! [`Permission::matches`]) — the same answer as [`Policy::matches`]; property tests
+//! permissions (leaves as above, the rest delegated to [`Permission::matches`]) — the same answer as [`Policy::matches`]; property tests
 //! check both against the model's own evaluation.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 
 use super::{Permission, Policy, Principal, Request};
@@ -45,9 +48,11 @@ pub(super) struct Compiled {
     /// directly instead).
     pub(super) len: usize,
     /// Policy `i`'s principals, as `policies[i].principals`.
-    principals: Vec<PolicyPrincipals>,
+    principals: Vec<Program>,
     /// Policy `i`'s permissions, as `policies[i].permissions`.
-    permissions: Vec<Vec<FastPermission>>,
+    permissions: Vec<Program>,
+    /// The leaves the permissions' programs test.
+    leaves: Leaves,
     /// Policies any request may match, ascending.
     unindexed: Vec<u32>,
     /// Namespace -> policies that need a peer in it, ascending.
@@ -58,24 +63,23 @@ impl Compiled {
     pub(super) fn new(policies: &[Policy]) -> Self {
         let mut unindexed = Vec::new();
         let mut by_namespace: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut principals = Vec::with_capacity(policies.len());
-        let mut header_slots = Vec::new();
-        let permissions = policies.iter().map(|p| p.permissions.iter().map(|q| FastPermission::new(q, &mut header_slots)).collect()).collect();
+        let mut builder = LeafBuilder::default();
+        let principals = policies.iter().map(|p| Program::principals(&p.principals, &mut builder)).collect();
+        let permissions = policies.iter().map(|p| Program::new(&p.permissions, &mut builder)).collect();
+        let leaves = builder.finish();
         for (i, policy) in policies.iter().enumerate() {
-            let compiled: PolicyPrincipals = policy.principals.iter().map(FastPrincipal::new).collect();
             let mut keys = Vec::new();
-            if policies.len() >= INDEX_FROM && compiled.iter().all(|p| p.namespaces(&mut keys)) && !keys.is_empty() {
+            if policies.len() >= INDEX_FROM && policy.principals.iter().all(|p| required_namespaces(p, &mut keys)) && !keys.is_empty() {
                 keys.sort_unstable();
                 keys.dedup();
                 for ns in keys {
-                    by_namespace.entry(ns.into()).or_default().push(i as u32);
+                    by_namespace.entry(ns).or_default().push(i as u32);
                 }
             } else {
                 unindexed.push(i as u32);
             }
-            principals.push(compiled);
         }
-        Compiled { len: policies.len(), principals, permissions, unindexed, by_namespace }
+        Compiled { len: policies.len(), principals, permissions, leaves, unindexed, by_namespace }
     }
 
     /// The index of the first policy that matches `req`.
@@ -83,7 +87,7 @@ impl Compiled {
         let ev = Eval::new(req);
         let matches = |i: u32| {
             let i = i as usize;
-            self.principals[i].iter().any(|p| p.matches(req)) && self.permissions[i].iter().any(|p| p.matches(&ev))
+            self.principals[i].matches(&self.leaves, &ev) && self.permissions[i].matches(&self.leaves, &ev)
         };
         if self.by_namespace.is_empty() {
             return self.unindexed.iter().copied().find(|&i| matches(i)).map(|i| i as usize);
@@ -115,53 +119,202 @@ impl Compiled {
     }
 }
 
-/// One policy's principals (any of them must match).
-type PolicyPrincipals = Vec<FastPrincipal>;
-
-/// A [`Permission`] in evaluation form. Header matchers know where their header is
-/// before any request comes: the pseudo-headers Istio matches most (`:method`,
-/// `:authority`, `:path`) are fields of the request head, and a regular header's name
-/// is parsed once, and its value looked up once per decision ([`Eval`]) however many
-/// policies match on it. Paths and ports are matched in place; the rest is evaluated
-/// as the model has it.
+/// A policy's permissions (any of them) in evaluation form: a branching program.
+/// Each step tests one leaf of the permission trees and names the step to go to when
+/// it holds and when it does not, so `and`/`or`/`not` cost nothing at decision time
+/// and a leaf is tested at most once. Steps only lead to steps built before them (or
+/// to the verdicts), so a run always ends. The leaves are the rule set's ([`Leaves`]).
 #[derive(Debug)]
-enum FastPermission {
-    Any,
-    And(Vec<FastPermission>),
-    Or(Vec<FastPermission>),
-    Not(Box<FastPermission>),
+struct Program {
+    steps: Vec<Step>,
+    entry: u32,
+}
+
+/// Where a step leads: another step's index, or a verdict.
+const ACCEPT: u32 = u32::MAX;
+const REJECT: u32 = u32::MAX - 1;
+
+#[derive(Debug)]
+struct Step {
+    /// Index into the rule set's leaves.
+    leaf: u32,
+    on_true: u32,
+    on_false: u32,
+}
+
+impl Program {
+    fn new(permissions: &[Permission], leaves: &mut LeafBuilder) -> Self {
+        let mut program = Program { steps: Vec::new(), entry: REJECT };
+        program.entry = permissions.iter().rev().fold(REJECT, |next, p| program.build(p, ACCEPT, next, leaves));
+        program
+    }
+
+    /// A policy's principals (any of them), over the same leaves.
+    fn principals(principals: &[Principal], leaves: &mut LeafBuilder) -> Self {
+        let mut program = Program { steps: Vec::new(), entry: REJECT };
+        program.entry = principals.iter().rev().fold(REJECT, |next, p| program.build_principal(p, ACCEPT, next, leaves));
+        program
+    }
+
+    fn build_principal(&mut self, p: &Principal, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
+        match p {
+            Principal::Any => yes,
+            Principal::AndIds(ids) => ids.iter().rev().fold(yes, |next, i| self.build_principal(i, next, no, leaves)),
+            Principal::OrIds(ids) => ids.iter().rev().fold(no, |next, i| self.build_principal(i, yes, next, leaves)),
+            Principal::NotId(id) => self.build_principal(id, no, yes, leaves),
+            leaf => {
+                self.steps.push(Step { leaf: leaves.intern_principal(leaf), on_true: yes, on_false: no });
+                (self.steps.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The entry of `p`'s steps, which lead to `yes` when it holds and to `no` otherwise.
+    fn build(&mut self, p: &Permission, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
+        match p {
+            Permission::Any => yes,
+            Permission::AndRules(rules) => rules.iter().rev().fold(yes, |next, r| self.build(r, next, no, leaves)),
+            Permission::OrRules(rules) => rules.iter().rev().fold(no, |next, r| self.build(r, yes, next, leaves)),
+            Permission::NotRule(rule) => self.build(rule, no, yes, leaves),
+            leaf => {
+                self.steps.push(Step { leaf: leaves.intern(leaf), on_true: yes, on_false: no });
+                (self.steps.len() - 1) as u32
+            }
+        }
+    }
+
+    fn matches(&self, leaves: &Leaves, ev: &Eval<'_, '_>) -> bool {
+        let mut at = self.entry;
+        loop {
+            let Some(step) = self.steps.get(at as usize) else { return at == ACCEPT };
+            at = if leaves.test(step.leaf, ev) { step.on_true } else { step.on_false };
+        }
+    }
+}
+
+/// The distinct leaves of a rule set's permissions. istiod repeats conditions across
+/// policies (the same methods, paths, hosts, ports in many rules): a leaf used by
+/// more than one step has a bit in the decision's memo ([`Eval`]), so it is tested
+/// once per decision however many policies reach it.
+#[derive(Debug, Default)]
+struct Leaves {
+    leaves: Vec<Leaf>,
+    /// `leaves[i]`'s memo bit, when it has one.
+    memo: Vec<Option<u8>>,
+}
+
+impl Leaves {
+    #[inline]
+    fn test(&self, id: u32, ev: &Eval<'_, '_>) -> bool {
+        let id = id as usize;
+        let Some(leaf) = self.leaves.get(id) else { return false };
+        let Some(bit) = self.memo.get(id).copied().flatten() else { return leaf.matches(ev) };
+        let bit = 1u128 << bit;
+        if ev.known.get() & bit != 0 {
+            return ev.held.get() & bit != 0;
+        }
+        let held = leaf.matches(ev);
+        ev.known.set(ev.known.get() | bit);
+        if held {
+            ev.held.set(ev.held.get() | bit);
+        }
+        held
+    }
+}
+
+/// Interns the leaves of the permissions being compiled.
+#[derive(Default)]
+struct LeafBuilder {
+    leaves: Vec<Leaf>,
+    uses: Vec<u32>,
+    /// A leaf's canonical form (its JSON: regexes print as their source) -> its index.
+    index: HashMap<String, u32>,
+    /// The regular header names seen so far, in the order their values are
+    /// remembered (the first [`MEMO_HEADERS`]).
+    header_slots: Vec<http::HeaderName>,
+}
+
+impl LeafBuilder {
+    fn intern(&mut self, p: &Permission) -> u32 {
+        let key = serde_json::to_string(p).ok().map(|k| format!("permission {k}"));
+        self.add(key, |slots| match p {
+            Permission::Header(h) => Leaf::Header(HeaderSource::new(&h.name, slots), h.clone()),
+            Permission::UrlPath(m) => Leaf::UrlPath(m.clone()),
+            Permission::DestinationPort(port) => Leaf::DestinationPort(*port),
+            other => Leaf::Other(other.clone()),
+        })
+    }
+
+    fn intern_principal(&mut self, p: &Principal) -> u32 {
+        let key = serde_json::to_string(p).ok().map(|k| format!("principal {k}"));
+        self.add(key, |_| match p {
+            Principal::Authenticated(m) => Leaf::Peer(m.as_ref().map(PeerMatcher::new)),
+            Principal::PeerPrincipal(m) => Leaf::Peer(Some(PeerMatcher::new(m))),
+            other => Leaf::Principal(other.clone()),
+        })
+    }
+
+    /// The index of the leaf with canonical form `key`, made by `make` when new.
+    fn add(&mut self, key: Option<String>, make: impl FnOnce(&mut Vec<http::HeaderName>) -> Leaf) -> u32 {
+        if let Some(&id) = key.as_ref().and_then(|k| self.index.get(k)) {
+            self.uses[id as usize] += 1;
+            return id;
+        }
+        let leaf = make(&mut self.header_slots);
+        let id = self.leaves.len() as u32;
+        self.leaves.push(leaf);
+        self.uses.push(1);
+        if let Some(k) = key {
+            self.index.insert(k, id);
+        }
+        id
+    }
+
+    /// The leaves, the first 128 used more than once with a memo bit.
+    fn finish(self) -> Leaves {
+        let mut next = 0u32;
+        let memo = self
+            .uses
+            .iter()
+            .map(|&uses| {
+                (uses > 1 && next < 128).then(|| {
+                    next += 1;
+                    (next - 1) as u8
+                })
+            })
+            .collect();
+        Leaves { leaves: self.leaves, memo }
+    }
+}
+
+#[derive(Debug)]
+enum Leaf {
     Header(HeaderSource, HeaderMatcher),
     UrlPath(StringMatcher),
     DestinationPort(u16),
     Other(Permission),
+    /// `authenticated` / `io.istio.peer_principal`: a verified peer (`None`: any).
+    Peer(Option<PeerMatcher>),
+    Principal(Principal),
 }
 
-impl FastPermission {
-    /// `slots`: the regular header names seen so far, in the order their values are
-    /// remembered (the first [`MEMO_HEADERS`]).
-    fn new(p: &Permission, slots: &mut Vec<http::HeaderName>) -> Self {
-        match p {
-            Permission::Any => FastPermission::Any,
-            Permission::AndRules(rules) => FastPermission::And(rules.iter().map(|r| FastPermission::new(r, slots)).collect()),
-            Permission::OrRules(rules) => FastPermission::Or(rules.iter().map(|r| FastPermission::new(r, slots)).collect()),
-            Permission::NotRule(rule) => FastPermission::Not(Box::new(FastPermission::new(rule, slots))),
-            Permission::Header(h) => FastPermission::Header(HeaderSource::new(&h.name, slots), h.clone()),
-            Permission::UrlPath(m) => FastPermission::UrlPath(m.clone()),
-            Permission::DestinationPort(port) => FastPermission::DestinationPort(*port),
-            other => FastPermission::Other(other.clone()),
-        }
-    }
-
+impl Leaf {
+    /// Leaves know where their data is: header matchers find `:method`,
+    /// `:authority`, `:path` and `:scheme` as fields of the request head, and a regular
+    /// header by a name parsed once, its value looked up once per decision.
+    #[inline]
     fn matches(&self, ev: &Eval<'_, '_>) -> bool {
         match self {
-            FastPermission::Any => true,
-            FastPermission::And(rules) => rules.iter().all(|r| r.matches(ev)),
-            FastPermission::Or(rules) => rules.iter().any(|r| r.matches(ev)),
-            FastPermission::Not(rule) => !rule.matches(ev),
-            FastPermission::Header(source, m) => m.matches_value(source.value(ev).as_deref()),
-            FastPermission::UrlPath(m) => ev.req.path().is_some_and(|p| m.matches(p)),
-            FastPermission::DestinationPort(port) => ev.req.destination.port() == *port,
-            FastPermission::Other(p) => p.matches(ev.req),
+            Leaf::Header(source, m) => m.matches_value(source.value(ev).as_deref()),
+            Leaf::UrlPath(m) => ev.req.path().is_some_and(|p| m.matches(p)),
+            Leaf::DestinationPort(port) => ev.req.destination.port() == *port,
+            Leaf::Other(p) => p.matches(ev.req),
+            Leaf::Peer(m) => match (ev.req.peer_principal, m) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(peer), Some(m)) => m.matches(peer),
+            },
+            Leaf::Principal(p) => p.matches(ev.req),
         }
     }
 }
@@ -175,11 +328,14 @@ const MEMO_HEADERS: usize = 8;
 struct Eval<'q, 'r> {
     req: &'q Request<'r>,
     headers: [OnceCell<Option<Cow<'q, str>>>; MEMO_HEADERS],
+    /// The leaves with a memo bit tested so far, and those of them that held.
+    known: Cell<u128>,
+    held: Cell<u128>,
 }
 
 impl<'q, 'r> Eval<'q, 'r> {
     fn new(req: &'q Request<'r>) -> Self {
-        Eval { req, headers: Default::default() }
+        Eval { req, headers: Default::default(), known: Cell::new(0), held: Cell::new(0) }
     }
 }
 
@@ -270,69 +426,28 @@ fn ns_segments(peer: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A principal with Istio's identity regexes matched structurally.
-#[derive(Debug)]
-enum FastPrincipal {
-    Any,
-    And(Vec<FastPrincipal>),
-    Or(Vec<FastPrincipal>),
-    Not(Box<FastPrincipal>),
-    /// `authenticated` (`None`: any verified peer) and the filter-state peer
-    /// principal (`Some`) both see the verified peer's identity.
-    Peer(Option<PeerMatcher>),
-    Other(Principal),
-}
-
-impl FastPrincipal {
-    fn new(p: &Principal) -> Self {
-        match p {
-            Principal::Any => FastPrincipal::Any,
-            Principal::AndIds(ids) => FastPrincipal::And(ids.iter().map(FastPrincipal::new).collect()),
-            Principal::OrIds(ids) => FastPrincipal::Or(ids.iter().map(FastPrincipal::new).collect()),
-            Principal::NotId(id) => FastPrincipal::Not(Box::new(FastPrincipal::new(id))),
-            Principal::Authenticated(m) => FastPrincipal::Peer(m.as_ref().map(PeerMatcher::new)),
-            Principal::PeerPrincipal(m) => FastPrincipal::Peer(Some(PeerMatcher::new(m))),
-            other => FastPrincipal::Other(other.clone()),
-        }
-    }
-
-    fn matches(&self, req: &Request<'_>) -> bool {
-        match self {
-            FastPrincipal::Any => true,
-            FastPrincipal::And(ids) => ids.iter().all(|i| i.matches(req)),
-            FastPrincipal::Or(ids) => ids.iter().any(|i| i.matches(req)),
-            FastPrincipal::Not(id) => !id.matches(req),
-            FastPrincipal::Peer(m) => match (req.peer_principal, m) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(peer), Some(m)) => m.matches(peer),
-            },
-            FastPrincipal::Other(p) => p.matches(req),
-        }
-    }
-
-    /// Adds to `keys` the namespaces one of which a matching peer's identity must
-    /// have as a `/ns/<ns>/` segment; `false` when there is no such set.
-    fn namespaces<'a>(&'a self, keys: &mut Vec<&'a str>) -> bool {
-        match self {
-            FastPrincipal::Peer(Some(m)) => match m.namespace() {
-                Some(ns) => {
-                    keys.push(ns);
-                    true
-                }
-                None => false,
-            },
-            FastPrincipal::Or(ids) => ids.iter().all(|i| i.namespaces(keys)),
-            FastPrincipal::And(ids) => ids.iter().any(|i| {
-                let mark = keys.len();
-                let ok = i.namespaces(keys);
-                if !ok {
-                    keys.truncate(mark);
-                }
-                ok
-            }),
-            _ => false,
-        }
+/// Whether every way `p` can match needs the peer identity to have a `/ns/<ns>/`
+/// segment with `<ns>` among those it pushes to `keys` (Istio's identity and namespace
+/// principals, in any `or`, or in one branch of an `and`).
+fn required_namespaces(p: &Principal, keys: &mut Vec<Box<str>>) -> bool {
+    match p {
+        Principal::Authenticated(Some(m)) | Principal::PeerPrincipal(m) => match PeerMatcher::new(m).namespace() {
+            Some(ns) => {
+                keys.push(ns.into());
+                true
+            }
+            None => false,
+        },
+        Principal::OrIds(ids) => ids.iter().all(|i| required_namespaces(i, keys)),
+        Principal::AndIds(ids) => ids.iter().any(|i| {
+            let mark = keys.len();
+            let ok = required_namespaces(i, keys);
+            if !ok {
+                keys.truncate(mark);
+            }
+            ok
+        }),
+        _ => false,
     }
 }
 
@@ -539,6 +654,33 @@ mod tests {
             .prop_map(|p| Some(p.to_owned())),
             prop::collection::vec(piece(), 0..10).prop_map(|p| Some(p.concat())),
         ]
+    }
+
+    #[test]
+    fn shared_leaves_beyond_the_memo_are_tested_each_time() {
+        // 150 leaves used twice each (more than the 128 memo bits): policy i and
+        // policy 150 + i both want x-h = v<i>.
+        let exact = |v: String| {
+            Permission::Header(HeaderMatcher {
+                name: "x-h".into(),
+                rule: HeaderMatchRule::String(sm(StringMatch::Exact(v))),
+                invert: false,
+                treat_missing_as_empty: false,
+            })
+        };
+        let policies = (0..300)
+            .map(|i| Policy { name: format!("p{i:03}").into(), permissions: vec![exact(format!("v{}", i % 150))], principals: vec![Principal::Any] })
+            .collect();
+        let rules = RuleSet::new(Action::Allow, policies);
+        let method = http::Method::GET;
+        for want in [0, 127, 128, 149] {
+            let mut map = http::HeaderMap::new();
+            map.insert("x-h", format!("v{want}").parse().unwrap());
+            let mut req = Request::tcp("198.18.0.1:5000".parse().unwrap(), "198.18.0.2:80".parse().unwrap());
+            req.http = Some(RequestHead { method: &method, authority: "a", path: "/", scheme: "http", headers: &map });
+            let expected = format!("p{want:03}");
+            assert_eq!(rules.evaluate(&req), Some(expected.as_str()));
+        }
     }
 
     #[test]
