@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use istio_compat::authz::rbac::{Rbac, Request};
 
 use crate::runtime::Shared;
+use crate::telemetry::access_log::ResponseFlags;
 use crate::telemetry::metrics::{Metrics, RbacLabels};
 
 /// The principal the RBAC filters see for a downstream peer at `ip`.
@@ -54,10 +55,31 @@ pub fn check(metrics: &Metrics, kind: &'static str, owner_prefix: Option<&str>, 
     Ok(())
 }
 
+/// Why a connection's network filters refused it, for its access log line.
+#[derive(Debug)]
+pub struct Refused {
+    /// Envoy's `response_code_details`.
+    pub details: String,
+    /// `UAEX` when CUSTOM (ext_authz) refused it, as Envoy's network filter sets it.
+    pub flags: ResponseFlags,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.details)
+    }
+}
+
+impl From<String> for Refused {
+    /// An RBAC denial (no response flag).
+    fn from(details: String) -> Self {
+        Refused { details, flags: ResponseFlags::NONE }
+    }
+}
+
 /// A new connection's network filters, in chain order: the RBAC filters and, where
 /// istiod put it among them (after its shadow RBAC, before DENY and ALLOW), CUSTOM
-/// (network ext_authz, one check per connection). `Err` carries Envoy's
-/// `response_code_details` for the denial.
+/// (network ext_authz, one check per connection).
 pub async fn connection(
     worker: &std::rc::Rc<crate::runtime::Worker>,
     chain: &istio_compat::model::listener::FilterChain,
@@ -65,7 +87,7 @@ pub async fn connection(
     destination: std::net::SocketAddr,
     server_name: Option<&str>,
     peer_principal: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     use istio_compat::authz::ext_authz::{shadow_metadata, CheckInput, NETWORK_RBAC_NAMESPACE};
     if chain.rbac.is_empty() && chain.ext_authz.is_none() {
         return Ok(());
@@ -80,8 +102,8 @@ pub async fn connection(
         let metadata = shadow_metadata(NETWORK_RBAC_NAMESPACE, before, &req);
         let input = CheckInput { source: remote, destination, source_principal: peer_principal, destination_principal: None, http: None };
         if !crate::ext_authz::check_connection(worker, cfg, &metadata, &input).await {
-            return Err(crate::ext_authz::DENIED_DETAILS.to_owned());
+            return Err(Refused { details: crate::ext_authz::DENIED_DETAILS.to_owned(), flags: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE });
         }
     }
-    check(metrics, "network", None, after, &req)
+    Ok(check(metrics, "network", None, after, &req)?)
 }

@@ -143,7 +143,7 @@ pub async fn proxy(
     finish(rec, start, &logs, received, sent);
 }
 
-/// The access log line of a connection the network RBAC filters closed, with Envoy's
+/// The access log line of a connection the network filters (RBAC, CUSTOM) closed, with Envoy's
 /// details naming the policy.
 pub fn log_denied(
     listener: &Listener,
@@ -152,10 +152,11 @@ pub fn log_denied(
     destination: SocketAddr,
     server_name: Option<String>,
     default_log: Option<Arc<AccessLog>>,
-    details: String,
+    refused: crate::authz::Refused,
 ) {
     let mut rec = RequestRecord::tcp(remote, destination, server_name);
-    rec.response_code_details = details.into();
+    rec.response_code_details = refused.details.into();
+    rec.response_flags.set(refused.flags);
     let logs: Vec<AccessLog> = match &chain.kind {
         ChainKind::Tcp(t) if !t.access_log.is_empty() => t.access_log.clone(),
         _ if !listener.access_log.is_empty() => listener.access_log.clone(),

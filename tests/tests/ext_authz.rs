@@ -581,9 +581,10 @@ fn network_filter_checks_tcp_connections_custom_selects() {
     let calls = provider.calls.all();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].path, format!("tcp:{checked}"), "the CheckRequest names the destination");
-    assert_eventually("the denial's access log line", T, || {
+    let line = assert_eventually("the denial's access log line", T, || {
         p.access_log_lines().into_iter().find(|l| l.contains("ext_authz_denied")).ok_or_else(|| p.stderr())
     });
+    assert!(line.contains("UAEX"), "Envoy's network ext_authz sets UnauthorizedExternalService: {line}");
     let network = [("filter", "network"), ("stat_prefix", "tcp.")];
     assert_eq!(p.metric("envoy_ext_authz_denied_total", &network), 1.0);
     assert_eq!(p.metric("envoy_ext_authz_disabled_total", &network), 1.0);
