@@ -27,17 +27,22 @@ used_gb() {
   if [ -d "$target" ]; then du -sk "$target" | awk '{ printf "%d", $1 / 1048576 }'; else echo 0; fi
 }
 
+# `du` walks the whole cache (GBs of files): it is measured once.
 if [ "${CI:-}" = true ] && [ -d "$target" ]; then
   find "$target" -maxdepth 2 -type d -name incremental -prune -exec rm -rf {} +
-  if [ "$(used_gb)" -gt "$max_gb" ]; then
-    log "target cache $target holds $(used_gb) GB (> $max_gb): emptying it"
-    rm -rf "$target"
-  fi
+fi
+used="$(used_gb)"
+
+if [ "${CI:-}" = true ] && [ "$used" -gt "$max_gb" ]; then
+  log "target cache $target holds $used GB (> $max_gb): emptying it"
+  rm -rf "$target"
+  used=0
 fi
 
 if [ "${CI:-}" = true ] && [ "$(free_gb)" -lt "$need_gb" ] && [ -d "$target" ]; then
-  log "only $(free_gb) GB free for the build: emptying the target cache $target ($(used_gb) GB)"
+  log "only $(free_gb) GB free for the build: emptying the target cache $target ($used GB)"
   rm -rf "$target"
+  used=0
 fi
 
 free="$(free_gb)"
@@ -46,4 +51,4 @@ if [ "$free" -lt "$need_gb" ]; then
     "$free" "$target" "$need_gb" >&2
   exit 1
 fi
-log "target cache $target: $(used_gb) GB, $free GB free"
+log "target cache $target: $used GB, $free GB free"

@@ -326,7 +326,7 @@ mod data_path {
 
     use serde_json::{json, Value};
 
-    use super::common::{log, median, parse_wrk, stat_of, tail, Server, WrkResult};
+    use super::common::{self, log, median, parse_wrk, stat_of, tail, Server, WrkResult};
     use super::{chain_configs, HOST};
 
     const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N] [--instructions]";
@@ -419,26 +419,8 @@ mod data_path {
         if callgrind {
             argv.extend(["valgrind".to_owned(), "--tool=callgrind".to_owned(), format!("--callgrind-out-file={}", dir.join(format!("{label}.cg")).display())]);
         }
-        argv.extend(
-            [
-                bin.display().to_string().as_str(),
-                "--config",
-                &path.display().to_string(),
-                "--workers",
-                "1",
-                "--admin-address",
-                &admin,
-                "--metrics-address",
-                "off",
-                "--readiness-address",
-                "off",
-                "--hbone-address",
-                "off",
-                "--log-level",
-                "warn",
-            ]
-            .map(str::to_owned),
-        );
+        argv.extend([bin.display().to_string(), "--config".to_owned(), path.display().to_string()]);
+        argv.extend(common::proxy_flags(&admin));
         let server = Server::start(label, cpu, &argv, dir.join(format!("{label}.log")));
         Contender { label, port, server }
     }
@@ -479,10 +461,6 @@ mod data_path {
         let argv = ["nginx", "-p", &dir.display().to_string(), "-c", &path.display().to_string()].map(str::to_owned);
         let server = Server::start("nginx", cpu, &argv, dir.join("nginx.log"));
         (server, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-
-    fn tool_found(tool: &str) -> bool {
-        std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
     }
 
     /// `--instructions`: each proxy's instructions per request under callgrind, which
@@ -593,7 +571,7 @@ mod data_path {
     pub fn run() {
         let o = parse_args();
         for tool in ["wrk", "nginx", "taskset", "curl"] {
-            if !tool_found(tool) {
+            if !common::tool_found(tool) {
                 die(&format!("{tool} not found: apt-get install -y wrk nginx util-linux curl"));
             }
         }
@@ -601,7 +579,7 @@ mod data_path {
         fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("create {}: {e}", dir.display())));
         log(format!("node-proxy: {}", tests::binary::node_proxy_bin().display()));
         let (_origin, origin) = nginx(&dir, o.server_cpu);
-        if o.instructions && !tool_found("valgrind") {
+        if o.instructions && !common::tool_found("valgrind") {
             die("valgrind not found: apt-get install -y valgrind");
         }
         let mut none = start_proxy("none", &dir, |_| Vec::new(), origin, o.server_cpu, o.instructions);

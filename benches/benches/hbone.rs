@@ -1052,7 +1052,7 @@ fn main() {
     }
     if root_parts {
         for tool in ["iperf3", "wrk", "nginx", "nsenter", "nft", "taskset"] {
-            if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+            if !common::tool_found(tool) {
                 die(&format!("{tool} not found: scripts/install-deps.sh --test (apt-get install -y iperf3 wrk nginx util-linux nftables)"));
             }
         }

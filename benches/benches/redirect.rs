@@ -34,7 +34,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -282,23 +281,10 @@ fn scene(case: Case, opts: &Opts) -> Scene {
             let bin = tests::binary::node_proxy_bin();
             let mut argv: Vec<String> = vec!["nsenter".into(), format!("--net=/run/netns/{}", node1.ns.name()), "--".into()];
             argv.extend(node1.proxy_cgroup_wrapper());
+            argv.extend([bin.display().to_string(), "--config".to_owned(), config.display().to_string()]);
+            argv.extend(proxy_flags("127.0.0.1:15000"));
             argv.extend(
                 [
-                    &bin.display().to_string(),
-                    "--config",
-                    &config.display().to_string(),
-                    "--workers",
-                    "1",
-                    "--admin-address",
-                    "127.0.0.1:15000",
-                    "--metrics-address",
-                    "off",
-                    "--readiness-address",
-                    "off",
-                    "--hbone-address",
-                    "off",
-                    "--log-level",
-                    "warn",
                     "--redirect",
                     mode,
                     "--redirect-cgroup",
@@ -540,7 +526,7 @@ fn main() {
         die("needs root (network namespaces, cgroups, BPF programs)");
     }
     for tool in ["wrk", "nginx", "taskset", "nsenter", "nft"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if !common::tool_found(tool) {
             die(&format!("{tool} not found: apt-get install -y wrk nginx util-linux nftables"));
         }
     }

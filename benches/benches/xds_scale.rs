@@ -872,7 +872,7 @@ fn main() {
         log(format!("warning: not pinned (CPUs {} and {} of {cpus}): figures are not comparable with pinned runs", opts.gen_cpu, opts.server_cpu));
     }
     for tool in ["wrk", "nginx", "taskset"] {
-        if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if !common::tool_found(tool) {
             die(&format!("{tool} not found: apt-get install -y wrk nginx util-linux"));
         }
     }
@@ -886,28 +886,16 @@ fn main() {
     let (origin, origin_port) = nginx_origin(&tmp.0, opts.server_cpu, opts.per_service.min(250));
     let admin = SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
     let listener = SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
-    let argv: Vec<String> = [
+    let mut argv: Vec<String> = vec![
         bin.display().to_string(),
         "--xds-address".into(),
         ads.url(),
         "--xds-protocol".into(),
         "delta".into(),
-        "--admin-address".into(),
-        admin.to_string(),
-        "--metrics-address".into(),
-        "off".into(),
-        "--readiness-address".into(),
-        "off".into(),
-        "--hbone-address".into(),
-        "off".into(),
-        "--workers".into(),
-        "1".into(),
-        "--log-level".into(),
-        "warn".into(),
         "--pod-name".into(),
         "node-proxy-bench".into(),
-    ]
-    .to_vec();
+    ];
+    argv.extend(proxy_flags(&admin.to_string()));
     let proxy_command = format!("taskset -c {} {}", opts.server_cpu, argv.join(" "));
     let mut proxy = Server::start("node-proxy", opts.server_cpu, &argv, tmp.0.join("node-proxy.log"));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,4 +1,4 @@
-//! Helpers shared by the process-level benchmarks (`xds_scale`, `redirect`): servers
+//! Helpers shared by the process-level benchmarks (`xds_scale`, `redirect`, `hbone`, `authz`): servers
 //! started pinned to a CPU and stopped with their process group, wrk's output parsed,
 //! the section a benchmark writes into RESULTS.md, and the report's formatting.
 #![allow(dead_code)] // each benchmark uses a different subset
@@ -72,6 +72,19 @@ impl Drop for Server {
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Whether `tool` is on the PATH.
+pub fn tool_found(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// The flags every benchmarked node-proxy runs with besides its config source: one
+/// worker, the admin API on `admin`, no metrics/readiness/HBONE listeners, warnings only.
+pub fn proxy_flags(admin: &str) -> Vec<String> {
+    ["--workers", "1", "--admin-address", admin, "--metrics-address", "off", "--readiness-address", "off", "--hbone-address", "off", "--log-level", "warn"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 pub fn tail(path: &Path) -> String {
