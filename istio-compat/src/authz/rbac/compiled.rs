@@ -64,7 +64,7 @@ impl Compiled {
         let mut unindexed = Vec::new();
         let mut by_namespace: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut builder = LeafBuilder::default();
-        let principals = policies.iter().map(|p| Program::principals(&p.principals, &mut builder)).collect();
+        let principals = policies.iter().map(|p| Program::new(&p.principals, &mut builder)).collect();
         let permissions = policies.iter().map(|p| Program::new(&p.permissions, &mut builder)).collect();
         let leaves = builder.finish();
         for (i, policy) in policies.iter().enumerate() {
@@ -143,41 +143,22 @@ struct Step {
 }
 
 impl Program {
-    fn new(permissions: &[Permission], leaves: &mut LeafBuilder) -> Self {
+    /// Any of `trees`: a policy's permissions, or its principals.
+    fn new<T: Tree>(trees: &[T], leaves: &mut LeafBuilder) -> Self {
         let mut program = Program { steps: Vec::new(), entry: REJECT };
-        program.entry = permissions.iter().rev().fold(REJECT, |next, p| program.build(p, ACCEPT, next, leaves));
+        program.entry = trees.iter().rev().fold(REJECT, |next, t| program.build(t, ACCEPT, next, leaves));
         program
     }
 
-    /// A policy's principals (any of them), over the same leaves.
-    fn principals(principals: &[Principal], leaves: &mut LeafBuilder) -> Self {
-        let mut program = Program { steps: Vec::new(), entry: REJECT };
-        program.entry = principals.iter().rev().fold(REJECT, |next, p| program.build_principal(p, ACCEPT, next, leaves));
-        program
-    }
-
-    fn build_principal(&mut self, p: &Principal, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
-        match p {
-            Principal::Any => yes,
-            Principal::AndIds(ids) => ids.iter().rev().fold(yes, |next, i| self.build_principal(i, next, no, leaves)),
-            Principal::OrIds(ids) => ids.iter().rev().fold(no, |next, i| self.build_principal(i, yes, next, leaves)),
-            Principal::NotId(id) => self.build_principal(id, no, yes, leaves),
-            leaf => {
-                self.steps.push(Step { leaf: leaves.intern_principal(leaf), on_true: yes, on_false: no });
-                (self.steps.len() - 1) as u32
-            }
-        }
-    }
-
-    /// The entry of `p`'s steps, which lead to `yes` when it holds and to `no` otherwise.
-    fn build(&mut self, p: &Permission, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
-        match p {
-            Permission::Any => yes,
-            Permission::AndRules(rules) => rules.iter().rev().fold(yes, |next, r| self.build(r, next, no, leaves)),
-            Permission::OrRules(rules) => rules.iter().rev().fold(no, |next, r| self.build(r, yes, next, leaves)),
-            Permission::NotRule(rule) => self.build(rule, no, yes, leaves),
-            leaf => {
-                self.steps.push(Step { leaf: leaves.intern(leaf), on_true: yes, on_false: no });
+    /// The entry of `t`'s steps, which lead to `yes` when it holds and to `no` otherwise.
+    fn build<T: Tree>(&mut self, t: &T, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
+        match t.shape() {
+            Shape::Any => yes,
+            Shape::And(all) => all.iter().rev().fold(yes, |next, c| self.build(c, next, no, leaves)),
+            Shape::Or(any) => any.iter().rev().fold(no, |next, c| self.build(c, yes, next, leaves)),
+            Shape::Not(c) => self.build(c, no, yes, leaves),
+            Shape::Leaf => {
+                self.steps.push(Step { leaf: t.intern(leaves), on_true: yes, on_false: no });
                 (self.steps.len() - 1) as u32
             }
         }
@@ -189,6 +170,53 @@ impl Program {
             let Some(step) = self.steps.get(at as usize) else { return at == ACCEPT };
             at = if leaves.test(step.leaf, ev) { step.on_true } else { step.on_false };
         }
+    }
+}
+
+/// The and/or/not shape Envoy's [`Permission`] and [`Principal`] share.
+enum Shape<'a, T> {
+    Any,
+    And(&'a [T]),
+    Or(&'a [T]),
+    Not(&'a T),
+    Leaf,
+}
+
+trait Tree: Sized {
+    fn shape(&self) -> Shape<'_, Self>;
+    /// This leaf's index among the rule set's leaves.
+    fn intern(&self, leaves: &mut LeafBuilder) -> u32;
+}
+
+impl Tree for Permission {
+    fn shape(&self) -> Shape<'_, Self> {
+        match self {
+            Permission::Any => Shape::Any,
+            Permission::AndRules(rules) => Shape::And(rules),
+            Permission::OrRules(rules) => Shape::Or(rules),
+            Permission::NotRule(rule) => Shape::Not(rule),
+            _ => Shape::Leaf,
+        }
+    }
+
+    fn intern(&self, leaves: &mut LeafBuilder) -> u32 {
+        leaves.intern(self)
+    }
+}
+
+impl Tree for Principal {
+    fn shape(&self) -> Shape<'_, Self> {
+        match self {
+            Principal::Any => Shape::Any,
+            Principal::AndIds(ids) => Shape::And(ids),
+            Principal::OrIds(ids) => Shape::Or(ids),
+            Principal::NotId(id) => Shape::Not(id),
+            _ => Shape::Leaf,
+        }
+    }
+
+    fn intern(&self, leaves: &mut LeafBuilder) -> u32 {
+        leaves.intern_principal(self)
     }
 }
 
