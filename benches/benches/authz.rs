@@ -268,6 +268,7 @@ fn bench_chain(c: &mut Criterion) {
         .map(|config| rbac::rbac_from_http(&protojson::from_json::<http_rbac::Rbac>(config).unwrap().message).unwrap())
         .collect();
     let metrics = node_proxy::telemetry::metrics::Metrics::new();
+    let counters = node_proxy::authz::Counters::new(&metrics);
     let method = Method::GET;
     let mut headers = HeaderMap::new();
     headers.insert("host", "httpbin.foo.svc.cluster.local:8080".parse().unwrap());
@@ -277,7 +278,7 @@ fn bench_chain(c: &mut Criterion) {
         RequestHead { method: &method, authority: "httpbin.foo.svc.cluster.local:8080", path: "/api/items/42?verbose=1", scheme: "http", headers: &headers };
     let req = Request { http: Some(head), ..Request::tcp(addr("127.0.0.1:40000"), addr(&format!("127.0.0.1:{port}"))) };
     let stat_prefix = format!("inbound_0.0.0.0_{port}");
-    let check = |req: &Request<'_>| node_proxy::authz::check(&metrics, "http", Some(&stat_prefix), &filters, req);
+    let check = |req: &Request<'_>| node_proxy::authz::check(&counters, "http", Some(&stat_prefix), &filters, req);
     assert_eq!(check(&req), Ok(()));
     let mut other = headers.clone();
     other.insert("x-tenant", "nobody".parse().unwrap());

@@ -40,6 +40,8 @@ pub struct Worker {
     pub pools: Pools,
     /// Metric handles by label set, so a request records without the registry's locks.
     metric_cache: RefCell<HashMap<MetricKey, RequestMetrics>>,
+    /// The RBAC filters' counters, found by stat prefix.
+    pub rbac_counters: crate::authz::Counters,
 }
 
 /// A label set keyed by identity: the shared label halves by pointer (the key holds
@@ -87,7 +89,8 @@ const METRIC_CACHE_LIMIT: usize = 4096;
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let pools = Pools::new(shared.upstream_mark, shared.mesh.clone());
-        Rc::new(Worker { id, shared, pools, metric_cache: RefCell::new(HashMap::new()) })
+        let rbac_counters = crate::authz::Counters::new(&shared.metrics);
+        Rc::new(Worker { id, shared, pools, metric_cache: RefCell::new(HashMap::new()), rbac_counters })
     }
 
     /// Records a finished request in Istio's request metrics.

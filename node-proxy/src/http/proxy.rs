@@ -174,7 +174,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     let mut body = DownstreamBody::new(body);
     if let Some(cfg) = &hcm.ext_authz {
         let req = rbac_request(&cx, hcm, head, jwt_metadata.as_ref());
-        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), rbac_before, &req) {
+        if let Err(details) = crate::authz::check(&cx.worker.rbac_counters, "http", Some(&hcm.stat_prefix), rbac_before, &req) {
             return flow.deny(details);
         }
         let metadata = istio_compat::authz::ext_authz::shadow_metadata(istio_compat::authz::ext_authz::HTTP_RBAC_NAMESPACE, rbac_before, &req);
@@ -214,7 +214,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
     if !rbac_after.is_empty() {
         let req = rbac_request(&cx, hcm, head, jwt_metadata.as_ref());
-        if let Err(details) = crate::authz::check(&cx.worker.shared.metrics, "http", Some(&hcm.stat_prefix), rbac_after, &req) {
+        if let Err(details) = crate::authz::check(&cx.worker.rbac_counters, "http", Some(&hcm.stat_prefix), rbac_after, &req) {
             return flow.deny(details);
         }
     }

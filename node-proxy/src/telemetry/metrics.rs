@@ -327,6 +327,7 @@ impl ExtAuthzMetrics {
 /// `rbac.shadow_allowed` and `rbac.shadow_denied` statistics, labelled by the filter
 /// kind and its owner's stat prefix (the HTTP connection manager's, or the network
 /// filter's own).
+#[derive(Clone)]
 pub struct RbacMetrics {
     pub allowed: Family<RbacLabels, Counter>,
     pub denied: Family<RbacLabels, Counter>,

@@ -30,7 +30,7 @@
 //! check both against the model's own evaluation.
 
 use std::borrow::Cow;
-use std::cell::{Cell, OnceCell};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use super::{Permission, Policy, Principal, Request};
@@ -64,9 +64,12 @@ impl Compiled {
         let mut unindexed = Vec::new();
         let mut by_namespace: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut builder = LeafBuilder::default();
-        let principals = policies.iter().map(|p| Program::new(&p.principals, &mut builder)).collect();
-        let permissions = policies.iter().map(|p| Program::new(&p.permissions, &mut builder)).collect();
-        let leaves = builder.finish();
+        let mut principals: Vec<Program> = policies.iter().map(|p| Program::new(&p.principals, &mut builder)).collect();
+        let mut permissions: Vec<Program> = policies.iter().map(|p| Program::new(&p.permissions, &mut builder)).collect();
+        let (leaves, memo) = builder.finish();
+        for step in principals.iter_mut().chain(permissions.iter_mut()).flat_map(|p| p.steps.iter_mut()) {
+            step.memo = memo.get(step.leaf as usize).copied().unwrap_or(NO_MEMO);
+        }
         for (i, policy) in policies.iter().enumerate() {
             let mut keys = Vec::new();
             if policies.len() >= INDEX_FROM && policy.principals.iter().all(|p| required_namespaces(p, &mut keys)) && !keys.is_empty() {
@@ -84,10 +87,10 @@ impl Compiled {
 
     /// The index of the first policy that matches `req`.
     pub(super) fn first_match(&self, req: &Request<'_>) -> Option<usize> {
-        let ev = Eval::new(req);
-        let matches = |i: u32| {
+        let mut ev = Eval::new(req);
+        let mut matches = |i: u32| {
             let i = i as usize;
-            self.principals[i].matches(&self.leaves, &ev) && self.permissions[i].matches(&self.leaves, &ev)
+            self.principals[i].matches(&self.leaves, &mut ev) && self.permissions[i].matches(&self.leaves, &mut ev)
         };
         if self.by_namespace.is_empty() {
             return self.unindexed.iter().copied().find(|&i| matches(i)).map(|i| i as usize);
@@ -140,7 +143,18 @@ struct Step {
     leaf: u32,
     on_true: u32,
     on_false: u32,
+    /// The leaf's memo slot ([`Eval::memo`]), or [`NO_MEMO`].
+    memo: u8,
 }
+
+/// A step whose leaf is tested each time it is reached (no memo slot).
+const NO_MEMO: u8 = u8::MAX;
+/// How many leaves have a memo slot (the first shared ones).
+const MEMO_SLOTS: usize = 128;
+/// A memo slot's states.
+const UNKNOWN: u8 = 0;
+const FAILED: u8 = 1;
+const HELD: u8 = 2;
 
 impl Program {
     /// Any of `trees`: a policy's permissions, or its principals.
@@ -158,18 +172,28 @@ impl Program {
             Shape::Or(any) => any.iter().rev().fold(no, |next, c| self.build(c, yes, next, leaves)),
             Shape::Not(c) => self.build(c, no, yes, leaves),
             Shape::Leaf => {
-                self.steps.push(Step { leaf: t.intern(leaves), on_true: yes, on_false: no });
+                self.steps.push(Step { leaf: t.intern(leaves), on_true: yes, on_false: no, memo: NO_MEMO });
                 (self.steps.len() - 1) as u32
             }
         }
     }
 
-    fn matches(&self, leaves: &Leaves, ev: &Eval<'_, '_>) -> bool {
+    fn matches(&self, leaves: &Leaves, ev: &mut Eval<'_, '_>) -> bool {
         let mut at = self.entry;
-        loop {
-            let Some(step) = self.steps.get(at as usize) else { return at == ACCEPT };
-            at = if leaves.test(step.leaf, ev) { step.on_true } else { step.on_false };
+        while let Some(step) = self.steps.get(at as usize) {
+            let slot = step.memo as usize;
+            let held = match ev.memo.get(slot).copied() {
+                None => leaves.test(step.leaf, ev),
+                Some(UNKNOWN) => {
+                    let held = leaves.test(step.leaf, ev);
+                    ev.memo[slot] = if held { HELD } else { FAILED };
+                    held
+                }
+                Some(known) => known == HELD,
+            };
+            at = if held { step.on_true } else { step.on_false };
         }
+        at == ACCEPT
     }
 }
 
@@ -220,33 +244,19 @@ impl Tree for Principal {
     }
 }
 
-/// The distinct leaves of a rule set's permissions. istiod repeats conditions across
-/// policies (the same methods, paths, hosts, ports in many rules): a leaf used by
-/// more than one step has a bit in the decision's memo ([`Eval`]), so it is tested
-/// once per decision however many policies reach it.
+/// The distinct leaves of a rule set's principals and permissions. istiod repeats
+/// conditions across policies (the same methods, paths, hosts, ports in many rules):
+/// a leaf used by more than one step has a slot in the decision's memo ([`Eval`],
+/// [`Step::memo`]), so it is tested once per decision however many policies reach it.
 #[derive(Debug, Default)]
 struct Leaves {
     leaves: Vec<Leaf>,
-    /// `leaves[i]`'s memo bit, when it has one.
-    memo: Vec<Option<u8>>,
 }
 
 impl Leaves {
     #[inline]
     fn test(&self, id: u32, ev: &Eval<'_, '_>) -> bool {
-        let id = id as usize;
-        let Some(leaf) = self.leaves.get(id) else { return false };
-        let Some(bit) = self.memo.get(id).copied().flatten() else { return leaf.matches(ev) };
-        let bit = 1u128 << bit;
-        if ev.known.get() & bit != 0 {
-            return ev.held.get() & bit != 0;
-        }
-        let held = leaf.matches(ev);
-        ev.known.set(ev.known.get() | bit);
-        if held {
-            ev.held.set(ev.held.get() | bit);
-        }
-        held
+        self.leaves.get(id as usize).is_some_and(|leaf| leaf.matches(ev))
     }
 }
 
@@ -298,20 +308,23 @@ impl LeafBuilder {
         id
     }
 
-    /// The leaves, the first 128 used more than once with a memo bit.
-    fn finish(self) -> Leaves {
-        let mut next = 0u32;
+    /// The leaves, and each one's memo slot: the first [`MEMO_SLOTS`] used more than
+    /// once have one.
+    fn finish(self) -> (Leaves, Vec<u8>) {
+        let mut next = 0;
         let memo = self
             .uses
             .iter()
             .map(|&uses| {
-                (uses > 1 && next < 128).then(|| {
+                if uses > 1 && next < MEMO_SLOTS {
                     next += 1;
                     (next - 1) as u8
-                })
+                } else {
+                    NO_MEMO
+                }
             })
             .collect();
-        Leaves { leaves: self.leaves, memo }
+        (Leaves { leaves: self.leaves }, memo)
     }
 }
 
@@ -356,14 +369,13 @@ const MEMO_HEADERS: usize = 8;
 struct Eval<'q, 'r> {
     req: &'q Request<'r>,
     headers: [OnceCell<Option<Cow<'q, str>>>; MEMO_HEADERS],
-    /// The leaves with a memo bit tested so far, and those of them that held.
-    known: Cell<u128>,
-    held: Cell<u128>,
+    /// The shared leaves' results so far, by memo slot: [`UNKNOWN`], [`FAILED`], [`HELD`].
+    memo: [u8; MEMO_SLOTS],
 }
 
 impl<'q, 'r> Eval<'q, 'r> {
     fn new(req: &'q Request<'r>) -> Self {
-        Eval { req, headers: Default::default(), known: Cell::new(0), held: Cell::new(0) }
+        Eval { req, headers: Default::default(), memo: [UNKNOWN; MEMO_SLOTS] }
     }
 }
 
@@ -686,7 +698,7 @@ mod tests {
 
     #[test]
     fn shared_leaves_beyond_the_memo_are_tested_each_time() {
-        // 150 leaves used twice each (more than the 128 memo bits): policy i and
+        // 150 leaves used twice each (more than the 128 memo slots): policy i and
         // policy 150 + i both want x-h = v<i>.
         let exact = |v: String| {
             Permission::Header(HeaderMatcher {
