@@ -185,6 +185,18 @@ pub enum Principal {
     PeerPrincipal(StringMatcher),
 }
 
+impl Principal {
+    /// Whether it has a `remote_ip` test anywhere.
+    pub fn reads_remote_ip(&self) -> bool {
+        match self {
+            Principal::AndIds(ids) | Principal::OrIds(ids) => ids.iter().any(Principal::reads_remote_ip),
+            Principal::NotId(id) => id.reads_remote_ip(),
+            Principal::RemoteIp(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The filter-state key of [`Principal::PeerPrincipal`].
 pub const PEER_PRINCIPAL_FILTER_STATE: &str = "io.istio.peer_principal";
 
@@ -406,6 +418,16 @@ impl RuleSet {
         index.first_match(req).map(|i| &*self.policies[i].name)
     }
 
+    /// Whether a decision may read the request's `remote` (a `remote_ip` principal):
+    /// the caller may skip finding the original client otherwise.
+    pub fn reads_remote_ip(&self) -> bool {
+        let index = self.index.get(&self.policies);
+        if index.len != self.policies.len() {
+            return self.policies.iter().any(|p| p.principals.iter().any(Principal::reads_remote_ip));
+        }
+        index.reads_remote_ip
+    }
+
     /// [`RuleSet::evaluate`] by trying every policy in turn ([`Policy::matches`]):
     /// the reference the evaluation form must agree with.
     pub fn evaluate_directly(&self, req: &Request<'_>) -> Option<&str> {
@@ -448,6 +470,12 @@ impl Rbac {
             }
         };
         FilterDecision { allowed, policy, log, shadow }
+    }
+
+    /// Whether its rules or shadow rules may read the request's `remote` (see
+    /// [`RuleSet::reads_remote_ip`]).
+    pub fn reads_remote_ip(&self) -> bool {
+        self.rules.iter().chain(&self.shadow).any(RuleSet::reads_remote_ip)
     }
 
     /// The dynamic metadata Envoy writes for the shadow rules, under the filter's own

@@ -14,11 +14,12 @@
 //!   indexed under the `/ns/` segments of its peer identity plus those not indexed,
 //!   in name order. The first of them that matches is the first of all policies that
 //!   matches.
-//! - A policy's permissions run as a branching program ([`Program`]): each leaf test
-//!   names where to go next, so the `and`/`or`/`not` trees cost nothing at decision
-//!   time (walking them was a third of a ten-policy decision); a leaf that recurs in
-//!   the rule set (istiod repeats methods, paths, hosts and ports across policies) is
-//!   tested once per decision ([`Leaves`]); and header matchers
+//! - A policy's principals and permissions run as a branching program ([`Step`]):
+//!   each leaf test names where to go next, so the `and`/`or`/`not` trees cost
+//!   nothing at decision time (walking them was a third of a ten-policy decision).
+//!   What the rule set's policies share is tested once per decision ([`Builder`]): a
+//!   leaf that recurs (istiod repeats methods, paths, hosts and ports across
+//!   policies), and a run of conditions several `and`s start with. Header matchers
 //!   know where their header is: `:method`, `:authority`, `:path` and `:scheme` are
 //!   fields of the request head, and a regular header's name is parsed once, its value
 //!   looked up once per decision however many policies match on it (parsing and
@@ -35,7 +36,7 @@ use std::collections::HashMap;
 
 use super::{Permission, Policy, Principal, Request};
 use crate::model::common::{StringMatch, StringMatcher};
-use crate::model::route::HeaderMatcher;
+use crate::model::route::{HeaderMatchRule, HeaderMatcher};
 
 /// Fewer policies are tried in turn: hashing the peer's namespace would cost more
 /// than it saves.
@@ -47,29 +48,36 @@ pub(super) struct Compiled {
     /// How many policies it was built from (a rule set changed since is evaluated
     /// directly instead).
     pub(super) len: usize,
-    /// Policy `i`'s principals, as `policies[i].principals`.
-    principals: Vec<Program>,
-    /// Policy `i`'s permissions, as `policies[i].permissions`.
-    permissions: Vec<Program>,
-    /// The leaves the permissions' programs test.
-    leaves: Leaves,
+    /// The policies' branching programs and the shared conjunctions'
+    /// ([`Leaf::All`]), in one list ([`Builder`]).
+    steps: Vec<Step>,
+    /// Policy `i`'s first step: its principals, which lead to its permissions.
+    entries: Vec<u32>,
+    /// The distinct leaves the steps test.
+    leaves: Vec<Leaf>,
+    /// Exact-value tests of one header, decided together ([`Leaf::InGroup`]).
+    groups: Vec<Group>,
     /// Policies any request may match, ascending.
     unindexed: Vec<u32>,
     /// Namespace -> policies that need a peer in it, ascending.
     by_namespace: HashMap<Box<str>, Vec<u32>>,
+    /// A principal tests `remote_ip`.
+    pub(super) reads_remote_ip: bool,
 }
 
 impl Compiled {
     pub(super) fn new(policies: &[Policy]) -> Self {
         let mut unindexed = Vec::new();
         let mut by_namespace: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut builder = LeafBuilder::default();
-        let mut principals: Vec<Program> = policies.iter().map(|p| Program::new(&p.principals, &mut builder)).collect();
-        let mut permissions: Vec<Program> = policies.iter().map(|p| Program::new(&p.permissions, &mut builder)).collect();
-        let (leaves, memo) = builder.finish();
-        for step in principals.iter_mut().chain(permissions.iter_mut()).flat_map(|p| p.steps.iter_mut()) {
-            step.memo = memo.get(step.leaf as usize).copied().unwrap_or(NO_MEMO);
-        }
+        let mut builder = Builder::new(policies);
+        let entries = policies
+            .iter()
+            .map(|p| {
+                let permissions = builder.any(&p.permissions, ACCEPT, REJECT);
+                builder.any(&p.principals, permissions, REJECT)
+            })
+            .collect();
+        let (steps, leaves, groups) = builder.finish();
         for (i, policy) in policies.iter().enumerate() {
             let mut keys = Vec::new();
             if policies.len() >= INDEX_FROM && policy.principals.iter().all(|p| required_namespaces(p, &mut keys)) && !keys.is_empty() {
@@ -82,16 +90,14 @@ impl Compiled {
                 unindexed.push(i as u32);
             }
         }
-        Compiled { len: policies.len(), principals, permissions, leaves, unindexed, by_namespace }
+        let reads_remote_ip = policies.iter().any(|p| p.principals.iter().any(Principal::reads_remote_ip));
+        Compiled { len: policies.len(), steps, entries, leaves, groups, unindexed, by_namespace, reads_remote_ip }
     }
 
     /// The index of the first policy that matches `req`.
     pub(super) fn first_match(&self, req: &Request<'_>) -> Option<usize> {
         let mut ev = Eval::new(req);
-        let mut matches = |i: u32| {
-            let i = i as usize;
-            self.principals[i].matches(&self.leaves, &mut ev) && self.permissions[i].matches(&self.leaves, &mut ev)
-        };
+        let mut matches = |i: u32| self.entries.get(i as usize).is_some_and(|&entry| self.run(entry, &mut ev));
         if self.by_namespace.is_empty() {
             return self.unindexed.iter().copied().find(|&i| matches(i)).map(|i| i as usize);
         }
@@ -120,23 +126,36 @@ impl Compiled {
         };
         found.map(|i| i as usize)
     }
+
+    /// Runs the program that starts at step `at`: whether it reaches [`ACCEPT`].
+    fn run(&self, mut at: u32, ev: &mut Eval<'_, '_>) -> bool {
+        while let Some(step) = self.steps.get(at as usize) {
+            let slot = step.memo as usize;
+            let held = match ev.memo.get(slot).copied() {
+                None => self.test(step.leaf, ev),
+                Some(UNKNOWN) => {
+                    let held = self.test(step.leaf, ev);
+                    ev.memo[slot] = if held { HELD } else { FAILED };
+                    held
+                }
+                Some(known) => known == HELD,
+            };
+            at = if held { step.on_true } else { step.on_false };
+        }
+        at == ACCEPT
+    }
+
+    fn test(&self, leaf: u32, ev: &mut Eval<'_, '_>) -> bool {
+        self.leaves.get(leaf as usize).is_some_and(|leaf| leaf.matches(self, ev))
+    }
 }
 
-/// A policy's permissions (any of them) in evaluation form: a branching program.
-/// Each step tests one leaf of the permission trees and names the step to go to when
-/// it holds and when it does not, so `and`/`or`/`not` cost nothing at decision time
-/// and a leaf is tested at most once. Steps only lead to steps built before them (or
-/// to the verdicts), so a run always ends. The leaves are the rule set's ([`Leaves`]).
-#[derive(Debug)]
-struct Program {
-    steps: Vec<Step>,
-    entry: u32,
-}
-
-/// Where a step leads: another step's index, or a verdict.
-const ACCEPT: u32 = u32::MAX;
-const REJECT: u32 = u32::MAX - 1;
-
+/// One test in a branching program: a policy's principals and permissions (any of
+/// them), or a shared conjunction. The step tests one leaf and names the step to go
+/// to when it holds and when it does not, so `and`/`or`/`not` cost nothing at
+/// decision time and a leaf is tested at most once per program. Steps only lead to
+/// steps built before them (or to the verdicts), and a conjunction's leaf is made
+/// after its steps, so a run always ends.
 #[derive(Debug)]
 struct Step {
     /// Index into the rule set's leaves.
@@ -147,6 +166,10 @@ struct Step {
     memo: u8,
 }
 
+/// Where a step leads: another step's index, or a verdict.
+const ACCEPT: u32 = u32::MAX;
+const REJECT: u32 = u32::MAX - 1;
+
 /// A step whose leaf is tested each time it is reached (no memo slot).
 const NO_MEMO: u8 = u8::MAX;
 /// How many leaves have a memo slot (the first shared ones).
@@ -155,47 +178,6 @@ const MEMO_SLOTS: usize = 128;
 const UNKNOWN: u8 = 0;
 const FAILED: u8 = 1;
 const HELD: u8 = 2;
-
-impl Program {
-    /// Any of `trees`: a policy's permissions, or its principals.
-    fn new<T: Tree>(trees: &[T], leaves: &mut LeafBuilder) -> Self {
-        let mut program = Program { steps: Vec::new(), entry: REJECT };
-        program.entry = trees.iter().rev().fold(REJECT, |next, t| program.build(t, ACCEPT, next, leaves));
-        program
-    }
-
-    /// The entry of `t`'s steps, which lead to `yes` when it holds and to `no` otherwise.
-    fn build<T: Tree>(&mut self, t: &T, yes: u32, no: u32, leaves: &mut LeafBuilder) -> u32 {
-        match t.shape() {
-            Shape::Any => yes,
-            Shape::And(all) => all.iter().rev().fold(yes, |next, c| self.build(c, next, no, leaves)),
-            Shape::Or(any) => any.iter().rev().fold(no, |next, c| self.build(c, yes, next, leaves)),
-            Shape::Not(c) => self.build(c, no, yes, leaves),
-            Shape::Leaf => {
-                self.steps.push(Step { leaf: t.intern(leaves), on_true: yes, on_false: no, memo: NO_MEMO });
-                (self.steps.len() - 1) as u32
-            }
-        }
-    }
-
-    fn matches(&self, leaves: &Leaves, ev: &mut Eval<'_, '_>) -> bool {
-        let mut at = self.entry;
-        while let Some(step) = self.steps.get(at as usize) {
-            let slot = step.memo as usize;
-            let held = match ev.memo.get(slot).copied() {
-                None => leaves.test(step.leaf, ev),
-                Some(UNKNOWN) => {
-                    let held = leaves.test(step.leaf, ev);
-                    ev.memo[slot] = if held { HELD } else { FAILED };
-                    held
-                }
-                Some(known) => known == HELD,
-            };
-            at = if held { step.on_true } else { step.on_false };
-        }
-        at == ACCEPT
-    }
-}
 
 /// The and/or/not shape Envoy's [`Permission`] and [`Principal`] share.
 enum Shape<'a, T> {
@@ -206,13 +188,18 @@ enum Shape<'a, T> {
     Leaf,
 }
 
-trait Tree: Sized {
+trait Tree: Sized + serde::Serialize {
+    /// Keeps permission and principal leaves apart in the builder's index.
+    const KIND: &'static str;
     fn shape(&self) -> Shape<'_, Self>;
-    /// This leaf's index among the rule set's leaves.
-    fn intern(&self, leaves: &mut LeafBuilder) -> u32;
+    /// This leaf in evaluation form; `slots` are the regular header names whose
+    /// values a decision remembers.
+    fn leaf(&self, slots: &mut Vec<http::HeaderName>) -> Leaf;
 }
 
 impl Tree for Permission {
+    const KIND: &'static str = "permission";
+
     fn shape(&self) -> Shape<'_, Self> {
         match self {
             Permission::Any => Shape::Any,
@@ -223,12 +210,27 @@ impl Tree for Permission {
         }
     }
 
-    fn intern(&self, leaves: &mut LeafBuilder) -> u32 {
-        leaves.intern(self)
+    fn leaf(&self, slots: &mut Vec<http::HeaderName>) -> Leaf {
+        match self {
+            Permission::Header(h) => {
+                let source = HeaderSource::new(&h.name, slots);
+                match &h.rule {
+                    HeaderMatchRule::String(StringMatcher { kind: StringMatch::Exact(value), ignore_case: false }) if !h.invert => {
+                        Leaf::HeaderIs { source, value: value.as_str().into(), missing_as_empty: h.treat_missing_as_empty }
+                    }
+                    _ => Leaf::Header(source, h.clone()),
+                }
+            }
+            Permission::UrlPath(m) => Leaf::UrlPath(m.clone()),
+            Permission::DestinationPort(port) => Leaf::DestinationPort(*port),
+            other => Leaf::Other(other.clone()),
+        }
     }
 }
 
 impl Tree for Principal {
+    const KIND: &'static str = "principal";
+
     fn shape(&self) -> Shape<'_, Self> {
         match self {
             Principal::Any => Shape::Any,
@@ -239,66 +241,190 @@ impl Tree for Principal {
         }
     }
 
-    fn intern(&self, leaves: &mut LeafBuilder) -> u32 {
-        leaves.intern_principal(self)
+    fn leaf(&self, _: &mut Vec<http::HeaderName>) -> Leaf {
+        match self {
+            Principal::Authenticated(m) => Leaf::Peer(m.as_ref().map(PeerMatcher::new)),
+            Principal::PeerPrincipal(m) => Leaf::Peer(Some(PeerMatcher::new(m))),
+            other => Leaf::Principal(other.clone()),
+        }
     }
 }
 
-/// The distinct leaves of a rule set's principals and permissions. istiod repeats
-/// conditions across policies (the same methods, paths, hosts, ports in many rules):
-/// a leaf used by more than one step has a slot in the decision's memo ([`Eval`],
-/// [`Step::memo`]), so it is tested once per decision however many policies reach it.
-#[derive(Debug, Default)]
-struct Leaves {
-    leaves: Vec<Leaf>,
+/// A tree's canonical form, its JSON (regexes print as their source): equal trees,
+/// equal keys.
+fn key<T: Tree>(t: &T) -> Option<String> {
+    serde_json::to_string(t).ok().map(|k| format!("{} {k}", T::KIND))
 }
 
-impl Leaves {
-    #[inline]
-    fn test(&self, id: u32, ev: &Eval<'_, '_>) -> bool {
-        self.leaves.get(id as usize).is_some_and(|leaf| leaf.matches(ev))
-    }
+/// An `and`'s children with their keys, in the order they are tested.
+type Ordered<'t, T> = Vec<(&'t T, Option<String>)>;
+
+/// The key of an `and` of `run` (in that order).
+fn run_key<T>(run: &[(&T, Option<String>)]) -> Option<String> {
+    let keys: Option<Vec<&str>> = run.iter().map(|(_, k)| k.as_deref()).collect();
+    keys.map(|keys| format!("and [{}]", keys.join("\u{0}")))
 }
 
-/// Interns the leaves of the permissions being compiled.
-#[derive(Default)]
-struct LeafBuilder {
+/// Builds a rule set's programs into one list of steps, sharing what its policies
+/// share. istiod repeats conditions across policies (the same methods, paths, hosts
+/// and ports in many rules, whole `to` clauses in the rules of one policy):
+/// - a leaf that recurs is one leaf with a memo slot, tested once per decision
+///   however many policies reach it;
+/// - an `and`'s and an `or`'s children are tested the most shared first (the same
+///   ones in the same order in every policy), and a run of first children that several `and`s start
+///   with is one conjunction ([`Leaf::All`], its own program), memoised like a leaf:
+///   ten policies that differ in one header test their common methods, paths, hosts
+///   and ports once, then a step each.
+///
+/// Neither changes a decision: `and` and `or` of pure tests do not depend on order.
+struct Builder {
+    steps: Vec<Step>,
     leaves: Vec<Leaf>,
     uses: Vec<u32>,
-    /// A leaf's canonical form (its JSON: regexes print as their source) -> its index.
+    /// A leaf's or a conjunction's key -> its index.
     index: HashMap<String, u32>,
     /// The regular header names seen so far, in the order their values are
     /// remembered (the first [`MEMO_HEADERS`]).
     header_slots: Vec<http::HeaderName>,
+    /// How many lists (`and`s, `or`s, policies' permissions and principals) have a
+    /// member, by its key.
+    children: HashMap<String, u32>,
+    /// How many `and`s start with a run of children (in test order), by its key.
+    runs: HashMap<String, u32>,
 }
 
-impl LeafBuilder {
-    fn intern(&mut self, p: &Permission) -> u32 {
-        let key = serde_json::to_string(p).ok().map(|k| format!("permission {k}"));
-        self.add(key, |slots| match p {
-            Permission::Header(h) => Leaf::Header(HeaderSource::new(&h.name, slots), h.clone()),
-            Permission::UrlPath(m) => Leaf::UrlPath(m.clone()),
-            Permission::DestinationPort(port) => Leaf::DestinationPort(*port),
-            other => Leaf::Other(other.clone()),
-        })
-    }
-
-    fn intern_principal(&mut self, p: &Principal) -> u32 {
-        let key = serde_json::to_string(p).ok().map(|k| format!("principal {k}"));
-        self.add(key, |_| match p {
-            Principal::Authenticated(m) => Leaf::Peer(m.as_ref().map(PeerMatcher::new)),
-            Principal::PeerPrincipal(m) => Leaf::Peer(Some(PeerMatcher::new(m))),
-            other => Leaf::Principal(other.clone()),
-        })
-    }
-
-    /// The index of the leaf with canonical form `key`, made by `make` when new.
-    fn add(&mut self, key: Option<String>, make: impl FnOnce(&mut Vec<http::HeaderName>) -> Leaf) -> u32 {
-        if let Some(&id) = key.as_ref().and_then(|k| self.index.get(k)) {
-            self.uses[id as usize] += 1;
-            return id;
+impl Builder {
+    fn new(policies: &[Policy]) -> Self {
+        let mut b = Builder {
+            steps: Vec::new(),
+            leaves: Vec::new(),
+            uses: Vec::new(),
+            index: HashMap::new(),
+            header_slots: Vec::new(),
+            children: HashMap::new(),
+            runs: HashMap::new(),
+        };
+        for p in policies {
+            b.count_list(&p.permissions);
+            b.count_list(&p.principals);
         }
-        let leaf = make(&mut self.header_slots);
+        for p in policies {
+            p.permissions.iter().for_each(|t| b.count_runs(t));
+            p.principals.iter().for_each(|t| b.count_runs(t));
+        }
+        b
+    }
+
+    /// Counts `list`'s members (an `and`'s or an `or`'s children, or a policy's
+    /// permissions or principals), and theirs.
+    fn count_list<T: Tree>(&mut self, list: &[T]) {
+        for t in list {
+            if let Some(k) = key(t) {
+                *self.children.entry(k).or_default() += 1;
+            }
+            self.count_children(t);
+        }
+    }
+
+    fn count_children<T: Tree>(&mut self, t: &T) {
+        match t.shape() {
+            Shape::And(list) | Shape::Or(list) => self.count_list(list),
+            Shape::Not(c) => self.count_children(c),
+            Shape::Any | Shape::Leaf => {}
+        }
+    }
+
+    fn count_runs<T: Tree>(&mut self, t: &T) {
+        match t.shape() {
+            Shape::And(all) => {
+                let ordered = self.ordered(all, true);
+                for end in 2..=ordered.len() {
+                    if let Some(k) = run_key(&ordered[..end]) {
+                        *self.runs.entry(k).or_default() += 1;
+                    }
+                }
+                all.iter().for_each(|c| self.count_runs(c));
+            }
+            Shape::Or(any) => any.iter().for_each(|c| self.count_runs(c)),
+            Shape::Not(c) => self.count_runs(c),
+            Shape::Any | Shape::Leaf => {}
+        }
+    }
+
+    /// A list's members in test order: those more lists have first (memoised, so
+    /// cheap after the first policy that tests them), then, for an `and`, by key (so
+    /// that `and`s with the same shared children start with the same run), otherwise
+    /// as listed.
+    fn ordered<'t, T: Tree>(&self, list: &'t [T], canonical: bool) -> Ordered<'t, T> {
+        let mut ordered: Ordered<'t, T> = list.iter().map(|c| (c, key(c))).collect();
+        let shared = |k: &Option<String>| k.as_ref().and_then(|k| self.children.get(k)).copied().unwrap_or(0);
+        ordered.sort_by(|a, b| shared(&b.1).cmp(&shared(&a.1)).then_with(|| if canonical { a.1.cmp(&b.1) } else { std::cmp::Ordering::Equal }));
+        ordered
+    }
+
+    /// Any of `trees` (a policy's permissions, or its principals): the entry of steps
+    /// that lead to `yes` when one holds and to `no` otherwise.
+    fn any<T: Tree>(&mut self, trees: &[T], yes: u32, no: u32) -> u32 {
+        self.ordered(trees, false).iter().rev().fold(no, |next, (t, _)| self.build(*t, yes, next))
+    }
+
+    /// The entry of `t`'s steps, which lead to `yes` when it holds and to `no` otherwise.
+    fn build<T: Tree>(&mut self, t: &T, yes: u32, no: u32) -> u32 {
+        match t.shape() {
+            Shape::Any => yes,
+            Shape::And(all) => {
+                let ordered = self.ordered(all, true);
+                // The longest run of first children other `and`s start with too.
+                let shared =
+                    (2..=ordered.len()).rev().find_map(|end| run_key(&ordered[..end]).filter(|k| self.runs.get(k).is_some_and(|&n| n > 1)).map(|k| (end, k)));
+                let rest = shared.as_ref().map_or(0, |(end, _)| *end);
+                let next = ordered[rest..].iter().rev().fold(yes, |next, (c, _)| self.build(*c, next, no));
+                match shared {
+                    Some((end, k)) => {
+                        let conjunction = self.conjunction(k, &ordered[..end]);
+                        self.step(conjunction, next, no)
+                    }
+                    None => next,
+                }
+            }
+            Shape::Or(any) => self.any(any, yes, no),
+            Shape::Not(c) => self.build(c, no, yes),
+            Shape::Leaf => {
+                let key = key(t);
+                let leaf = match key.as_ref().and_then(|k| self.index.get(k)).copied() {
+                    Some(id) => self.reuse(id),
+                    None => {
+                        let leaf = t.leaf(&mut self.header_slots);
+                        self.add(key, leaf)
+                    }
+                };
+                self.step(leaf, yes, no)
+            }
+        }
+    }
+
+    /// The leaf of the conjunction of `run`, whose key is `key`.
+    fn conjunction<T: Tree>(&mut self, key: String, run: &[(&T, Option<String>)]) -> u32 {
+        if let Some(id) = self.index.get(&key).copied() {
+            return self.reuse(id);
+        }
+        let entry = run.iter().rev().fold(ACCEPT, |next, (c, _)| self.build(*c, next, REJECT));
+        self.add(Some(key), Leaf::All(entry))
+    }
+
+    fn step(&mut self, leaf: u32, on_true: u32, on_false: u32) -> u32 {
+        self.steps.push(Step { leaf, on_true, on_false, memo: NO_MEMO });
+        (self.steps.len() - 1) as u32
+    }
+
+    fn reuse(&mut self, id: u32) -> u32 {
+        if let Some(n) = self.uses.get_mut(id as usize) {
+            *n += 1;
+        }
+        id
+    }
+
+    fn add(&mut self, key: Option<String>, leaf: Leaf) -> u32 {
         let id = self.leaves.len() as u32;
         self.leaves.push(leaf);
         self.uses.push(1);
@@ -308,15 +434,28 @@ impl LeafBuilder {
         id
     }
 
-    /// The leaves, and each one's memo slot: the first [`MEMO_SLOTS`] used more than
-    /// once have one.
-    fn finish(self) -> (Leaves, Vec<u8>) {
+    /// The steps, each with its leaf's memo slot, the leaves and their [`Group`]s.
+    /// The first [`MEMO_SLOTS`] leaves used by more than one step or with at least
+    /// [`GROUP_FROM`] exact-value tests of the same header have a slot; those tests
+    /// that have one form the header's group.
+    fn finish(mut self) -> (Vec<Step>, Vec<Leaf>, Vec<Group>) {
+        let mut by_header: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (id, leaf) in self.leaves.iter().enumerate() {
+            if let Leaf::HeaderIs { source, .. } = leaf {
+                if let Some(name) = source.name() {
+                    by_header.entry(name).or_default().push(id);
+                }
+            }
+        }
+        let by_header: Vec<Vec<usize>> = by_header.into_values().filter(|ids| ids.len() >= GROUP_FROM).collect();
+        let grouped: std::collections::HashSet<usize> = by_header.iter().flatten().copied().collect();
         let mut next = 0;
-        let memo = self
+        let memo: Vec<u8> = self
             .uses
             .iter()
-            .map(|&uses| {
-                if uses > 1 && next < MEMO_SLOTS {
+            .enumerate()
+            .map(|(id, &uses)| {
+                if (uses > 1 || grouped.contains(&id)) && next < MEMO_SLOTS {
                     next += 1;
                     (next - 1) as u8
                 } else {
@@ -324,13 +463,54 @@ impl LeafBuilder {
                 }
             })
             .collect();
-        (Leaves { leaves: self.leaves }, memo)
+        let slot = |id: usize| memo.get(id).copied().filter(|&m| m != NO_MEMO);
+        let mut groups = Vec::new();
+        for ids in by_header {
+            let members: Vec<(usize, u8)> = ids.into_iter().filter_map(|id| slot(id).map(|s| (id, s))).collect();
+            let Some(Leaf::HeaderIs { source, .. }) = members.first().and_then(|&(id, _)| self.leaves.get(id)) else { continue };
+            if members.len() < GROUP_FROM {
+                continue;
+            }
+            let mut group = Group { source: source.clone(), slots: Vec::new(), by_value: Default::default(), when_absent: Vec::new() };
+            for &(id, s) in &members {
+                if let Some(Leaf::HeaderIs { value, missing_as_empty, .. }) = self.leaves.get(id) {
+                    group.slots.push(s);
+                    group.by_value.entry(value.clone()).or_default().push(s);
+                    if *missing_as_empty && value.is_empty() {
+                        group.when_absent.push(s);
+                    }
+                }
+                if let Some(leaf) = self.leaves.get_mut(id) {
+                    *leaf = Leaf::InGroup { group: groups.len() as u32, slot: s };
+                }
+            }
+            groups.push(group);
+        }
+        for step in &mut self.steps {
+            step.memo = slot(step.leaf as usize).unwrap_or(NO_MEMO);
+        }
+        (self.steps, self.leaves, groups)
     }
 }
 
 #[derive(Debug)]
 enum Leaf {
+    /// A conjunction several `and`s start with: the program at this step.
+    All(u32),
     Header(HeaderSource, HeaderMatcher),
+    /// A header matcher of istiod's commonest kind (methods, `when` headers): the
+    /// header's value is exactly `value` (an absent header counts as empty when
+    /// `missing_as_empty`), as [`HeaderMatcher::matches_value`] decides it.
+    HeaderIs {
+        source: HeaderSource,
+        value: Box<str>,
+        missing_as_empty: bool,
+    },
+    /// A [`Leaf::HeaderIs`] of a [`Group`], whose memo slot is `slot`.
+    InGroup {
+        group: u32,
+        slot: u8,
+    },
     UrlPath(StringMatcher),
     DestinationPort(u16),
     Other(Permission),
@@ -344,9 +524,15 @@ impl Leaf {
     /// `:authority`, `:path` and `:scheme` as fields of the request head, and a regular
     /// header by a name parsed once, its value looked up once per decision.
     #[inline]
-    fn matches(&self, ev: &Eval<'_, '_>) -> bool {
+    fn matches(&self, compiled: &Compiled, ev: &mut Eval<'_, '_>) -> bool {
         match self {
+            Leaf::All(entry) => compiled.run(*entry, ev),
             Leaf::Header(source, m) => m.matches_value(source.value(ev).as_deref()),
+            Leaf::HeaderIs { source, value, missing_as_empty } => match source.value(ev) {
+                Some(v) => *v == **value,
+                None => *missing_as_empty && value.is_empty(),
+            },
+            Leaf::InGroup { group, slot } => compiled.groups.get(*group as usize).is_some_and(|g| g.decide(ev, *slot)),
             Leaf::UrlPath(m) => ev.req.path().is_some_and(|p| m.matches(p)),
             Leaf::DestinationPort(port) => ev.req.destination.port() == *port,
             Leaf::Other(p) => p.matches(ev.req),
@@ -357,6 +543,47 @@ impl Leaf {
             },
             Leaf::Principal(p) => p.matches(ev.req),
         }
+    }
+}
+
+/// The exact-value tests of one header in a rule set, when there are at least
+/// [`GROUP_FROM`] (istiod's `when: request.headers[x-tenant]` in many policies, the
+/// methods of many rules): the first of them a decision reaches finds the header's
+/// value once, looks it up among theirs, and records every member's result in its
+/// memo slot, so the rest cost a memo read each instead of a comparison each.
+#[derive(Debug)]
+struct Group {
+    source: HeaderSource,
+    /// Every member's memo slot.
+    slots: Vec<u8>,
+    /// A value -> the slots of the members that want it.
+    by_value: HashMap<Box<str>, Vec<u8>, foldhash::fast::RandomState>,
+    /// The slots of the members that hold when the header is absent (an empty value
+    /// with `treat_missing_as_empty`).
+    when_absent: Vec<u8>,
+}
+
+/// How many exact-value tests of one header make a [`Group`].
+const GROUP_FROM: usize = 4;
+
+impl Group {
+    /// Decides every member; whether the member at `slot` holds.
+    fn decide(&self, ev: &mut Eval<'_, '_>, slot: u8) -> bool {
+        let held: &[u8] = match self.source.value(ev) {
+            Some(v) => self.by_value.get(&*v).map_or(&[], Vec::as_slice),
+            None => &self.when_absent,
+        };
+        for &s in &self.slots {
+            if let Some(m) = ev.memo.get_mut(s as usize) {
+                *m = FAILED;
+            }
+        }
+        for &s in held {
+            if let Some(m) = ev.memo.get_mut(s as usize) {
+                *m = HELD;
+            }
+        }
+        held.contains(&slot)
     }
 }
 
@@ -380,7 +607,7 @@ impl<'q, 'r> Eval<'q, 'r> {
 }
 
 /// Where a header matcher's header is, as [`Request::header`] finds it by name.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum HeaderSource {
     Method,
     Authority,
@@ -415,6 +642,20 @@ impl HeaderSource {
         }
     }
 
+    /// The header's name (`None`: none a request can carry).
+    fn name(&self) -> Option<&str> {
+        match self {
+            HeaderSource::Method => Some(":method"),
+            HeaderSource::Authority => Some(":authority"),
+            HeaderSource::Path => Some(":path"),
+            HeaderSource::Scheme => Some(":scheme"),
+            HeaderSource::Host => Some("host"),
+            HeaderSource::Named(name, _) => Some(name.as_str()),
+            HeaderSource::Nowhere => None,
+        }
+    }
+
+    #[inline]
     fn value<'e>(&self, ev: &'e Eval<'_, '_>) -> Option<Cow<'e, str>> {
         let head = ev.req.http.as_ref()?;
         match self {
@@ -771,6 +1012,35 @@ mod tests {
         })
     }
 
+    /// Permissions that share conditions as istiod's rules do: `and`s of a few
+    /// conditions from a small pool (some of them `and`s too), so that many `and`s
+    /// start with the same run, in whatever order they list it.
+    fn shared_permission() -> impl Strategy<Value = Permission> {
+        let header = |name: &str, v: &str| {
+            Permission::Header(HeaderMatcher {
+                name: name.into(),
+                rule: HeaderMatchRule::String(sm(StringMatch::Exact(v.into()))),
+                invert: false,
+                treat_missing_as_empty: false,
+            })
+        };
+        let condition = move |i: usize| match i {
+            0 => header(":method", "GET"),
+            1 => Permission::UrlPath(sm(StringMatch::Prefix("/p".into()))),
+            2 => Permission::DestinationPort(80),
+            3 => header("x-tenant", "acme"),
+            4 => Permission::OrRules(vec![header("x-tenant", "a"), header("x-tenant", "b")]),
+            5 => Permission::NotRule(Box::new(Permission::DestinationPort(81))),
+            _ => Permission::Any,
+        };
+        let pool = || 0..7usize;
+        let item = prop_oneof![
+            3 => pool().prop_map(condition),
+            1 => prop::collection::vec(pool(), 2..4).prop_map(move |v| Permission::AndRules(v.into_iter().map(condition).collect())),
+        ];
+        prop::collection::vec(item, 2..6).prop_map(Permission::AndRules)
+    }
+
     /// Request headers: `(name, value)` pairs, repeated names included.
     fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
         let name = prop::sample::select(vec!["host", "x-tenant", "user-agent"]);
@@ -824,6 +1094,65 @@ mod tests {
                     req.http = Some(RequestHead { method: &method, authority, path: "/p?q", scheme: "http", headers: &map });
                 }
                 prop_assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req), "{:?} {:?}", authority, headers);
+            }
+        }
+
+        #[test]
+        fn shared_conjunctions_decide_as_every_policy_in_turn(
+            policies in prop::collection::vec(prop::collection::vec(shared_permission(), 1..3), 0..12),
+            requests in prop::collection::vec((prop::sample::select(vec!["GET", "POST"]), prop::sample::select(vec![None, Some("acme"), Some("a"), Some("b")]), prop::sample::select(vec![80u16, 81, 82]), prop::sample::select(vec!["/p/x", "/q"])), 1..8),
+        ) {
+            let policies: Vec<Policy> = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, permissions)| Policy { name: format!("p{i:02}").into(), permissions, principals: vec![Principal::Any] })
+                .collect();
+            let rules = RuleSet::new(Action::Allow, policies);
+            for (method, tenant, port, path) in &requests {
+                let method: http::Method = method.parse().unwrap();
+                let mut map = http::HeaderMap::new();
+                if let Some(t) = tenant {
+                    map.insert("x-tenant", http::HeaderValue::from_static(t));
+                }
+                let mut req = Request::tcp("198.18.0.1:5000".parse().unwrap(), format!("198.18.0.2:{port}").parse().unwrap());
+                req.http = Some(RequestHead { method: &method, authority: "h", path, scheme: "http", headers: &map });
+                prop_assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req), "{} {:?} {} {}", method, tenant, port, path);
+            }
+        }
+
+        #[test]
+        fn grouped_exact_values_decide_as_every_policy_in_turn(
+            policies in prop::collection::vec(prop::collection::vec((
+                prop::sample::select(vec![":method", "x-tenant", "x-tenant", "host"]),
+                prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "acme", "a", "b", "a,b", "", "h"]),
+                any::<bool>(),
+            ), 1..3), 0..20),
+            requests in prop::collection::vec((prop::sample::select(vec!["GET", "POST", "PATCH"]), prop::collection::vec(prop::sample::select(vec!["acme", "a", "b", ""]), 0..3), any::<bool>()), 1..8),
+        ) {
+            let exact = |(name, value, missing): (&str, &str, bool)| Permission::Header(HeaderMatcher {
+                name: name.into(),
+                rule: HeaderMatchRule::String(sm(StringMatch::Exact(value.into()))),
+                invert: false,
+                treat_missing_as_empty: missing,
+            });
+            let policies: Vec<Policy> = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, tests)| Policy { name: format!("p{i:02}").into(), permissions: vec![Permission::AndRules(tests.into_iter().map(exact).collect())], principals: vec![Principal::Any] })
+                .collect();
+            let rules = RuleSet::new(Action::Allow, policies);
+            for (method, tenants, host) in &requests {
+                let method: http::Method = method.parse().unwrap();
+                let mut map = http::HeaderMap::new();
+                for t in tenants {
+                    map.append("x-tenant", http::HeaderValue::from_static(t));
+                }
+                if *host {
+                    map.insert("host", http::HeaderValue::from_static("h"));
+                }
+                let mut req = Request::tcp("198.18.0.1:5000".parse().unwrap(), "198.18.0.2:80".parse().unwrap());
+                req.http = Some(RequestHead { method: &method, authority: "a", path: "/", scheme: "http", headers: &map });
+                prop_assert_eq!(rules.evaluate(&req), rules.evaluate_directly(&req), "{} {:?} host {}", method, tenants, host);
             }
         }
 
