@@ -7,7 +7,9 @@
 //! access log; with ALLOW policies, what none allows is denied; gRPC is denied with
 //! PERMISSION_DENIED (trailers only); AUDIT and dry-run never block, dry-run is counted
 //! as a shadow result; a network RBAC filter closes a TCP connection; a policy pushed
-//! over xDS takes effect on the next request while other traffic keeps flowing.
+//! over xDS takes effect on the next request while other traffic keeps flowing;
+//! `remoteIpBlocks` see the client `x-forwarded-for` names unless the connection
+//! manager uses the remote address.
 
 use std::time::Duration;
 
@@ -116,6 +118,38 @@ fn istio_policies_decide_http_requests_as_envoy() {
             Err(format!("shadow_denied {shadow_denied}, denied {denied}"))
         }
     });
+}
+
+/// `from.source.remoteIpBlocks` is Envoy's `remote_ip`: the original client, which
+/// without `use_remote_address` is the last `x-forwarded-for` entry, and with it the
+/// connection's peer (the header is not trusted).
+#[test]
+fn remote_ip_blocks_see_the_client_x_forwarded_for_names() {
+    let origin = Origin::start("app");
+    let remote_ip = json!([{ "and_ids": { "ids": [{ "or_ids": { "ids": [{ "remote_ip": { "address_prefix": "203.0.113.0", "prefix_len": 24 } }] } }] } }]);
+    let allow = http_rbac(json!({ "rules": { "policies": {
+        "ns[foo]-policy[from-lb]-rule[0]": { "permissions": [{ "any": true }], "principals": remote_ip },
+    } } }));
+    let (behind_lb, edge) = (free_port(), free_port());
+    let mut trusting = hcm_with(vec![allow.clone()], "app");
+    trusting["use_remote_address"] = json!(false);
+    let mut edge_hcm = hcm_with(vec![allow], "app");
+    edge_hcm["use_remote_address"] = json!(true);
+    let config =
+        bootstrap(vec![http_listener("behind-lb", behind_lb, trusting), http_listener("edge", edge, edge_hcm)], vec![cluster("app", &[origin.addr()])]);
+    let _proxy = Proxy::start(&config, 1);
+    let get = |port: u16, xff: Option<&str>| {
+        let mut c = Curl::new(&format!("http://127.0.0.1:{port}/"));
+        if let Some(v) = xff {
+            c = c.header("x-forwarded-for", v);
+        }
+        c.run().status
+    };
+    assert_eq!(get(behind_lb, Some("198.51.100.7, 203.0.113.9")), 200, "the last XFF entry is in the block");
+    assert_eq!(get(behind_lb, Some("203.0.113.9")), 200);
+    assert_eq!(get(behind_lb, Some("203.0.113.9, 198.51.100.7")), 403, "only the last entry counts");
+    assert_eq!(get(behind_lb, None), 403, "no XFF: the peer, 127.0.0.1");
+    assert_eq!(get(edge, Some("203.0.113.9")), 403, "use_remote_address: the peer, whatever XFF says");
 }
 
 #[test]

@@ -261,7 +261,9 @@ fn rbac_request<'a>(
     head: RequestHead<'a>,
     metadata: Option<&'a istio_compat::authz::rbac::Metadata>,
 ) -> RbacRequest<'a> {
-    let remote = if hcm.use_remote_address { None } else { last_forwarded_for(head.headers) }.map_or(cx.remote, |ip| SocketAddr::new(ip, 0));
+    // The original client, from XFF, only for filters that test it (a header lookup).
+    let from_xff = !hcm.use_remote_address && hcm.rbac.iter().any(istio_compat::authz::rbac::Rbac::reads_remote_ip);
+    let remote = if from_xff { last_forwarded_for(head.headers) } else { None }.map_or(cx.remote, |ip| SocketAddr::new(ip, 0));
     RbacRequest {
         source: cx.remote,
         direct_remote: cx.remote,
