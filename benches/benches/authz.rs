@@ -469,7 +469,8 @@ mod data_path {
     /// shared 2-CPU VM is not). Per rep and proxy: a warm-up, then callgrind's counters
     /// are zeroed, wrk (4 connections, `--duration` s) sends what it can, the counters
     /// are dumped, and their total ÷ the requests wrk completed is the cost per request
-    /// (the whole process: hyper, routing, the filters, the upstream leg).
+    /// (the whole process: hyper, routing, the filters, the upstream leg). The dumps
+    /// stay in the run's directory, to compare the two proxies function by function.
     fn instructions(o: &Opts, dir: &std::path::Path, none: &mut Contender, ten: &mut Contender) {
         let quick = Opts { reps: 1, duration: o.duration, connections: 4, gen_cpu: o.gen_cpu, server_cpu: o.server_cpu, instructions: true };
         log(format!("instructions per request under callgrind: {} reps of {} s, 4 connections", o.reps, o.duration));
@@ -594,7 +595,7 @@ mod data_path {
         if o.instructions {
             instructions(&o, &dir, &mut none, &mut ten);
             drop((none, ten));
-            let _ = fs::remove_dir_all(&dir);
+            log(format!("callgrind dumps kept for `callgrind_annotate`: {}/{{none,ten-policies}}.cg.*", dir.display()));
             return;
         }
         log(format!("data path: {} pairs of {} s, {} connections; load average {}", o.reps, o.duration, o.connections, loadavg()));
