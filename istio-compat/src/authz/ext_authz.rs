@@ -571,7 +571,8 @@ pub fn check_request(cfg: &ExtAuthz, input: &CheckInput<'_>) -> auth::CheckReque
             scheme: a.scheme.to_owned(),
             query: query.to_owned(),
             fragment: fragment.to_owned(),
-            size: content_length(a.headers),
+            // Envoy: the stream's bytes received when it checks, i.e. what was buffered.
+            size: a.body.map_or(0, |b| b.len() as i64),
             protocol: a.protocol.to_owned(),
             ..Default::default()
         };
@@ -607,10 +608,6 @@ fn query_and_fragment(path: &str) -> (&str, &str) {
 }
 
 /// `content-length`, or -1 when unknown (Envoy's `size`).
-fn content_length(headers: &HeaderMap) -> i64 {
-    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(-1)
-}
-
 /// The request to an HTTP provider: method, `path_prefix` + path, the allowed headers
 /// (`:authority` as the `host`), `headers_to_add`, and `content-length` of `body`.
 /// The URI is origin-form; the caller sets the version and, for HTTP/2, the authority.

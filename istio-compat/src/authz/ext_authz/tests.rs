@@ -403,6 +403,7 @@ fn grpc_check_request_carries_the_body_and_the_partial_flag() {
     let http = http_of(&a, Some(b"hello!"));
     assert_eq!((http.body.as_str(), http.raw_body.as_slice()), ("hell", b"".as_slice()));
     assert_eq!(http.headers[PARTIAL_BODY_HEADER], "true");
+    assert_eq!(http.size, 6, "size: the bytes received (buffered), as Envoy's bytesReceived");
     // Whole: false. pack_as_bytes: raw_body, not body (bytes that are not UTF-8 stay as sent).
     let a = with_body(ext_authz_from_http(&istio_grpc(), 1).unwrap(), 64, true);
     let http = http_of(&a, Some(b"\xff\x00ok"));
@@ -411,6 +412,7 @@ fn grpc_check_request_carries_the_body_and_the_partial_flag() {
     // Headers-only (nothing buffered): no body, no flag, and not the client's either.
     let http = http_of(&a, None);
     assert!(http.raw_body.is_empty() && http.body.is_empty());
+    assert_eq!(http.size, 0, "nothing received yet, whatever content-length says");
     assert!(!http.headers.contains_key(PARTIAL_BODY_HEADER), "{:?}", http.headers);
     // Without with_request_body a buffered body is never sent.
     let http = http_of(&ext_authz_from_http(&istio_grpc(), 1).unwrap(), Some(b"hello!"));
