@@ -498,6 +498,12 @@ fn grpc_provider_decides_http_and_grpc_requests() {
     assert_eq!(calls[0].headers.get(":method").map(String::as_str), Some("GET"));
     assert_eq!(calls[0].headers.get("cookie").map(String::as_str), Some("secret=1"), "a gRPC provider without allowed_headers sees every header");
 
+    // Allowed by the provider, then denied by the DENY filter behind it: the local
+    // reply passes the ext_authz filter too, and gets its response headers.
+    let r = get(&p, "custom", "/custom/admin", Some("allow"));
+    assert_eq!((r.status, r.text().as_str()), (403, "RBAC: access denied"));
+    assert_eq!(r.header("x-authz-response"), Some("yes"));
+
     // Denied: status, body; 401 with its www-authenticate.
     let r = get(&p, "custom", "/custom/no", Some("deny"));
     assert_eq!((r.status, r.text().as_str()), (403, "denied by the grpc provider"));

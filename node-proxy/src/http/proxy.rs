@@ -169,7 +169,6 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
     // shadow RBAC (whose metadata enables it), before DENY and ALLOW, which see the
     // headers it set.
     let (rbac_before, rbac_after) = hcm.rbac.split_at(hcm.ext_authz.as_ref().map_or(0, |e| e.rbac_before.min(hcm.rbac.len())));
-    let mut ext_authz_response_headers = Vec::new();
     // The downstream body; ext_authz may read some of it ahead, which is forwarded first.
     let mut body = DownstreamBody::new(body);
     if let Some(cfg) = &hcm.ext_authz {
@@ -209,7 +208,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
             flow.rec.response_code_details = details.into();
             return flow.finish_local(*response);
         }
-        ext_authz_response_headers = verdict.apply(cfg, &mut parts.headers);
+        flow.response_headers = verdict.apply(cfg, &mut parts.headers);
     }
     let head = RequestHead { method: &parts.method, authority: &authority, path: &path, scheme: "http", headers: &parts.headers };
     if !rbac_after.is_empty() {
@@ -245,11 +244,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
             flow.rec.response_code_details = "direct_response".into();
             flow.finish_local(resp)
         }
-        Action::Forward(fwd) => {
-            let mut resp = forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await;
-            crate::ext_authz::add_response_headers(&ext_authz_response_headers, resp.headers_mut());
-            resp
-        }
+        Action::Forward(fwd) => forward(flow, &snapshot, hcm, levels, fwd, parts, path, body).await,
     }
 }
 
@@ -323,6 +318,10 @@ struct Flow {
     request_bytes: Rc<Cell<u64>>,
     /// The log line and metrics have been written.
     done: bool,
+    /// An ext_authz provider's `response_headers_to_add`: every response after its OK
+    /// carries them (Envoy adds them as the response passes its filter: the upstream's,
+    /// and the local replies of the filters and router behind it).
+    response_headers: Vec<(String, String)>,
 }
 
 impl Flow {
@@ -363,7 +362,16 @@ impl Flow {
             downstream_peer_uri_san: cx.tunnel.as_ref().map(|t| t.peer.clone()),
             upstream_peer_uri_san: None,
         };
-        Flow { start: Instant::now(), rec, grpc, destination: DestinationLabels::unknown(), request_bytes: Rc::new(Cell::new(0)), done: false, cx }
+        Flow {
+            start: Instant::now(),
+            rec,
+            grpc,
+            destination: DestinationLabels::unknown(),
+            request_bytes: Rc::new(Cell::new(0)),
+            done: false,
+            response_headers: Vec::new(),
+            cx,
+        }
     }
 
     /// The RBAC filter's 403 (gRPC: PERMISSION_DENIED), `details` naming the policy.
@@ -393,6 +401,7 @@ impl Flow {
         self.rec.response_code = resp.status().as_u16();
         self.rec.grpc_status = resp.headers().get("grpc-status").and_then(|v| grpc::Code::from_header_value(v.as_bytes()).ok()).map(|c| c.as_i32());
         let (mut parts, body) = resp.into_parts();
+        crate::ext_authz::add_response_headers(&self.response_headers, &mut parts.headers);
         if let Some(name) = self.cx.hcm().and_then(|h| h.server_name.as_deref()) {
             if let Ok(v) = HeaderValue::from_str(name) {
                 parts.headers.insert(http::header::SERVER, v);
