@@ -664,6 +664,7 @@ fn http_provider_gets_the_request_body() {
     let seen = origin.requests_to("/custom/small");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body.as_ref(), small.as_slice(), "the app gets the whole body");
+    assert_eq!(seen[0].header("content-length"), Some("22"), "with the length it was declared with");
 
     // Chunked (no Content-Length), through a retry: both attempts carry the whole
     // body, the first of them having been read ahead for the check.
@@ -674,8 +675,9 @@ fn http_provider_gets_the_request_body() {
     let seen = origin.requests_to("/fail/chunked");
     assert_eq!(seen.len(), 2, "first attempt 503, then the retry");
     for attempt in &seen {
-        // (Read whole before the check, it goes upstream with its length.)
         assert_eq!(attempt.body.as_ref(), small.as_slice(), "every attempt gets the whole body");
+        // Read whole before the check, it still goes upstream chunked, as it came.
+        assert_eq!((attempt.header("transfer-encoding"), attempt.header("content-length")), (Some("chunked"), None));
     }
 
     // Over the limit without allow_partial_message: 413, the provider never asked,

@@ -34,12 +34,17 @@ pub struct DownstreamBody {
     trailers: Option<HeaderMap>,
     /// `None` once the downstream body ended.
     rest: Option<Incoming>,
+    /// The downstream declared the body's length (`content-length`): it goes upstream
+    /// with a length too, and otherwise chunked (HTTP/1) however much was read ahead,
+    /// as Envoy keeps the framing.
+    declared: bool,
 }
 
 impl DownstreamBody {
     pub fn new(body: Incoming) -> Self {
+        let declared = body.size_hint().exact().is_some();
         let rest = (!body.is_end_stream()).then_some(body);
-        DownstreamBody { ahead: VecDeque::new(), ahead_len: 0, trailers: None, rest }
+        DownstreamBody { ahead: VecDeque::new(), ahead_len: 0, trailers: None, rest, declared }
     }
 
     /// Reads ahead until `enough(bytes held)` or the body ends; `stall` bounds the
@@ -140,7 +145,7 @@ impl Body for DownstreamBody {
     fn size_hint(&self) -> SizeHint {
         let ahead = self.ahead_len as u64;
         match &self.rest {
-            None => SizeHint::with_exact(ahead),
+            None => known_size(ahead, self.declared),
             Some(r) => {
                 let h = r.size_hint();
                 let mut out = SizeHint::new();
@@ -170,6 +175,8 @@ struct ReplayState {
     trailers: Option<HeaderMap>,
     /// The source has ended; `chunks` + `trailers` are the whole body.
     complete: bool,
+    /// The downstream declared the body's length (see [`DownstreamBody`]).
+    declared: bool,
     buffered: usize,
     limit: usize,
     /// More than `limit` bytes went through: the copy is incomplete, no replay.
@@ -195,14 +202,28 @@ pub enum ReplayError {
     Source(String),
 }
 
+/// The hint for a body whose size is known: exact when the downstream declared its
+/// length; otherwise only a lower bound, so that hyper frames it as the downstream
+/// did (chunked) rather than adding a `content-length`.
+fn known_size(len: u64, declared: bool) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(len);
+    if declared {
+        hint.set_upper(len);
+    }
+    hint
+}
+
 impl ReplayBody {
     pub fn new(source: DownstreamBody, limit: usize, received: Rc<Cell<u64>>) -> Self {
         let complete = source.is_end_stream();
+        let declared = source.declared;
         let state = ReplayState {
             source: Some(source),
             chunks: Vec::new(),
             trailers: None,
             complete,
+            declared,
             buffered: 0,
             limit,
             overflowed: false,
@@ -354,7 +375,7 @@ impl Body for ReplayBody {
         let s = self.state.borrow();
         match &s.source {
             Some(src) if self.pos == 0 && s.chunks.is_empty() => src.size_hint(),
-            _ if s.complete => SizeHint::with_exact(s.chunks[self.pos.min(s.chunks.len())..].iter().map(|c| c.len() as u64).sum()),
+            _ if s.complete => known_size(s.chunks[self.pos.min(s.chunks.len())..].iter().map(|c| c.len() as u64).sum(), s.declared),
             _ => SizeHint::default(),
         }
     }
