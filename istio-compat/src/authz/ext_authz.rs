@@ -580,7 +580,7 @@ pub fn check_request(cfg: &ExtAuthz, input: &CheckInput<'_>) -> auth::CheckReque
             if settings.pack_as_bytes {
                 http.raw_body = body.to_vec();
             } else {
-                http.body = String::from_utf8_lossy(body).into_owned();
+                http.body = sanitize_utf8(body);
             }
         }
         AttrRequest {
@@ -608,6 +608,27 @@ fn query_and_fragment(path: &str) -> (&str, &str) {
 }
 
 /// `content-length`, or -1 when unknown (Envoy's `size`).
+/// `body` as a protobuf string, as Envoy's `MessageUtil::sanitizeUtf8String` makes
+/// it: every byte that does not start or continue valid UTF-8 becomes `!` (so the
+/// length is kept; `pack_as_bytes` sends the bytes as they are).
+pub fn sanitize_utf8(mut body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    loop {
+        match std::str::from_utf8(body) {
+            Ok(valid) => {
+                out.push_str(valid);
+                return out;
+            }
+            Err(e) => {
+                let (valid, rest) = body.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                out.push('!');
+                body = rest.get(1..).unwrap_or_default();
+            }
+        }
+    }
+}
+
 /// The request to an HTTP provider: method, `path_prefix` + path, the allowed headers
 /// (`:authority` as the `host`), `headers_to_add`, and `content-length` of `body`.
 /// The URI is origin-form; the caller sets the version and, for HTTP/2, the authority.

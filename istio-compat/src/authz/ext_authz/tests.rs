@@ -381,6 +381,25 @@ fn with_body(mut a: ExtAuthz, max: u32, pack_as_bytes: bool) -> ExtAuthz {
 }
 
 #[test]
+fn a_body_string_replaces_each_invalid_byte_as_envoy_does() {
+    assert_eq!(sanitize_utf8(b"plain \xc3\xa9t\xc3\xa9"), "plain \u{e9}t\u{e9}");
+    // A stray byte, a lone continuation byte, an overlong form, a truncated sequence.
+    assert_eq!(sanitize_utf8(b"a\xffb\x80c\xc0\xafd\xe2\x82"), "a!b!c!!d!!");
+    assert_eq!(sanitize_utf8(b""), "");
+}
+
+proptest::proptest! {
+    #[test]
+    fn a_sanitized_body_keeps_its_length_and_its_valid_text(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        let s = sanitize_utf8(&bytes);
+        proptest::prop_assert_eq!(s.len(), bytes.len());
+        if let Ok(valid) = std::str::from_utf8(&bytes) {
+            proptest::prop_assert_eq!(s.as_str(), valid);
+        }
+    }
+}
+
+#[test]
 fn grpc_check_request_carries_the_body_and_the_partial_flag() {
     // A client's own partial-body header never reaches the provider.
     let h = headers(&[("host", "svc.foo"), (PARTIAL_BODY_HEADER, "false"), ("content-length", "6")]);
