@@ -1041,6 +1041,16 @@ mod tests {
         prop::collection::vec(item, 2..6).prop_map(Permission::AndRules)
     }
 
+    /// An ALLOW rule set of policies `p00`, `p01`… with these permissions, from any peer.
+    fn allow_rules(permissions: Vec<Vec<Permission>>) -> RuleSet {
+        let policies = permissions
+            .into_iter()
+            .enumerate()
+            .map(|(i, permissions)| Policy { name: format!("p{i:02}").into(), permissions, principals: vec![Principal::Any] })
+            .collect();
+        RuleSet::new(Action::Allow, policies)
+    }
+
     /// Request headers: `(name, value)` pairs, repeated names included.
     fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
         let name = prop::sample::select(vec!["host", "x-tenant", "user-agent"]);
@@ -1077,12 +1087,7 @@ mod tests {
             policies in prop::collection::vec(prop::collection::vec(header_permission(), 1..3), 0..12),
             requests in prop::collection::vec((prop::sample::select(vec!["GET", "POST"]), prop::sample::select(vec!["h.example:80", "a"]), headers(), any::<bool>()), 1..6),
         ) {
-            let policies: Vec<Policy> = policies
-                .into_iter()
-                .enumerate()
-                .map(|(i, permissions)| Policy { name: format!("p{i:02}").into(), permissions, principals: vec![Principal::Any] })
-                .collect();
-            let rules = RuleSet::new(Action::Allow, policies);
+            let rules = allow_rules(policies);
             for (method, authority, headers, tcp) in &requests {
                 let method: http::Method = method.parse().unwrap();
                 let mut map = http::HeaderMap::new();
@@ -1102,12 +1107,7 @@ mod tests {
             policies in prop::collection::vec(prop::collection::vec(shared_permission(), 1..3), 0..12),
             requests in prop::collection::vec((prop::sample::select(vec!["GET", "POST"]), prop::sample::select(vec![None, Some("acme"), Some("a"), Some("b")]), prop::sample::select(vec![80u16, 81, 82]), prop::sample::select(vec!["/p/x", "/q"])), 1..8),
         ) {
-            let policies: Vec<Policy> = policies
-                .into_iter()
-                .enumerate()
-                .map(|(i, permissions)| Policy { name: format!("p{i:02}").into(), permissions, principals: vec![Principal::Any] })
-                .collect();
-            let rules = RuleSet::new(Action::Allow, policies);
+            let rules = allow_rules(policies);
             for (method, tenant, port, path) in &requests {
                 let method: http::Method = method.parse().unwrap();
                 let mut map = http::HeaderMap::new();
@@ -1135,12 +1135,7 @@ mod tests {
                 invert: false,
                 treat_missing_as_empty: missing,
             });
-            let policies: Vec<Policy> = policies
-                .into_iter()
-                .enumerate()
-                .map(|(i, tests)| Policy { name: format!("p{i:02}").into(), permissions: vec![Permission::AndRules(tests.into_iter().map(exact).collect())], principals: vec![Principal::Any] })
-                .collect();
-            let rules = RuleSet::new(Action::Allow, policies);
+            let rules = allow_rules(policies.into_iter().map(|tests| vec![Permission::AndRules(tests.into_iter().map(exact).collect())]).collect());
             for (method, tenants, host) in &requests {
                 let method: http::Method = method.parse().unwrap();
                 let mut map = http::HeaderMap::new();
