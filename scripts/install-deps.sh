@@ -25,6 +25,8 @@ if [ "$want_test" = 1 ]; then
   # Real clients and peers: curl, h2load, python3 (grpcio), nginx/haproxy for benches,
   # iptables/nftables for the redirect tests, tcpdump for captures, iperf3 for the HBONE bench.
   packages+=(nghttp2-client python3 python3-venv python3-pip iptables procps psmisc util-linux tcpdump iperf3)
+  # Go >= 1.24: the X25519MLKEM768 TLS peer (tests/peers/tls-pqc), unless a Go is there.
+  command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || packages+=(golang-go)
 fi
 
 missing=()

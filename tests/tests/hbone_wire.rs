@@ -560,8 +560,9 @@ async fn our_client_offers_tls13_aes_gcm_alpn_h2_and_no_sni_as_ztunnel() {
     // ClientHello: TLS 1.3 AES-GCM suites only, in ztunnel's order; ALPN exactly h2.
     assert_eq!(a.hello.suites, [CipherSuite::TLS13_AES_256_GCM_SHA384, CipherSuite::TLS13_AES_128_GCM_SHA256]);
     assert_eq!(a.hello.alpn, [b"h2".to_vec()]);
-    // ring's groups (ztunnel's default aws-lc build also offers X25519MLKEM768 first).
-    assert_eq!(a.hello.groups, [NamedGroup::X25519, NamedGroup::secp256r1, NamedGroup::secp384r1]);
+    // ring's groups, then X25519MLKEM768 for PQC-only servers (ztunnel's default
+    // aws-lc build offers X25519MLKEM768 first).
+    assert_eq!(a.hello.groups, [NamedGroup::X25519, NamedGroup::secp256r1, NamedGroup::secp384r1, NamedGroup::X25519MLKEM768]);
     // As ztunnel's client (enable_sni = false, tls/certificate.rs `outbound_connector`): no SNI.
     assert_eq!(a.hello.server_name.as_deref(), None);
     // Negotiated with a server that allows everything ring has.
@@ -1214,4 +1215,87 @@ async fn an_aliased_trust_domain_is_accepted_where_ztunnel_refuses_it() {
     std::future::poll_fn(|cx| sender.poll_ready(cx)).await.unwrap();
     let (response, _send) = sender.send_request(ztunnel_connect(&server.echo.to_string(), &ztunnel_forwarded("127.0.0.1")), false).unwrap();
     assert_eq!(tokio::time::timeout(T, response).await.expect("answered").expect("a response").status(), StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------
+// X25519MLKEM768 against an independent implementation: Go's crypto/tls offering and
+// accepting nothing else, as ztunnel does under COMPLIANCE_POLICY=pqc (D15).
+
+const GO_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls-pqc/main.go");
+
+fn go() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("go"));
+    on_path.chain([std::path::PathBuf::from("/usr/local/go/bin/go")]).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("go not found: apt-get install golang-go (Go >= 1.24, whose crypto/tls has X25519MLKEM768), or scripts/install-deps.sh --test")
+    })
+}
+
+/// `identity`'s certificate and key from `ca`, as PEM files in `dir` for the Go peer.
+fn pem_files(ca: &LocalCa, identity: &Identity, dir: &std::path::Path) -> (String, String) {
+    let now = std::time::SystemTime::now();
+    let issued = ca.issue_pem(identity, now - Duration::from_secs(60), now + Duration::from_secs(3600)).expect("the local CA issues");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, issued.chain_pem.concat()).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// The Go peer's JSON line about its handshake.
+fn go_report(line: &str) -> serde_json::Value {
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("the Go peer's report {line:?}: {e}"))
+}
+
+/// `go run` compiles the peer first: generous.
+const GO_T: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn a_pqc_only_client_completes_our_hbone_server_handshake() {
+    let ca = LocalCa::generate(TD).unwrap();
+    let config = node_proxy::tls::server_config(&issue(&ca, &server_id()), &[ca.root_der()], &TrustDomains::local(TD)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_files(&ca, &client_id(), dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = tokio::process::Command::new(go()).args(["run", GO_PEER, "client", &addr, &cert, &key]).kill_on_drop(true).output();
+    let server = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.expect("our server completes the handshake");
+        let conn = tls.get_ref().1;
+        (conn.negotiated_key_exchange_group().map(|g| g.name()), node_proxy::tls::peer_identity(conn))
+    };
+    let (out, (group, peer)) = tokio::time::timeout(GO_T, async { tokio::join!(client, server) }).await.expect("the Go client ran");
+    let out = out.expect("go run");
+    assert!(out.status.success(), "the Go client: {}", String::from_utf8_lossy(&out.stderr));
+    let report = go_report(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((report["group"].as_str(), report["alpn"].as_str()), (Some("X25519MLKEM768"), Some("h2")), "{report}");
+    assert_eq!(group, Some(NamedGroup::X25519MLKEM768));
+    assert_eq!(peer, Some(client_id()), "the client's SPIFFE identity, verified as for any other group");
+}
+
+#[tokio::test]
+async fn our_hbone_client_completes_a_handshake_with_a_pqc_only_server() {
+    use tokio::io::AsyncBufReadExt;
+    let ca = LocalCa::generate(TD).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_files(&ca, &server_id(), dir.path());
+    let mut server = tokio::process::Command::new(go())
+        .args(["run", GO_PEER, "server", &cert, &key])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("go run");
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(GO_T, lines.next_line()).await.expect("the Go server starts").unwrap().expect("its port").trim().parse().unwrap();
+    let config = node_proxy::tls::client_config(&issue(&ca, &client_id()), &[ca.root_der()], &TrustDomains::local(TD), vec![server_id()]).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from("server").unwrap();
+    // Our client's key share is X25519; the server asks again (HelloRetryRequest) for
+    // X25519MLKEM768, the only group it takes.
+    let tls = tokio::time::timeout(T, tokio_rustls::TlsConnector::from(config).connect(name, tcp)).await.unwrap().expect("our client completes the handshake");
+    assert_eq!(tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name()), Some(NamedGroup::X25519MLKEM768));
+    let report = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().expect("the Go server's report");
+    let report = go_report(&report);
+    assert_eq!((report["group"].as_str(), report["version"].as_str()), (Some("X25519MLKEM768"), Some("TLS 1.3")), "{report}");
+    drop(tls);
+    let _ = tokio::time::timeout(T, server.wait()).await;
 }

@@ -17,6 +17,7 @@
 
 pub mod cert;
 pub mod local_ca;
+mod pqc;
 pub mod verify;
 
 #[cfg(test)]
@@ -73,15 +74,22 @@ pub enum TlsError {
 }
 
 /// The ring provider restricted as ztunnel restricts it: TLS 1.3 AES-GCM suites only
-/// (no ChaCha20, nothing TLS 1.2), ring's default key exchange groups
-/// (X25519, P-256, P-384).
+/// (no ChaCha20, nothing TLS 1.2); ring's default key exchange groups (X25519, P-256,
+/// P-384), then X25519MLKEM768 ([`pqc`]) for peers that insist on it (ztunnel's
+/// `COMPLIANCE_POLICY=pqc`). Last, so other handshakes are as before: a client sends
+/// an X25519 key share (a PQC-only server asks again for X25519MLKEM768), a server
+/// prefers X25519 when both are offered.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
+            let ring = rustls::crypto::ring::default_provider();
+            let mut kx_groups = ring.kx_groups.clone();
+            kx_groups.push(pqc::X25519MLKEM768);
             Arc::new(CryptoProvider {
                 cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384, rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256],
-                ..rustls::crypto::ring::default_provider()
+                kx_groups,
+                ..ring
             })
         })
         .clone()
