@@ -681,6 +681,27 @@ mod inproc {
         )
     }
 
+    /// node-proxy's HBONE client config, but offering only X25519MLKEM768 (as ztunnel
+    /// under `COMPLIANCE_POLICY=pqc`): the hybrid post-quantum key exchange's cost.
+    pub fn spiffe_pqc_client(ca: &LocalCa) -> Result<Arc<rustls::ClientConfig>, String> {
+        let client = ca.issue(&client_id(), Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+        let provider =
+            Arc::new(rustls::crypto::CryptoProvider { kx_groups: vec![node_proxy::tls::pqc::X25519MLKEM768], ..(*node_proxy::tls::provider()).clone() });
+        let verifier =
+            node_proxy::tls::verify::ServerIdentityVerifier::new(client.roots(), TrustDomains::local(TD), vec![server_id()]).map_err(|e| e.to_string())?;
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(client.chain().to_vec(), client.key().clone_key())
+            .map_err(|e| e.to_string())?;
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        c.resumption = rustls::client::Resumption::disabled();
+        c.enable_sni = false;
+        Ok(Arc::new(c))
+    }
+
     /// Plain rustls mutual TLS 1.3 with WebPKI verifiers (DNS names, no SPIFFE), P-256
     /// certificates from an rcgen root, node-proxy's provider, no resumption.
     pub fn webpki_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), String> {
@@ -754,6 +775,7 @@ fn handshake(opts: &Opts) -> Value {
         let (spiffe_server, spiffe_client) = inproc::spiffe_configs(&server.ca);
         let spiffe_addr = inproc::tls_echo(spiffe_server).await;
         let webpki = inproc::webpki_configs();
+        let pqc_client = inproc::spiffe_pqc_client(&server.ca);
         let webpki_addr = match &webpki {
             Ok((s, _)) => Some(inproc::tls_echo(s.clone()).await),
             Err(e) => {
@@ -774,6 +796,10 @@ fn handshake(opts: &Opts) -> Value {
             let mut r = json!({});
             let tcp = timed(n, |_| inproc::tcp_one(server.echo)).await;
             let tls = timed(n, |_| inproc::tls_one(&spiffe_client, spiffe_addr)).await;
+            let pqc = match &pqc_client {
+                Ok(c) => timed(n, |_| inproc::tls_one(c, spiffe_addr)).await,
+                Err(e) => Err(e.clone()),
+            };
             let wp = match (&webpki, webpki_addr) {
                 (Ok((_, c)), Some(a)) => Some(timed(n, |_| inproc::tls_one(c, a)).await),
                 _ => None,
@@ -783,7 +809,7 @@ fn handshake(opts: &Opts) -> Value {
             let pooled = client.outbound.connections();
             drop(client);
             let (busy, compilers) = noise.finish();
-            for (name, v) in [("tcp", Some(tcp)), ("tls_spiffe", Some(tls)), ("tls_webpki", wp), ("hbone", Some(hb))] {
+            for (name, v) in [("tcp", Some(tcp)), ("tls_spiffe", Some(tls)), ("tls_spiffe_pqc", Some(pqc)), ("tls_webpki", wp), ("hbone", Some(hb))] {
                 r[name] = match v {
                     Some(Ok((wall, cpu))) => json!({ "wall_us": wall, "cpu_us": cpu, "per_s": 1e6 / wall }),
                     Some(Err(e)) => json!({ "error": e }),
@@ -794,11 +820,12 @@ fn handshake(opts: &Opts) -> Value {
             r["machine_busy_cores"] = json!(busy);
             r["compilers_running"] = json!(compilers);
             log(format!(
-                "  rep {}/{}: wall µs per connect: tcp {:.1}, tls {:.1}, tls-webpki {:.1}, hbone {:.1} ({pooled} pooled)",
+                "  rep {}/{}: wall µs per connect: tcp {:.1}, tls {:.1}, tls-pqc {:.1}, tls-webpki {:.1}, hbone {:.1} ({pooled} pooled)",
                 rep + 1,
                 opts.reps,
                 r["tcp"]["wall_us"].as_f64().unwrap_or(f64::NAN),
                 r["tls_spiffe"]["wall_us"].as_f64().unwrap_or(f64::NAN),
+                r["tls_spiffe_pqc"]["wall_us"].as_f64().unwrap_or(f64::NAN),
                 r["tls_webpki"]["wall_us"].as_f64().unwrap_or(f64::NAN),
                 r["hbone"]["wall_us"].as_f64().unwrap_or(f64::NAN)
             ));
@@ -992,6 +1019,7 @@ fn report(raw: &Value, opts: &Opts, elapsed: Duration) -> String {
             ("tcp", "plain TCP"),
             ("tls_webpki", "TLS 1.3 mutual, rustls WebPKI verifiers (DNS SAN, no SPIFFE)"),
             ("tls_spiffe", "TLS 1.3 mutual, node-proxy's SPIFFE verifiers, same certificates as HBONE"),
+            ("tls_spiffe_pqc", "the same, the client offering only X25519MLKEM768 (ztunnel's PQC policy)"),
             ("hbone", "HBONE: TLS as above + HTTP/2 handshake + CONNECT + upstream TCP connect"),
         ] {
             let wall = nums(reps, &[key, "wall_us"]);

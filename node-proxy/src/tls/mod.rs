@@ -17,7 +17,7 @@
 
 pub mod cert;
 pub mod local_ca;
-mod pqc;
+pub mod pqc;
 pub mod verify;
 
 #[cfg(test)]
