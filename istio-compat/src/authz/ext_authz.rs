@@ -607,7 +607,6 @@ fn query_and_fragment(path: &str) -> (&str, &str) {
     (rest.split_once('?').map_or("", |(_, q)| q), fragment)
 }
 
-/// `content-length`, or -1 when unknown (Envoy's `size`).
 /// `body` as a protobuf string, as Envoy's `MessageUtil::sanitizeUtf8String` makes
 /// it: every byte that does not start or continue valid UTF-8 becomes `!` (so the
 /// length is kept; `pack_as_bytes` sends the bytes as they are).

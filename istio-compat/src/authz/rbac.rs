@@ -388,6 +388,11 @@ impl DoubleMatch {
 }
 
 impl Policy {
+    /// Whether a principal of it tests `remote_ip`.
+    pub fn reads_remote_ip(&self) -> bool {
+        self.principals.iter().any(Principal::reads_remote_ip)
+    }
+
     pub fn matches(&self, req: &Request<'_>) -> bool {
         self.permissions.iter().any(|p| p.matches(req)) && self.principals.iter().any(|p| p.matches(req))
     }
@@ -423,7 +428,7 @@ impl RuleSet {
     pub fn reads_remote_ip(&self) -> bool {
         let index = self.index.get(&self.policies);
         if index.len != self.policies.len() {
-            return self.policies.iter().any(|p| p.principals.iter().any(Principal::reads_remote_ip));
+            return self.policies.iter().any(Policy::reads_remote_ip);
         }
         index.reads_remote_ip
     }

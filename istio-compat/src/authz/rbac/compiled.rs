@@ -90,7 +90,7 @@ impl Compiled {
                 unindexed.push(i as u32);
             }
         }
-        let reads_remote_ip = policies.iter().any(|p| p.principals.iter().any(Principal::reads_remote_ip));
+        let reads_remote_ip = policies.iter().any(Policy::reads_remote_ip);
         Compiled { len: policies.len(), steps, entries, leaves, groups, unindexed, by_namespace, reads_remote_ip }
     }
 
