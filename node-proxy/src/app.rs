@@ -91,8 +91,11 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let live = Arc::new(Live::new(snapshot));
     let workers = settings.workers.max(1);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
-    let mut listeners = ListenerManager::new(senders);
-    for l in live.load().listeners.values().filter(|l| l.bind_to_port) {
+    let mesh_inbound = settings.mesh.as_ref().is_some_and(|m| m.inbound_plaintext_address.is_some());
+    let mut listeners = ListenerManager::new(senders, mesh_inbound);
+    let current = live.load();
+    let bound: Vec<_> = current.listeners.values().filter(|l| listeners.binds(l)).collect();
+    for l in bound {
         listeners.activate(listener::bind(l, workers)?);
     }
 
@@ -122,7 +125,8 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
         }
         None => None,
     };
-    let mut hbone_listeners: Vec<Option<std::net::TcpListener>> = match &mesh {
+    type MeshSockets = (std::net::TcpListener, Option<std::net::TcpListener>);
+    let mut hbone_listeners: Vec<Option<MeshSockets>> = match &mesh {
         Some(m) => m.bind(workers)?.into_iter().map(Some).collect(),
         None => (0..workers).map(|_| None).collect(),
     };
@@ -195,10 +199,15 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
                 let options = Rc::new(Options { default_access_log });
                 let _ = started.send(());
                 let reaper = tokio::task::spawn_local(reap_idle(worker.clone()));
-                if let Some((socket, mesh)) = hbone {
+                if let Some(((socket, plaintext), mesh)) = hbone {
                     match tokio::net::TcpListener::from_std(socket) {
                         Ok(l) => drop(tokio::task::spawn_local(mesh.inbound.clone().run(l, shared.drain.clone(), Some(worker.clone())))),
                         Err(e) => tracing::error!("worker {id}: the HBONE listener: {e}"),
+                    }
+                    match plaintext.map(tokio::net::TcpListener::from_std).transpose() {
+                        Ok(Some(l)) => drop(tokio::task::spawn_local(mesh.inbound.clone().run_plaintext(l, shared.drain.clone(), Some(worker.clone())))),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("worker {id}: the inbound plaintext listener: {e}"),
                     }
                 }
                 listener::serve_commands(worker.clone(), commands, options).await;

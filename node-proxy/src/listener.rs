@@ -65,11 +65,21 @@ pub struct ListenerManager {
     workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>,
     accepting: std::collections::HashMap<Name, (u64, SocketAddr)>,
     next_id: u64,
+    /// The mesh takes the local workloads' inbound traffic (HBONE, and plaintext on its
+    /// own listener): inbound listeners serve it and are not bound themselves.
+    mesh_inbound: bool,
 }
 
 impl ListenerManager {
-    pub fn new(workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>) -> Self {
-        ListenerManager { workers, accepting: Default::default(), next_id: 1 }
+    pub fn new(workers: Vec<tokio::sync::mpsc::UnboundedSender<WorkerCommand>>, mesh_inbound: bool) -> Self {
+        ListenerManager { workers, accepting: Default::default(), next_id: 1, mesh_inbound }
+    }
+
+    /// Whether `l` gets sockets of its own: a `bind_to_port` listener, except an
+    /// inbound one (`traffic_direction: INBOUND`, Istio's `virtualInbound` on 15006)
+    /// while the mesh's inbound listeners bring the local workloads' traffic to it.
+    pub fn binds(&self, l: &Listener) -> bool {
+        l.bind_to_port && !(self.mesh_inbound && l.inbound)
     }
 
     pub fn workers(&self) -> usize {
@@ -242,7 +252,7 @@ async fn handle_connection(worker: Rc<Worker>, name: Name, stream: TcpStream, re
                 source: SourceLabels::unknown(),
                 default_access_log: options.default_access_log.clone(),
                 head_verdicts: Default::default(),
-                tunnel: None,
+                inbound: None,
             });
             crate::http::server::serve(io, cx).await;
         }
@@ -371,6 +381,38 @@ async fn sniff_stream<I: AsyncRead + Unpin>(stream: &mut I, timeout: Option<Dura
 
 /// Whether two socket addresses are the same endpoint (an IPv4 address and its
 /// v4-mapped IPv6 form are).
-fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+pub(crate) fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use istio_compat::model::listener::Inspection;
+
+    fn listener(bind_to_port: bool, inbound: bool) -> Listener {
+        Listener {
+            name: "l".into(),
+            address: "0.0.0.0:15006".parse().unwrap(),
+            bind_to_port,
+            use_original_dst: false,
+            detect_original_dst: false,
+            inspection: Inspection::default(),
+            filter_chains: vec![],
+            default_filter_chain: None,
+            sniff_timeout: None,
+            continue_on_sniff_timeout: false,
+            inbound,
+            access_log: vec![],
+        }
+    }
+
+    #[test]
+    fn inbound_listeners_get_no_socket_while_the_mesh_brings_their_traffic() {
+        let (mesh, alone) = (ListenerManager::new(Vec::new(), true), ListenerManager::new(Vec::new(), false));
+        assert!(!mesh.binds(&listener(true, true)), "the mesh's listeners serve virtualInbound");
+        assert!(alone.binds(&listener(true, true)), "without the mesh it is a listener like any other");
+        assert!(mesh.binds(&listener(true, false)) && alone.binds(&listener(true, false)));
+        assert!(!mesh.binds(&listener(false, false)) && !alone.binds(&listener(false, true)), "bind_to_port: false never binds");
+    }
 }

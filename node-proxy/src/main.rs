@@ -113,7 +113,14 @@ struct MeshArgs {
     /// "off": no mTLS at all (upstream legs are plain TCP).
     #[arg(long, env = "NODE_PROXY_HBONE_ADDRESS", default_value = "[::]:15008", value_parser = parse_optional_addr)]
     hbone_address: OptionalAddr,
-    /// Capture connections to this node's HBONE pods' <IP>:15008 with nftables, to the listener.
+    /// The inbound plaintext listener (Istio's 15006): TCP that reaches this node's HBONE
+    /// pods without HBONE is captured there, and their PeerAuthentication and authorization
+    /// policies decide on it before it is relayed to the pod; "off": such plaintext reaches
+    /// the pods unchecked (only STRICT's kernel drop applies).
+    #[arg(long, env = "NODE_PROXY_INBOUND_PLAINTEXT_ADDRESS", default_value = "[::]:15006", value_parser = parse_optional_addr)]
+    inbound_plaintext_address: OptionalAddr,
+    /// Capture, with nftables, connections to this node's HBONE pods: <IP>:15008 to the
+    /// HBONE listener, every other TCP port to the inbound plaintext listener.
     #[arg(long, env = "NODE_PROXY_HBONE_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
     hbone_capture: bool,
     /// The mesh's trust domain (MeshConfig trustDomain).
@@ -181,6 +188,7 @@ impl MeshArgs {
             trust: node_proxy::tls::TrustDomains::new(self.trust_domain, self.trust_domain_alias),
             ca,
             hbone_address,
+            inbound_plaintext_address: self.inbound_plaintext_address.0,
             capture: self.hbone_capture,
             cluster_id: xds.cluster_id.clone(),
             cert_ttl: self.workload_cert_ttl,

@@ -1,13 +1,15 @@
 //! This node's part in the mesh: the certificates of the workload identities it acts
 //! for, HBONE out of the node (the upstream leg to a meshed endpoint) and into it (the
-//! `:15008` listener, and the capture that brings peers' HBONE for local pods there).
+//! `:15008` listener, and the capture that brings peers' HBONE for local pods there),
+//! and the plaintext that reaches local meshed pods without HBONE (the `:15006`
+//! listener, where their policies apply, and the capture that brings it there).
 //!
 //! Owns: [`MeshSettings`], starting these parts, keeping them following the workload
 //! view (which identities hold a certificate: those with a workload on this node;
 //! which pod addresses are captured), and choosing the leg to an endpoint
 //! ([`Mesh::leg`]). Does not own: the CA protocol (`istio_compat::ca`), certificate
 //! renewal (`identity`), TLS (`tls`), the HBONE wire (`hbone`), the nftables table
-//! (`redirect::hbone_capture`).
+//! (`redirect::inbound_capture`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +28,7 @@ use crate::hbone::inbound::{Inbound, Telemetry};
 use crate::hbone::outbound::Outbound;
 use crate::hbone::plan::{plan, PlanError, Tunnel, Upstream};
 use crate::identity::{CertStore, IstiodIssuer, LocalIssuer};
-use crate::redirect::hbone_capture::{local_hbone_addresses, local_hbone_workloads, HboneCapture};
+use crate::redirect::inbound_capture::{local_hbone_addresses, local_hbone_workloads, InboundCapture};
 use crate::tls::{LocalCa, TrustDomains};
 use crate::xds::workload::LiveWorkloads;
 
@@ -59,7 +61,11 @@ pub struct MeshSettings {
     pub ca: CaSource,
     /// Where the HBONE listener binds (`[::]:15008`).
     pub hbone_address: SocketAddr,
-    /// Capture `<local HBONE pod IP>:15008` to the listener with nftables.
+    /// Where the inbound plaintext listener binds (`[::]:15006`); `None`: plaintext to
+    /// the local HBONE pods is not captured and reaches them unchecked.
+    pub inbound_plaintext_address: Option<SocketAddr>,
+    /// Capture, with nftables, `<local HBONE pod IP>:15008` to the HBONE listener and
+    /// (with an inbound plaintext listener) every other TCP port of those pods to it.
     pub capture: bool,
     /// The cluster named in the `baggage` header when a workload does not say.
     pub cluster_id: String,
@@ -71,7 +77,7 @@ pub struct MeshSettings {
 pub enum MeshError {
     #[error("istiod's CA: {0}")]
     Ca(#[from] istio_compat::ca::CaError),
-    #[error("cannot bind the HBONE listener {address}: {source} (another proxy or ztunnel on this node? set --hbone-address, or off)")]
+    #[error("cannot bind the mesh's listener {address}: {source} (another proxy or ztunnel on this node? set --hbone-address / --inbound-plaintext-address, or off)")]
     Bind { address: SocketAddr, source: std::io::Error },
 }
 
@@ -86,6 +92,7 @@ pub struct Mesh {
     pub inbound: Arc<Inbound>,
     capture: bool,
     hbone_address: SocketAddr,
+    inbound_plaintext_address: Option<SocketAddr>,
 }
 
 /// How to reach one chosen endpoint.
@@ -130,14 +137,15 @@ impl Mesh {
             inbound,
             capture: settings.capture,
             hbone_address: settings.hbone_address,
+            inbound_plaintext_address: settings.inbound_plaintext_address,
         }))
     }
 
-    /// One SO_REUSEPORT listening socket per worker on the HBONE address.
-    pub fn bind(&self, workers: usize) -> Result<Vec<std::net::TcpListener>, MeshError> {
-        (0..workers.max(1))
-            .map(|_| crate::listener::bind_reuseport(self.hbone_address).map_err(|source| MeshError::Bind { address: self.hbone_address, source }))
-            .collect()
+    /// One SO_REUSEPORT listening socket per worker on the HBONE address, and (when
+    /// there is one) on the inbound plaintext address.
+    pub fn bind(&self, workers: usize) -> Result<Vec<(std::net::TcpListener, Option<std::net::TcpListener>)>, MeshError> {
+        let bind = |address: SocketAddr| crate::listener::bind_reuseport(address).map_err(|source| MeshError::Bind { address, source });
+        (0..workers.max(1)).map(|_| Ok((bind(self.hbone_address)?, self.inbound_plaintext_address.map(bind).transpose()?))).collect()
     }
 
     /// The leg from `source` (the downstream peer: a pod on this node) to `endpoint`:
@@ -177,6 +185,7 @@ impl Mesh {
             "node": self.node,
             "network": self.network,
             "hbone_address": self.hbone_address.to_string(),
+            "inbound_plaintext_address": self.inbound_plaintext_address.map(|a| a.to_string()),
             "certificates": certificates,
             "outbound_tunnels": self.outbound.connections(),
         })
@@ -186,7 +195,7 @@ impl Mesh {
     /// entries following the workload view until `drain`.
     pub async fn follow(self: Arc<Self>, drain: Arc<Drain>, guard: Option<InboundGuard>) {
         let mut changes = self.workloads.changes();
-        let mut capture: Option<HboneCapture> = None;
+        let mut capture: Option<InboundCapture> = None;
         let mut captured: BTreeSet<IpAddr> = BTreeSet::new();
         let mut strict = guard.map(StrictEntries::new);
         loop {
@@ -200,10 +209,10 @@ impl Mesh {
             if self.capture {
                 let wanted = local_hbone_addresses(&view.model, &self.network, &self.node);
                 if capture.is_none() && !wanted.is_empty() {
-                    match HboneCapture::start(self.hbone_address.port()) {
+                    match InboundCapture::start(self.hbone_address.port(), self.inbound_plaintext_address.map(|a| a.port())) {
                         Ok(c) => capture = Some(c),
                         Err(e) => tracing::error!(
-                            "cannot capture this node's pods' HBONE port: {e}; peers reaching <pod IP>:15008 are not served (node-proxy needs root and nft: apt-get install nftables)"
+                            "cannot capture this node's meshed pods: {e}; peers reaching <pod IP>:15008 are not served, and plaintext reaches the pods without their policies (node-proxy needs root and nft: apt-get install nftables)"
                         ),
                     }
                 }
@@ -227,7 +236,7 @@ impl Mesh {
             }
         }
         if capture.is_some() {
-            if let Err(e) = HboneCapture::remove() {
+            if let Err(e) = InboundCapture::remove() {
                 tracing::warn!("removing the HBONE capture: {e}");
             }
         }

@@ -15,8 +15,9 @@
 //!   the original destination), the HTTP listener of [`VIP`] routing to cluster `svc`
 //!   (pod20's [`SERVER`] endpoint, adding `x-node-proxy: node1`), and, with pod21 plain,
 //!   the listener of [`PLAIN_VIP`] routing to cluster `plain` ([`PLAIN_SERVER`]).
-//! - node1 redirects its pods with eBPF (the VIPs and the meshed workloads); node2
-//!   captures its HBONE pods' `<ip>:15008` with nftables.
+//! - node1 redirects its pods with eBPF (the VIPs and the meshed workloads); each node
+//!   captures its HBONE pods with nftables: `<ip>:15008` to its HBONE listener, other
+//!   ports (plaintext from outside the mesh) to its inbound plaintext listener, 15006.
 //!
 //! What differs between a test and a benchmark is in [`SceneOptions`]: the certificate
 //! TTL, the log level, whether the proxies write a JSON access log (tests) or none
@@ -348,6 +349,7 @@ impl Scene {
                 extra_args: args,
                 workers: opts.workers,
                 hbone_address: "[::]:15008".to_owned(),
+                inbound_plaintext_address: "[::]:15006".to_owned(),
                 log_level: opts.log_level.clone(),
                 ..Default::default()
             }
@@ -367,10 +369,11 @@ impl Scene {
         let proxy2 = Proxy::start_xds(&ads2.url(), options(1, &[]));
         let proxy1 = Proxy::start_xds(&ads1.url(), options(0, &redirect));
         let scene = Scene { proxy1, proxy2, ads1, ads2, server, guarded, ca, _bpffs: bpffs, topo };
-        // node2 captures its HBONE pods' port 15008; node1 redirects the VIPs and the meshed pods.
+        // node2 captures its HBONE pods (15008 to its HBONE listener, other ports to its
+        // inbound plaintext listener); node1 redirects the VIPs and the meshed pods.
         let captured: &[&str] = if opts.plaintext_pod21 { &["198.18.2.10"] } else { &["198.18.2.10", "198.18.2.11"] };
-        assert_eventually("node2's HBONE capture holds its HBONE pods", T, || {
-            let out = scene.topo.nodes[1].ns.exec("nft", &["list", "table", "inet", "node_proxy_hbone"]);
+        assert_eventually("node2's inbound capture holds its HBONE pods", T, || {
+            let out = scene.topo.nodes[1].ns.exec("nft", &["list", "table", "inet", "node_proxy_inbound"]);
             if captured.iter().all(|ip| out.contains(ip)) {
                 Ok(())
             } else {

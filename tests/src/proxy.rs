@@ -34,6 +34,9 @@ pub struct ProxyOptions {
     /// `--hbone-address`: off unless a test takes part in the mesh (parallel proxies
     /// in one namespace cannot all bind :15008).
     pub hbone_address: String,
+    /// `--inbound-plaintext-address`: off unless a test takes part in the mesh, for the
+    /// same reason (:15006).
+    pub inbound_plaintext_address: String,
 }
 
 impl Default for ProxyOptions {
@@ -47,6 +50,7 @@ impl Default for ProxyOptions {
             extra_args: Vec::new(),
             log_level: "info".to_owned(),
             hbone_address: "off".to_owned(),
+            inbound_plaintext_address: "off".to_owned(),
         }
     }
 }
@@ -150,6 +154,8 @@ impl Proxy {
                 &opts.log_level,
                 "--hbone-address",
                 &opts.hbone_address,
+                "--inbound-plaintext-address",
+                &opts.inbound_plaintext_address,
             ]
             .map(str::to_owned),
         );

@@ -185,11 +185,12 @@ fn policy_by_identity_and_bad_certificates_are_refused() {
     assert_eq!(peer.as_deref(), Ok("spiffe://cluster.local/ns/mesh/sa/server"), "node2 presents pod20's identity");
 }
 
-/// STRICT PeerAuthentication: plaintext to a STRICT pod is dropped in the kernel unless
-/// it comes from the node proxy; mesh traffic goes on.
+/// STRICT PeerAuthentication: plaintext to a STRICT pod is refused (node1 captures it
+/// onto its inbound plaintext listener, where the converted policy denies it; the
+/// kernel's drop stands behind that for what is not captured); mesh traffic goes on.
 #[test]
-fn strict_peer_authentication_drops_plaintext_to_the_pod() {
-    if !root("strict_peer_authentication_drops_plaintext_to_the_pod") {
+fn strict_peer_authentication_refuses_plaintext_to_the_pod() {
+    if !root("strict_peer_authentication_refuses_plaintext_to_the_pod") {
         return;
     }
     let s = Scene::new("mesh-strict", "24h");
@@ -220,7 +221,15 @@ fn strict_peer_authentication_drops_plaintext_to_the_pod() {
         }
     });
     let r = plaintext();
-    assert!(r.starts_with("ERR"), "STRICT: plaintext from node2 to pod10 is dropped: {r}");
+    assert!(r.starts_with("ERR"), "STRICT: plaintext from node2 to pod10 is refused: {r}");
+    assert_eventually("node1's proxy refused it by the converted policy", T, || {
+        let err = s.proxy1.stderr();
+        if err.lines().any(|l| l.contains("inbound plaintext connection refused") && l.contains("converted_peer_authentication_strict")) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
     // The mesh path still works both ways for pod10 (its replies come from node1's proxy).
     let d = s.client().dial(sa(VIP), "/strict/l7");
     assert_eq!(d.status(), 200, "{}", d.response);
@@ -239,6 +248,68 @@ fn strict_peer_authentication_drops_plaintext_to_the_pod() {
             Err(r)
         }
     });
+}
+
+/// Plaintext that reaches a meshed pod without HBONE (here from node1's own namespace,
+/// outside the pods' cgroup, so never redirected) is captured by the destination's
+/// node onto its inbound plaintext listener, where the pod's policies decide with no
+/// peer identity: before, it reached the pod around them.
+#[test]
+fn plaintext_to_meshed_pods_meets_their_policies() {
+    if !root("plaintext_to_meshed_pods_meets_their_policies") {
+        return;
+    }
+    let s = Scene::new("mesh-plain", "24h");
+    let node1 = s.topo.nodes[0].ns.name().to_owned();
+    let from_node1 = |addr: &str, path: &str| in_netns(Some(&node1), || plain_get_path(sa(addr), path));
+    let logs = || format!("proxy2:\n{}", s.proxy2.stderr());
+
+    // pod20 has no policy: node2's proxy relays the plaintext to it, reported as a
+    // destination without mTLS.
+    let r = from_node1(SERVER, "/plain/open");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}\n{}", logs());
+    assert_eq!(s.server().requests_to("/plain/open").len(), 1);
+    assert_eventually("node2 reports the plaintext connection", T, || {
+        let labels =
+            [("reporter", "destination"), ("destination_workload", "server"), ("connection_security_policy", "unknown"), ("source_principal", "unknown")];
+        let opened = s.proxy2.metric("istio_tcp_connections_opened_total", &labels);
+        let closed = s.proxy2.metric("istio_tcp_connections_closed_total", &labels);
+        if opened >= 1.0 && closed >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("opened {opened}, closed {closed}"))
+        }
+    });
+
+    // pod21 admits only `nobody`: a plaintext peer has no identity, so it is reset and
+    // the pod sees nothing.
+    let r = from_node1(GUARDED, "/plain/guarded");
+    assert!(r.starts_with("ERR"), "plaintext to the guarded pod is refused: {r}\n{}", logs());
+    assert!(s.guarded().requests_to("/plain/guarded").is_empty(), "the guarded pod saw nothing");
+    assert_eventually("node2 logs the denial", T, || {
+        let err = s.proxy2.stderr();
+        if err.lines().any(|l| l.contains("inbound plaintext connection refused") && l.contains("denied by authorization policy")) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
+    // Naming the client's principal admits the client over HBONE, never plaintext:
+    // nothing proved who sent it.
+    for ads in [&s.ads1, &s.ads2] {
+        ads.set(AUTHORIZATION, &format!("{NS}/guard"), any(AUTHORIZATION, &allow_only("guard", &format!("{TD}/ns/{NS}/sa/client"))));
+    }
+    assert_eventually("the client is admitted over HBONE", T, || {
+        let r = request(s.client(), sa(GUARDED), "/guarded/mtls");
+        if r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("{r}\n{}", logs()))
+        }
+    });
+    let r = from_node1(GUARDED, "/plain/guarded-2");
+    assert!(r.starts_with("ERR"), "plaintext is still refused: {r}");
+    assert!(s.guarded().requests_to("/plain/guarded-2").is_empty());
 }
 
 /// istiod's Istio-mTLS transport socket for an outbound cluster (ISTIO_MUTUAL: the
@@ -379,13 +450,19 @@ fn clusters_requiring_istio_mtls_reach_meshed_endpoints_over_hbone() {
 
 /// A plaintext `GET /` from the calling thread's namespace, 2 s to connect: the status line or `ERR <why>`.
 fn plain_get(addr: SocketAddr) -> String {
+    plain_get_path(addr, "/")
+}
+
+/// `GET path` over plain TCP: the response's first line, or `ERR ...` (no connection,
+/// a reset, or nothing at all).
+fn plain_get_path(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
         Ok(s) => s,
         Err(e) => return format!("ERR {e}"),
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") {
+    if let Err(e) = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()) {
         return format!("ERR {e}");
     }
     let mut out = Vec::new();

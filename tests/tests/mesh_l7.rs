@@ -5,7 +5,9 @@
 //! inside the stream: the listener's HTTP RBAC decides per request with the tunnel's
 //! verified peer identity, the requests are reported `reporter="destination"` with the
 //! source pod's principal, and the inbound route reaches the pod through an
-//! ORIGINAL_DST cluster (the stream's target).
+//! ORIGINAL_DST cluster (the stream's target). Plaintext that reaches the pod without
+//! HBONE is captured onto node2's inbound plaintext listener and served by the same
+//! listener's `raw_buffer` chain, with no principal.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tests::ads_server::any_from_json;
 use tests::clients::Curl;
 use tests::config::{router_filter, socket_address, HCM_TYPE};
 use tests::mesh_scene::*;
-use tests::netns::require_root;
+use tests::netns::{in_netns, require_root};
 use tests::wait::assert_eventually;
 use xds_client::pb::envoy::config::cluster::v3::Cluster;
 use xds_client::pb::envoy::config::listener::v3::Listener;
@@ -173,6 +175,32 @@ fn the_destination_parses_http_in_the_tunnel_for_policy_and_telemetry() {
     assert_eq!((r.status, r.http_version.as_str()), (403, "2"), "{}\n{}", r.stderr, logs());
     assert_eq!(s.server().requests_to("/api/h2").len(), 1);
     assert!(s.server().requests_to("/admin/h2").is_empty());
+
+    // Plaintext from outside the mesh (node1's own namespace, never redirected), captured
+    // by node2 onto its inbound plaintext listener: the same HTTP chain, with no
+    // principal, so the ALLOW that admitted the tunnel's peer on /api does not admit it.
+    let node1 = s.topo.nodes[0].ns.name().to_owned();
+    let plain = |path: &str| in_netns(Some(&node1), || Curl::new(&format!("http://{SERVER}{path}")).timeout(Duration::from_secs(5)).run());
+    for path in ["/api/plain", "/admin/plain"] {
+        let r = plain(path);
+        assert_eq!(r.status, 403, "{path} in plaintext: {}\n{}", r.stderr, logs());
+        assert_eq!(r.body, b"RBAC: access denied", "{path}");
+        assert!(s.server().requests_to(path).is_empty(), "{path} never reaches the pod");
+    }
+    assert_eventually("node2 reports the plaintext requests as a destination without mTLS", T, || {
+        let labels = [("reporter", "destination"), ("destination_workload", "server"), ("connection_security_policy", "none"), ("response_code", "403")];
+        let denied = s.proxy2.metric("istio_requests_total", &labels);
+        if denied >= 2.0 {
+            Ok(())
+        } else {
+            Err(format!("403 without mTLS: {denied}"))
+        }
+    });
+    let line = assert_eventually("node2's access log line of the plaintext request", T, || {
+        Scene::access_log(&s.proxy2).into_iter().find(|l| l["path"] == "/api/plain").ok_or_else(|| s.proxy2.access_log_lines().join("\n"))
+    });
+    assert_eq!(line["response_code_details"], "rbac_access_denied_matched_policy[none]", "{line}");
+    assert!(line["downstream_peer_uri_san"].is_null(), "no peer identity: {line}");
 
     // Denied at the destination: its DENY, and what its ALLOW does not cover.
     for path in ["/admin/l4", "/other/l4"] {

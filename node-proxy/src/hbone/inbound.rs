@@ -4,7 +4,7 @@
 //! the workload.
 //!
 //! Which workload: the connection's original destination (`SO_ORIGINAL_DST`, from the
-//! capture of `<pod IP>:15008`, `redirect::hbone_capture`), or its local address when it
+//! capture of `<pod IP>:15008`, `redirect::inbound_capture`), or its local address when it
 //! was not redirected. A `CONNECT` must target an address of that same workload (a
 //! peer cannot use one pod's certificate to reach another): 400 otherwise. Then the
 //! workload's L4 authorization policies decide with the verified peer identity (401
@@ -13,6 +13,10 @@
 //! Each relayed stream is reported as the destination sees it (`reporter=destination`,
 //! `connection_security_policy=mutual_tls`, the verified peer as `source_principal`):
 //! Istio's TCP metrics and an access log line when it ends.
+//!
+//! The destination's other entry, plaintext captured for the same workloads (port
+//! 15006), is [`plaintext`]: it shares the policy decision, the inbound listener's
+//! chains ([`l7`]), the connection to the pod and its report.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -43,6 +47,7 @@ use crate::upstream::pool::connect_marked;
 use crate::xds::workload::LiveWorkloads;
 
 mod l7;
+mod plaintext;
 
 /// What the listener needs from the rest of the proxy.
 pub struct Inbound {
@@ -88,26 +93,16 @@ impl Inbound {
     /// With `worker` (the proxy's worker this runs on), a stream is served through the
     /// snapshot's inbound listener when there is one ([`l7`]); without, it is relayed (L4).
     pub async fn run(self: Arc<Self>, listener: TcpListener, drain: Arc<Drain>, worker: Option<Rc<Worker>>) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = drain.signaled() => return,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let (this, drain, worker) = (self.clone(), drain.clone(), worker.clone());
-                    tokio::task::spawn_local(async move {
-                        if let Err(e) = this.connection(tcp, peer, &drain, worker).await {
-                            info!(%peer, error = %e, "HBONE connection refused");
-                        }
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accepting on the HBONE listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let stop = drain.clone();
+        accept_until(listener, &stop, "HBONE", move |tcp, peer| {
+            let (this, drain, worker) = (self.clone(), drain.clone(), worker.clone());
+            async move {
+                if let Err(e) = this.connection(tcp, peer, &drain, worker).await {
+                    info!(%peer, error = %e, "HBONE connection refused");
                 }
             }
-        }
+        })
+        .await
     }
 
     /// Runs [`Inbound::run`] on a thread of its own (a current-thread runtime and a
@@ -168,7 +163,10 @@ impl Inbound {
                     return Err(StatusCode::SERVICE_UNAVAILABLE);
                 }
                 let origin = Origin::new(&workloads, &network, &peer_id, peer, &req.headers, certificate);
-                authorize(&workloads, &workload, &peer_id, origin.source_ip, &req)?;
+                if let Err(denied) = authorize(&workloads, &workload, Some(&peer_id), origin.source_ip, req.target) {
+                    info!(peer = %peer_id, source_ip = %origin.source_ip, target = %req.target, workload = %workload.uid, decision = ?denied, "HBONE connection denied by authorization policy");
+                    return Err(StatusCode::UNAUTHORIZED);
+                }
                 let inbound_listener = worker.as_ref().and_then(|w| w.shared.live.load().inbound_listener().cloned());
                 if let (Some(worker), Some(listener)) = (worker, inbound_listener) {
                     let stream = l7::Stream { worker, listener, workload: workload.clone(), origin: origin.clone(), target: req.target, mark, timeout, telemetry: telemetry.clone() };
@@ -193,18 +191,38 @@ impl Inbound {
     }
 }
 
-/// The L4 authorization of one tunnelled connection (ztunnel's decision over the
-/// workload API's policies, converted PeerAuthentication included): 401 when denied.
-/// `source_ip` is the source workload's address as [`Origin`] found it.
-fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: &Identity, source_ip: IpAddr, req: &ConnectRequest) -> Result<(), StatusCode> {
+/// Accepts on `listener` until `drain` fires, each connection a task of the current
+/// `LocalSet` running `handle`.
+async fn accept_until<F, Fut>(listener: TcpListener, drain: &Drain, what: &str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.signaled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => drop(tokio::task::spawn_local(handle(tcp, peer))),
+            Err(e) => {
+                warn!(error = %e, "accepting on the {what} listener");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The L4 authorization of one connection to `workload` (ztunnel's decision over the
+/// workload API's policies, converted PeerAuthentication included), from the verified
+/// `peer_id` (HBONE) or a plaintext peer (`None`). `source_ip` is the source's address
+/// as [`Origin`] found it. `Err`: the decision that denied it.
+fn authorize(workloads: &LiveWorkloads, workload: &Workload, peer_id: Option<&Identity>, source_ip: IpAddr, target: SocketAddr) -> Result<(), Decision> {
     let view = workloads.load();
-    let conn = Connection { source: Some(peer_id), source_ip, destination_ip: req.target.ip(), destination_port: req.target.port() };
+    let conn = Connection { source: peer_id, source_ip, destination_ip: target.ip(), destination_port: target.port() };
     match evaluate(&view.model, workload, &conn) {
         Decision::Allow(_) => Ok(()),
-        denied => {
-            info!(peer = %peer_id, %source_ip, target = %req.target, workload = %workload.uid, decision = ?denied, "HBONE connection denied by authorization policy");
-            Err(StatusCode::UNAUTHORIZED)
-        }
+        denied => Err(denied),
     }
 }
 
@@ -276,31 +294,35 @@ impl Report {
             source: origin.source.clone(),
             destination: DestinationLabels::for_workload(workload),
             response_flags: Arc::from("-"),
-            connection_security_policy: "mutual_tls",
+            // ztunnel's labels: its plaintext passthrough reports "unknown".
+            connection_security_policy: if origin.principal.is_some() { "mutual_tls" } else { "unknown" },
         };
         telemetry.metrics.tcp_opened.get_or_create(&labels).inc();
-        let mut record = RequestRecord::tcp(origin.peer, SocketAddr::new(target.ip(), super::PORT), None);
+        let mut record = RequestRecord::tcp(origin.peer, origin.local(target), None);
         record.start_time = start_time;
         record.x_forwarded_for = Some(origin.source_ip.to_string());
         record.authority = target.to_string();
         record.upstream_host = Some(target);
         record.upstream_cluster = Some(Arc::from(format!("inbound|{}||", target.port())));
         record.upstream_local_address = upstream_local;
-        record.downstream_peer_uri_san = Some(origin.principal.clone());
+        record.downstream_peer_uri_san = origin.principal.clone();
         Report { telemetry, labels, record, started }
     }
 }
 
-/// Who sent a tunnelled stream, as its destination reports and authorizes it.
+/// Who sent a connection to a local workload (a tunnelled stream, or a captured
+/// plaintext connection), as its destination reports and authorizes it.
 #[derive(Clone, Debug)]
 pub(crate) struct Origin {
-    /// The tunnel's peer (the source node's proxy).
+    /// The TCP peer: the tunnel's (the source node's proxy), or the plaintext client.
     pub peer: SocketAddr,
-    pub principal: Arc<str>,
-    /// The source workload's address ([`source_address`]).
+    /// The verified peer identity (HBONE); `None` for plaintext.
+    pub principal: Option<Arc<str>>,
+    /// The source workload's address ([`source_address`]; for plaintext, the peer's).
     pub source_ip: IpAddr,
     /// The source workload's labels when the workload view agrees with what the peer
-    /// proved, else only its principal.
+    /// proved, else only its principal (plaintext: the workload at the peer's address,
+    /// its principal unknown, since nothing proved it).
     pub source: Arc<SourceLabels>,
     /// The peer's certificate as `x-forwarded-client-cert` tells of it.
     pub certificate: Option<Arc<PeerCertificate>>,
@@ -335,7 +357,28 @@ impl Origin {
             Some(w) if w.identity == *peer_id => SourceLabels::for_workload(w, &principal),
             _ => SourceLabels::for_principal(&principal),
         };
-        Origin { peer, principal, source_ip, source, certificate }
+        Origin { peer, principal: Some(principal), source_ip, source, certificate }
+    }
+
+    /// A plaintext client at `peer`, as ztunnel's inbound passthrough sees it: the
+    /// source is the TCP peer, its workload (for the labels) the one at that address.
+    fn plaintext(workloads: &LiveWorkloads, network: &str, peer: SocketAddr) -> Origin {
+        let source_ip = peer.ip().to_canonical();
+        let view = workloads.load();
+        let source = match view.index.workload(network, source_ip) {
+            Some(w) => SourceLabels::for_workload(w, "unknown"),
+            None => SourceLabels::unknown(),
+        };
+        Origin { peer, principal: None, source_ip, source, certificate: None }
+    }
+
+    /// The connection's local address as the access log reports it: the workload's
+    /// HBONE port for a tunnelled stream, the address the client dialed for plaintext.
+    fn local(&self, target: SocketAddr) -> SocketAddr {
+        match self.principal {
+            Some(_) => SocketAddr::new(target.ip(), super::PORT),
+            None => target,
+        }
     }
 }
 

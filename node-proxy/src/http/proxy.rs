@@ -64,27 +64,29 @@ pub struct ConnCtx {
     pub default_access_log: Option<Arc<AccessLog>>,
     /// HTTP/1: verdicts on raw request heads, one per request, in order.
     pub head_verdicts: crate::io::HeadVerdicts,
-    /// Set when the connection is a stream of an HBONE tunnel at its destination.
-    pub tunnel: Option<Arc<TunnelOrigin>>,
+    /// Set when the connection reached a local workload through the mesh's inbound
+    /// (a stream of an HBONE tunnel, or a captured plaintext connection) at its destination.
+    pub inbound: Option<Arc<InboundOrigin>>,
 }
 
-/// Who sent the requests of a tunnelled connection, as its destination reports them:
-/// `reporter="destination"`, the local workload as destination,
-/// `connection_security_policy="mutual_tls"` and the verified peer.
+/// Who sent the requests of a connection to a local workload, as its destination
+/// reports them: `reporter="destination"`, the local workload as destination, and
+/// `connection_security_policy="mutual_tls"` with the verified peer (HBONE) or
+/// `"none"` (plaintext, as Envoy's sidecar reports a plaintext inbound request).
 #[derive(Debug)]
-pub struct TunnelOrigin {
+pub struct InboundOrigin {
     pub destination: Arc<DestinationLabels>,
-    /// The peer's verified SPIFFE identity.
-    pub peer: Arc<str>,
+    /// The peer's verified SPIFFE identity (HBONE); `None` for plaintext.
+    pub peer: Option<Arc<str>>,
     /// Its certificate, for `x-forwarded-client-cert`.
     pub certificate: Option<Arc<super::headers::PeerCertificate>>,
 }
 
 impl ConnCtx {
     /// The downstream source the upstream legs are planned from ([`crate::upstream::pool::Pools::leg`]):
-    /// none when the connection came through an HBONE tunnel to this proxy.
+    /// none when the connection came to a local workload through the mesh's inbound.
     pub fn leg_source(&self) -> Option<IpAddr> {
-        self.tunnel.is_none().then(|| self.remote.ip())
+        self.inbound.is_none().then(|| self.remote.ip())
     }
 
     pub fn hcm(&self) -> Option<&HttpConnectionManager> {
@@ -128,7 +130,7 @@ pub async fn handle(cx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<RespBod
         parts.headers.insert("x-request-id", request_id());
     }
     flow.rec.request_id = header_string(&parts.headers, "x-request-id");
-    super::headers::forward_client_cert(&mut parts.headers, &hcm.client_cert, cx.tunnel.as_ref().and_then(|t| t.certificate.as_deref()));
+    super::headers::forward_client_cert(&mut parts.headers, &hcm.client_cert, cx.inbound.as_ref().and_then(|t| t.certificate.as_deref()));
     let path = if hcm.normalize_path || hcm.merge_slashes {
         match normalize_path(&flow.rec.path, hcm.normalize_path, hcm.merge_slashes) {
             Some(p) => p,
@@ -359,7 +361,7 @@ impl Flow {
             route_name: None,
             grpc_status: None,
             upstream_transport_failure_reason: None,
-            downstream_peer_uri_san: cx.tunnel.as_ref().map(|t| t.peer.clone()),
+            downstream_peer_uri_san: cx.inbound.as_ref().and_then(|t| t.peer.clone()),
             upstream_peer_uri_san: None,
         };
         Flow {
@@ -455,8 +457,8 @@ impl Flow {
             EndOutcome::TimedOut => self.rec.response_flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT),
         }
         let cx = &self.cx;
-        let (reporter, destination, security) = match &cx.tunnel {
-            Some(t) => ("destination", t.destination.clone(), "mutual_tls"),
+        let (reporter, destination, security) = match &cx.inbound {
+            Some(t) => ("destination", t.destination.clone(), if t.peer.is_some() { "mutual_tls" } else { "none" }),
             None => ("source", self.destination.clone(), "unknown"),
         };
         cx.worker.record_request(RequestSample {
@@ -782,7 +784,7 @@ async fn forward(
         }
         // Istio's mTLS to a meshed endpoint is HBONE (the pool plans the leg); other
         // upstream TLS is not originated yet.
-        if host.tls_required && cx.tunnel.is_none() && !matches!(cx.worker.pools.leg(cx.leg_source(), host.address), Ok(crate::mesh::Leg::Hbone { .. })) {
+        if host.tls_required && cx.inbound.is_none() && !matches!(cx.worker.pools.leg(cx.leg_source(), host.address), Ok(crate::mesh::Leg::Hbone { .. })) {
             flow.rec.upstream_transport_failure_reason = Some("upstream TLS is not supported by node-proxy yet".to_owned());
             return flow.local(LocalReply::TLS_UNSUPPORTED, ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         }

@@ -8,7 +8,7 @@
 //! [`relay`] copies bytes both ways between two connections (the TCP proxy, HBONE).
 
 mod relay;
-pub use relay::relay;
+pub use relay::{relay, Duplex};
 
 use std::collections::VecDeque;
 use std::io;

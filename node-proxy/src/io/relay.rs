@@ -92,6 +92,15 @@ impl<W: AsyncWrite + Unpin> ChunkWrite for StreamWriter<W> {
     }
 }
 
+/// A TCP connection, split into its owned halves.
+impl Duplex for tokio::net::TcpStream {
+    type Read = StreamReader<tokio::net::tcp::OwnedReadHalf>;
+    type Write = StreamWriter<tokio::net::tcp::OwnedWriteHalf>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split().into_halves()
+    }
+}
+
 /// An HBONE stream: DATA frames in, DATA frames out, END_STREAM as the half-close.
 impl Duplex for crate::hbone::H2Stream {
     type Read = crate::hbone::H2RecvHalf;

@@ -8,7 +8,7 @@
 //! Does not own: the BPF programs and maps (`redirect-bpf`), what needs the proxy
 //! ([`set`]), accepting redirected connections (`listener`, through `SO_ORIGINAL_DST`).
 
-pub mod hbone_capture;
+pub mod inbound_capture;
 pub mod nftables;
 pub mod set;
 

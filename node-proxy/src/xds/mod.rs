@@ -619,7 +619,7 @@ impl EnvoyState {
         // response does not replace).
         let replaced: BTreeSet<Name> = cands.iter().map(|c| c.name.clone()).collect();
         let mut taken: HashMap<std::net::SocketAddr, Name> = HashMap::new();
-        for l in self.static_model.listeners.values().filter(|l| l.bind_to_port) {
+        for l in self.static_model.listeners.values().filter(|l| self.manager.binds(l)) {
             taken.insert(l.address, l.name.clone());
         }
         for name in self.listeners.names() {
@@ -630,7 +630,7 @@ impl EnvoyState {
                 continue;
             }
             if let Some(h) = self.listeners.latest(name) {
-                if h.value.bind_to_port {
+                if self.manager.binds(&h.value) {
                     taken.insert(h.value.address, name.clone());
                 }
             }
@@ -642,7 +642,7 @@ impl EnvoyState {
             .partition(|c| self.listeners.active.get(&c.name).is_some_and(|h| *h.value == c.value) && !self.listeners.warming.contains_key(&c.name));
         cands.extend(changed);
         for c in cands {
-            if c.value.bind_to_port {
+            if self.manager.binds(&c.value) {
                 if let Some(other) = taken.get(&c.value.address).filter(|o| **o != c.name) {
                     let reason = format!("address {} is already used by listener {other}", c.value.address);
                     rejected.push(Refused { name: c.name.clone(), version: c.version.clone(), raw: Some(c.raw.clone()), reason });
@@ -666,7 +666,7 @@ impl EnvoyState {
                 continue;
             };
             // Bind before accepting the resource: a port that cannot be bound is a NACK.
-            if c.value.bind_to_port {
+            if self.manager.binds(&c.value) {
                 let already =
                     self.manager.is_accepting(&c.name, c.value.address) || self.pending_sockets.get(&c.name).is_some_and(|b| b.address == c.value.address);
                 if !already {
@@ -835,7 +835,8 @@ impl EnvoyState {
         }
         // Listeners that left the model stop accepting; their connections go on.
         let snapshot = self.live.update(model, self.source.clone());
-        self.manager.retain(|n| snapshot.listeners.get(n).is_some_and(|l| l.bind_to_port));
+        let keep: BTreeSet<&str> = snapshot.listeners.iter().filter(|(_, l)| self.manager.binds(l)).map(|(n, _)| n.as_ref()).collect();
+        self.manager.retain(|n| keep.contains(n));
         self.metrics.xds.snapshot_version.set(snapshot.version as i64);
         for missing in snapshot.missing_routes() {
             tracing::debug!(route = %missing, "a listener references route configuration {missing}, not (yet) received: its requests get 404 NR");

@@ -1,14 +1,17 @@
-//! What an HBONE stream carries, served at its destination through the node's inbound
-//! listener (`traffic_direction: INBOUND`, Istio's `virtualInbound`) as Envoy serves a
-//! connection that its mTLS filter chain terminated: the chain is chosen by the
-//! stream's target (`:authority`), its source and what the first bytes look like
-//! (the listener's inspectors), its network RBAC sees the tunnel's verified peer,
-//! and then
+//! What an HBONE stream (or a captured plaintext connection, [`super::plaintext`])
+//! carries, served at its destination through the node's inbound listener
+//! (`traffic_direction: INBOUND`, Istio's `virtualInbound`) as Envoy serves a
+//! connection that its mTLS filter chain terminated (plaintext: its `raw_buffer`
+//! chain): the chain is chosen by the stream's target (`:authority`; plaintext: the
+//! original destination), its source and what the first bytes look like (the
+//! listener's inspectors), its network RBAC sees the tunnel's verified peer (plaintext:
+//! no principal), and then
 //! - an HTTP chain (`http_connection_manager`) parses the stream: its jwt_authn and
 //!   RBAC filters decide per request with the peer's principal, its routes send the
 //!   requests to the workload (`inbound|<port>||`, ORIGINAL_DST: the stream's target),
 //!   and each request is reported `reporter="destination"`,
-//!   `connection_security_policy="mutual_tls"` with the peer as source;
+//!   `connection_security_policy="mutual_tls"` with the peer as source (plaintext:
+//!   `"none"`);
 //! - a TCP chain relays the bytes to the workload (the stream's target), reported as
 //!   the L4 relay does. Where the listener does not inspect the port, the chain is
 //!   known before the `CONNECT` is answered: its network filters deny with 401 and an
@@ -29,9 +32,11 @@ use istio_compat::model::listener::{ChainKind, Listener};
 use istio_compat::model::workload::Workload;
 use tracing::{debug, info, warn};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::{open_upstream, Metered, Origin, Telemetry};
-use crate::hbone::H2Stream;
-use crate::http::proxy::{ConnCtx, TunnelOrigin};
+use crate::http::proxy::{ConnCtx, InboundOrigin};
+use crate::io::Duplex;
 use crate::listener::{choose_chain, pick_chain, Chosen};
 use crate::runtime::Worker;
 use crate::telemetry::metrics::DestinationLabels;
@@ -70,7 +75,7 @@ impl Stream {
         if !matches!(chain.kind, ChainKind::Tcp(_)) {
             return Ok(true);
         }
-        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
+        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, self.origin.principal.as_deref()).await {
             info!(listener = %self.listener.name, chain = %chain.name, %remote, target = %self.target, "HBONE stream denied by the inbound chain's policy: {details}");
             let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
             crate::tcp::log_denied(&self.listener, chain, remote, self.target, None, default_log, details);
@@ -79,14 +84,19 @@ impl Stream {
         Ok(false)
     }
 
-    pub async fn serve(self, tunnel: H2Stream) {
+    /// Serves `io`: the tunnel's stream, or (no principal) the plaintext connection.
+    pub async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Duplex + Unpin + Send + 'static,
+    {
         let listener = self.listener.clone();
         let remote = self.remote();
-        let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, tunnel, remote, self.target, true).await else { return };
+        let tunnelled = self.origin.principal.is_some();
+        let Some(Chosen { chain: chain_id, io, server_name }) = choose_chain(&listener, io, remote, self.target, tunnelled).await else { return };
         let Some(chain) = listener.chain(chain_id) else { return };
         let default_log = self.telemetry.as_ref().and_then(|t| t.access_log.clone());
-        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, Some(&self.origin.principal)).await {
-            debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing HBONE stream: {details}");
+        if let Err(details) = crate::authz::connection(&self.worker, chain, remote, self.target, None, self.origin.principal.as_deref()).await {
+            debug!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "closing inbound connection: {details}");
             crate::tcp::log_denied(&listener, chain, remote, self.target, server_name, default_log, details);
             return;
         }
@@ -96,16 +106,16 @@ impl Stream {
                     worker: self.worker.clone(),
                     listener: listener.clone(),
                     chain: chain_id,
-                    local: SocketAddr::new(self.target.ip(), crate::hbone::PORT),
+                    local: self.origin.local(self.target),
                     remote,
                     destination: self.target,
                     original_dst: Some(self.target),
                     server_name,
-                    peer_principal: Some(self.origin.principal.to_string()),
+                    peer_principal: self.origin.principal.as_deref().map(str::to_owned),
                     source: self.origin.source.clone(),
                     default_access_log: default_log,
                     head_verdicts: Default::default(),
-                    tunnel: Some(Arc::new(TunnelOrigin {
+                    inbound: Some(Arc::new(InboundOrigin {
                         destination: DestinationLabels::for_workload(&self.workload),
                         peer: self.origin.principal.clone(),
                         certificate: self.origin.certificate.clone(),
@@ -119,10 +129,10 @@ impl Stream {
                 let upstream = Metered::new(upstream, self.telemetry, &self.workload, &self.origin, self.target, start);
                 let (prefix, tunnel) = io.into_parts();
                 let (from_peer, to_peer) = crate::io::relay(prefix, tunnel, tokio::io::split(upstream), None).await;
-                debug!(target = %self.target, from_peer, to_peer, "HBONE stream done");
+                debug!(target = %self.target, from_peer, to_peer, "inbound connection done");
             }
             ChainKind::Refuse { reason } => {
-                warn!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "refusing HBONE stream: {reason}");
+                warn!(listener = %listener.name, chain = %chain.name, %remote, target = %self.target, "refusing inbound connection: {reason}");
             }
         }
     }
