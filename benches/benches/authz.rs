@@ -327,7 +327,7 @@ mod data_path {
 
     use serde_json::{json, Value};
 
-    use super::common::{self, log, median, parse_wrk, stat_of, tail, Server, WrkResult};
+    use super::common::{self, compilers_running, log, median, parse_wrk, stat_of, tail, Server, WrkResult};
     use super::{chain_configs, HOST};
 
     const USAGE: &str = "usage: cargo bench -p benches --bench authz -- --data-path [--reps N] [--duration S] [--connections N] [--gen-cpu N] [--server-cpu N] [--instructions]";
@@ -525,11 +525,6 @@ mod data_path {
         total / requests
     }
 
-    fn compilers_running() -> usize {
-        let comms = fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| fs::read_to_string(e.path().join("comm")).ok());
-        comms.filter(|c| matches!(c.trim(), "rustc" | "cc1" | "cc1plus" | "ld" | "clippy-driver")).count()
-    }
-
     fn loadavg() -> String {
         fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     }
@@ -555,7 +550,7 @@ mod data_path {
             "x-tenant: acme".to_owned(),
             format!("http://127.0.0.1:{}/api/items/42?verbose=1", c.port),
         ];
-        let compilers = compilers_running();
+        let compilers = compilers_running().len();
         let cpu0 = stat_of(c.server.pid()).map_or(0, |s| s.1);
         let out = std::process::Command::new("taskset").args(&args).output().unwrap_or_else(|e| die(&format!("cannot run wrk: {e}")));
         let cpu1 = stat_of(c.server.pid()).map_or(0, |s| s.1);
@@ -567,7 +562,7 @@ mod data_path {
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let requests = if r.requests > 0.0 { r.requests } else { r.rps * o.duration as f64 };
-        Run { cpu_us_per_req: (cpu1 - cpu0) as f64 / tck * 1e6 / requests, wrk: r, compilers: compilers.max(compilers_running()) }
+        Run { cpu_us_per_req: (cpu1 - cpu0) as f64 / tck * 1e6 / requests, wrk: r, compilers: compilers.max(compilers_running().len()) }
     }
 
     pub fn run() {

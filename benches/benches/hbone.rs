@@ -144,20 +144,6 @@ fn machine_busy() -> u64 {
     cpu.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum()
 }
 
-fn compilers_running() -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if e.file_name().to_str().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())) {
-            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            let comm = comm.trim();
-            if matches!(comm, "rustc" | "cc1" | "cc1plus" | "ld" | "cargo" | "clippy-driver") {
-                out.push(comm.to_owned());
-            }
-        }
-    }
-    out
-}
-
 /// `--quiet-timeout`: how long to wait for running compilers before measuring anyway.
 static QUIET_TIMEOUT_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120);
 

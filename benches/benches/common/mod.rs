@@ -257,3 +257,27 @@ pub fn tree(root: u32, stats: &BTreeMap<u32, (u32, u64)>) -> Vec<u32> {
     }
     out
 }
+
+/// Compilers and builds running on the machine (rustc, cc1, ld, cargo, ...), which skew
+/// timings on 2 CPUs; the `cargo bench` this benchmark runs under (an ancestor of this
+/// process) does not count.
+pub fn compilers_running() -> Vec<String> {
+    let stats = all_stats();
+    let mut ancestors = std::collections::BTreeSet::new();
+    let mut pid = std::process::id();
+    while let Some((ppid, _)) = stats.get(&pid) {
+        if !ancestors.insert(pid) || *ppid == 0 {
+            break;
+        }
+        pid = *ppid;
+    }
+    let mut out = Vec::new();
+    for pid in stats.keys().filter(|p| !ancestors.contains(p)) {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if matches!(comm, "rustc" | "cc1" | "cc1plus" | "ld" | "cargo" | "clippy-driver") {
+            out.push(comm.to_owned());
+        }
+    }
+    out
+}
