@@ -7,8 +7,12 @@
 //!    (a) *direct*: to iperf3 in pod21, a workload outside the mesh (tunnel NONE): no
 //!    proxy on the path, plain routing over the VXLAN overlay; (b) *HBONE*: to iperf3
 //!    in pod20 (meshed): node1's eBPF redirect → node1's proxy (TCP passthrough) → HBONE
-//!    mTLS → node2's capture of 198.18.2.10:15008 → node2's proxy → pod20. ABBA within
-//!    each repetition; GB/s, Gbit/s, each proxy's CPU per GB.
+//!    mTLS → node2's capture of 198.18.2.10:15008 → node2's proxy → pod20; (c) when
+//!    haproxy is installed, the alternative a user would pick for a TLS tunnel between
+//!    nodes: two haproxy processes (TCP mode, one thread each) with mutual TLS 1.3
+//!    between them over the overlay, to the same iperf3 in pod20 ([`HaproxyPair`]). The
+//!    order of the paths rotates between repetitions; GB/s, Gbit/s, each proxy's CPU
+//!    per GB.
 //! 2. **http** (root): wrk (closed loop, keep-alive, 32 connections; then one
 //!    connection for latency) from pod10 through node1's HTTP VIP listeners to nginx:
 //!    (a) VIP 198.18.100.1 → cluster `svc` → pod20 (HBONE workload: upstream leg HBONE
@@ -222,7 +226,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!("np-bench-hbone-{}", std::process::id()));
+        TempDir::new_named("run")
+    }
+
+    fn new_named(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("np-bench-hbone-{}-{name}", std::process::id()));
         fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }
@@ -280,9 +288,11 @@ impl Stream {
     }
 }
 
-fn iperf(s: &Scene, server_ip: &str, seconds: u64) -> Stream {
-    let pids = [s.proxy1.pid() as u32, s.proxy2.pid() as u32];
-    let args = ["-c", server_ip, "-p", IPERF_PORT, "-t", &seconds.to_string(), "-P", "1", "-J"];
+/// One iperf3 stream from pod10 to `server_ip:port`, with the CPU of `proxies` (node1's
+/// and node2's) during it.
+fn iperf_via(s: &Scene, server_ip: &str, port: &str, seconds: u64, proxies: [u32; 2]) -> Stream {
+    let pids = proxies;
+    let args = ["-c", server_ip, "-p", port, "-t", &seconds.to_string(), "-P", "1", "-J"];
     let command = format!("iperf3 {} (in pod10's namespace and cgroup)", args.join(" "));
     for attempt in 0.. {
         let noise = Noise::start();
@@ -307,6 +317,71 @@ fn iperf(s: &Scene, server_ip: &str, seconds: u64) -> Stream {
         }
     }
     unreachable!()
+}
+
+/// One iperf3 stream from pod10 to `server_ip` (port 5201), with our proxies' CPU.
+fn iperf(s: &Scene, server_ip: &str, seconds: u64) -> Stream {
+    iperf_via(s, server_ip, IPERF_PORT, seconds, [s.proxy1.pid() as u32, s.proxy2.pid() as u32])
+}
+
+/// The off-the-shelf alternative to an HBONE pair on the same path: two haproxy
+/// processes (TCP mode, one thread each, as our proxies run one worker), node1's
+/// taking pod10's connection on its bridge address and opening mutual TLS 1.3 to
+/// node2's across the overlay (certificates from the same mesh CA, chains verified
+/// both ways; haproxy cannot check SPIFFE URI SANs), node2's connecting to pod20's
+/// iperf3. Three TCP legs and one TLS hop, as HBONE has, without HTTP/2.
+struct HaproxyPair {
+    procs: [Bg; 2],
+    _dir: TempDir,
+}
+
+const HAPROXY_PORT: &str = "15201";
+const HAPROXY_TLS_PORT: &str = "15443";
+
+impl HaproxyPair {
+    fn start(s: &Scene) -> HaproxyPair {
+        let dir = TempDir::new_named("haproxy");
+        let ca = &s.ca.ca;
+        let now = std::time::SystemTime::now();
+        let pem = |name: &str| {
+            let id = istio_compat::model::workload::Identity::new(tests::mesh_scene::TD, tests::mesh_scene::NS, name);
+            let issued = ca.issue_pem(&id, now - Duration::from_secs(60), now + Duration::from_secs(86_400)).unwrap_or_else(|e| panic!("issue {name}: {e}"));
+            let path = dir.0.join(format!("{name}.pem"));
+            fs::write(&path, format!("{}{}", issued.chain_pem.concat(), issued.key_pem)).expect("write haproxy certificate");
+            path
+        };
+        let (client, server) = (pem("haproxy-client"), pem("haproxy-server"));
+        let root = dir.0.join("root.pem");
+        fs::write(&root, ca.root_pem()).expect("write root");
+        let (node1, node2) = (s.topo.nodes[0].ip4, s.topo.nodes[1].ip4);
+        let global = "global\n  nbthread 1\n  maxconn 256\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
+        let tls = format!("ca-file {} verify required ssl-min-ver TLSv1.3", root.display());
+        let configs = [
+            format!("{global}listen tunnel\n  bind {node1}:{HAPROXY_PORT}\n  server node2 {node2}:{HAPROXY_TLS_PORT} ssl crt {} {tls}\n", client.display()),
+            format!(
+                "{global}listen tunnel\n  bind {node2}:{HAPROXY_TLS_PORT} ssl crt {} {tls}\n  server pod20 {HBONE_SERVER_IP}:{IPERF_PORT}\n",
+                server.display()
+            ),
+        ];
+        let procs = [0, 1].map(|i| {
+            let cfg = dir.0.join(format!("node{}.cfg", i + 1));
+            fs::write(&cfg, &configs[i]).expect("write haproxy config");
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", s.topo.nodes[i].ns.name(), "haproxy", "-db", "-f", &cfg.display().to_string()]);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            Bg::spawn(cmd, "haproxy")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        HaproxyPair { procs, _dir: dir }
+    }
+
+    fn stream(&self, s: &Scene, seconds: u64) -> Stream {
+        let pids = [0, 1].map(|i| {
+            // `ip netns exec` execs haproxy in place: the child is haproxy itself.
+            self.procs[i].0.id()
+        });
+        iperf_via(s, &s.topo.nodes[0].ip4.to_string(), HAPROXY_PORT, seconds, pids)
+    }
 }
 
 /// Records `perf record -g` of both proxies during one extra HBONE stream.
@@ -343,7 +418,7 @@ fn perf_profile(s: &Scene, dir: &Path, seconds: u64) -> Vec<String> {
 }
 
 fn throughput(opts: &Opts) -> Value {
-    log("throughput: single-stream iperf3, direct vs HBONE");
+    log("throughput: single-stream iperf3, direct vs HBONE vs a haproxy mTLS pair");
     let s = Scene::start(SceneOptions { workers: opts.workers, ..SceneOptions::bench("bench-hbone-tput") });
     let servers: Vec<Bg> = [&s.topo.nodes[1].pods[0], &s.topo.nodes[1].pods[1]]
         .iter()
@@ -354,38 +429,55 @@ fn throughput(opts: &Opts) -> Value {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    // Warm-up (unmeasured): both paths, the HBONE connection pooled and certificates issued.
+    let haproxy = tool_found("haproxy").then(|| HaproxyPair::start(&s));
+    if haproxy.is_none() {
+        log("  haproxy not found (apt-get install haproxy): the haproxy mTLS pair is skipped");
+    }
+    // Warm-up (unmeasured): every path, the HBONE connection pooled and certificates issued.
     let _ = iperf(&s, HBONE_SERVER_IP, 1);
     let _ = iperf(&s, DIRECT_SERVER_IP, 1);
-    let mut pairs: Vec<(Stream, Stream)> = Vec::new();
+    if let Some(h) = &haproxy {
+        let _ = h.stream(&s, 1);
+    }
+    let mut pairs: Vec<(Stream, Stream, Option<Stream>)> = Vec::new();
     for rep in 0..opts.reps {
-        let hbone_first = rep % 2 == 1;
-        log(format!("  rep {}/{} ({} first)", rep + 1, opts.reps, if hbone_first { "HBONE" } else { "direct" }));
-        let (mut d, mut h) = (None, None);
-        for hbone in [hbone_first, !hbone_first] {
-            let st = iperf(&s, if hbone { HBONE_SERVER_IP } else { DIRECT_SERVER_IP }, opts.duration);
-            log(format!(
-                "    {}: {:.3} GB/s, proxy CPU {:.2}/{:.2} s",
-                if hbone { "HBONE " } else { "direct" },
-                st.gbytes_per_s(),
-                st.proxy_cpu[0],
-                st.proxy_cpu[1]
-            ));
-            if hbone {
-                h = Some(st);
-            } else {
-                d = Some(st);
+        // The order rotates, so that no path always runs first.
+        let mut order = vec!["direct", "HBONE", "haproxy"];
+        order.retain(|p| *p != "haproxy" || haproxy.is_some());
+        let n = order.len();
+        order.rotate_left(rep % n);
+        log(format!("  rep {}/{} ({})", rep + 1, opts.reps, order.join(", ")));
+        let (mut d, mut h, mut x) = (None, None, None);
+        for path in order {
+            let st = match (path, &haproxy) {
+                ("haproxy", Some(pair)) => pair.stream(&s, opts.duration),
+                ("HBONE", _) => iperf(&s, HBONE_SERVER_IP, opts.duration),
+                _ => iperf(&s, DIRECT_SERVER_IP, opts.duration),
+            };
+            log(format!("    {path:7}: {:.3} GB/s, proxy CPU {:.2}/{:.2} s", st.gbytes_per_s(), st.proxy_cpu[0], st.proxy_cpu[1]));
+            match path {
+                "haproxy" => x = Some(st),
+                "HBONE" => h = Some(st),
+                _ => d = Some(st),
             }
         }
-        pairs.push((d.expect("direct"), h.expect("hbone")));
+        pairs.push((d.expect("direct"), h.expect("hbone"), x));
     }
+    drop(haproxy);
     let profile = opts.perf.as_ref().map(|dir| perf_profile(&s, dir, opts.duration));
     // Proof that the HBONE case crossed both proxies: node2 reports mTLS streams.
     let labels = [("reporter", "destination"), ("connection_security_policy", "mutual_tls")];
     let node2_bytes = s.proxy2.metric("istio_tcp_received_bytes_total", &labels);
     drop(servers);
     json!({
-        "pairs": pairs.iter().map(|(d, h)| json!({ "direct": d.json(), "hbone": h.json(), "ratio": h.gbytes_per_s() / d.gbytes_per_s() })).collect::<Vec<_>>(),
+        "pairs": pairs.iter().map(|(d, h, x)| {
+            let mut p = json!({ "direct": d.json(), "hbone": h.json(), "ratio": h.gbytes_per_s() / d.gbytes_per_s() });
+            if let Some(x) = x {
+                p["haproxy_mtls"] = x.json();
+                p["hbone_vs_haproxy"] = json!(h.gbytes_per_s() / x.gbytes_per_s());
+            }
+            p
+        }).collect::<Vec<_>>(),
         "node2_mtls_received_bytes": node2_bytes,
         "workers": opts.workers,
         "perf": profile,
@@ -939,11 +1031,33 @@ fn report(raw: &Value, opts: &Opts, elapsed: Duration) -> String {
             cpu("hbone", "proxy1_cpu_s"),
             cpu("hbone", "proxy2_cpu_s")
         );
+        let x = nums(pairs, &["haproxy_mtls", "GB_per_s"]);
+        if !x.is_empty() {
+            let _ = writeln!(
+                w,
+                "| (c) haproxy mTLS pair: pod10 → node1 haproxy → TLS 1.3 (mutual) → node2 haproxy → pod20 | {:.3} | {:.2} | {} | {:.3} | {:.3} |",
+                stats(&x).0,
+                stats(&x).0 * 8.0,
+                spread(&x),
+                cpu("haproxy_mtls", "proxy1_cpu_s"),
+                cpu("haproxy_mtls", "proxy2_cpu_s")
+            );
+        }
         let _ = writeln!(
             w,
             "\n(b) ÷ (a): **{rm:.3}** ({rlo:.3}–{rhi:.3}). Per repetition (GB/s direct / HBONE): {}.",
             d.iter().zip(&h).map(|(a, b)| format!("{a:.3} / {b:.3}")).collect::<Vec<_>>().join(", ")
         );
+        if !x.is_empty() {
+            let (vm, vlo, vhi) = stats(&nums(pairs, &["hbone_vs_haproxy"]));
+            let _ = writeln!(
+                w,
+                "(b) ÷ (c): **{vm:.3}** ({vlo:.3}–{vhi:.3}); (c) ÷ (a): {:.3}. (c) is the same three TCP legs and one mutually \
+                 authenticated TLS hop as (b), by two haproxy 2.6 processes (OpenSSL 3, one thread each; the CPU columns are theirs), \
+                 without HTTP/2 and without SPIFFE checks.",
+                stats(&x.iter().zip(&d).map(|(a, b)| a / b).collect::<Vec<_>>()).0
+            );
+        }
         let _ = writeln!(
             w,
             "node2 reported {:.2} GB received on mTLS streams (reporter=destination), so the HBONE runs crossed both proxies.\n",
