@@ -93,10 +93,10 @@ pub fn run(settings: Settings, logs: LogControl) -> Result<(), StartError> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
     let mesh_inbound = settings.mesh.as_ref().is_some_and(|m| m.inbound_plaintext_address.is_some());
     let mut listeners = ListenerManager::new(senders, mesh_inbound);
-    let current = live.load();
-    let bound: Vec<_> = current.listeners.values().filter(|l| listeners.binds(l)).collect();
-    for l in bound {
-        listeners.activate(listener::bind(l, workers)?);
+    for l in live.load().listeners.values() {
+        if listeners.binds(l) {
+            listeners.activate(listener::bind(l, workers)?);
+        }
     }
 
     // After the listeners are bound (the proxy's listening sockets are in its cgroup,

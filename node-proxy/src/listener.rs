@@ -113,9 +113,9 @@ impl ListenerManager {
         }
     }
 
-    /// Stops every listener not in `keep`.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        let gone: Vec<Name> = self.accepting.keys().filter(|n| !keep(n)).cloned().collect();
+    /// Stops every listener that `listeners` no longer has, or no longer [binds](Self::binds).
+    pub fn retain_bound<'a>(&mut self, mut listeners: impl FnMut(&str) -> Option<&'a Listener>) {
+        let gone: Vec<Name> = self.accepting.keys().filter(|n| !listeners(n).is_some_and(|l| self.binds(l))).cloned().collect();
         for name in gone {
             self.stop(&name);
         }

@@ -237,7 +237,7 @@ impl Mesh {
         }
         if capture.is_some() {
             if let Err(e) = InboundCapture::remove() {
-                tracing::warn!("removing the HBONE capture: {e}");
+                tracing::warn!("removing the inbound capture: {e}");
             }
         }
     }

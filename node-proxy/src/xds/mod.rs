@@ -835,8 +835,7 @@ impl EnvoyState {
         }
         // Listeners that left the model stop accepting; their connections go on.
         let snapshot = self.live.update(model, self.source.clone());
-        let keep: BTreeSet<&str> = snapshot.listeners.iter().filter(|(_, l)| self.manager.binds(l)).map(|(n, _)| n.as_ref()).collect();
-        self.manager.retain(|n| keep.contains(n));
+        self.manager.retain_bound(|n| snapshot.listeners.get(n).map(|l| &**l));
         self.metrics.xds.snapshot_version.set(snapshot.version as i64);
         for missing in snapshot.missing_routes() {
             tracing::debug!(route = %missing, "a listener references route configuration {missing}, not (yet) received: its requests get 404 NR");
